@@ -1,0 +1,1 @@
+"""Black-box HTTP benchmark harness for DICOMweb servers (run: python -m bench.run)."""

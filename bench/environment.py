@@ -1,0 +1,84 @@
+"""What the report says about the machine, the versions and the method."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import psutil
+
+from bench.corpus import Corpus
+from bench.orthanc import orthanc_version
+from bench.servers import WORKERS, ours_revision
+
+
+def isolated() -> bool:
+    """True inside a network namespace whose only interface is loopback (per /proc/self/net/dev)."""
+    try:
+        lines = Path("/proc/self/net/dev").read_text().splitlines()[2:]
+    except OSError:
+        return False
+    return [line.split(":", 1)[0].strip() for line in lines] == ["lo"]
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _corpus_text(corpus: Corpus) -> str:
+    spec = corpus.spec
+    return (
+        f"{spec.series_count} series x {spec.instances_per_series} instances of {spec.rows}x{spec.cols} "
+        f"16-bit CT ({corpus.mean_instance_bytes / 1e3:.1f} kB each) + {spec.warmup_series} warm-up series"
+    )
+
+
+def describe(args: argparse.Namespace, corpora: dict[str, Corpus], big_gib: float) -> dict[str, str]:
+    load1, load5, _ = os.getloadavg()
+    env = {
+        "Date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "Machine": f"{os.cpu_count()} CPUs ({_cpu_model()}), "
+        f"{psutil.virtual_memory().total / 2**30:.1f} GiB RAM, Linux {platform.release()}",
+        "Load average at start": f"{load1:.2f} (1 min), {load5:.2f} (5 min)",
+        "ours": f"git {ours_revision()}",
+        "Orthanc": orthanc_version(),
+        "Python": platform.python_version(),
+        "Mode": "quick (smoke run)" if args.quick else "full",
+        "Client concurrency": str(args.concurrency),
+    }
+    for name, corpus in corpora.items():
+        env[f"Corpus {name}"] = _corpus_text(corpus)
+    env["Big body"] = "skipped" if args.skip_big else f"{big_gib:g} GiB in one request"
+    return env
+
+
+def method_notes(args: argparse.Namespace, big_gib: float) -> list[str]:
+    return [
+        "- Everything runs inside a private network namespace (`unshare --net`, loopback only); "
+        "client and servers share the same CPUs, so the client's own cost is part of every figure.",
+        "- Each target starts fresh (empty data directory), receives the warm-up series, then the measured "
+        f"series with {args.concurrency} requests in flight; each request is one whole series as "
+        '`multipart/related; type="application/dicom"`, bodies prebuilt in memory (httpx async client).',
+        "- inst/s and MB/s (10^6 bytes of DICOM payload per second) are over the wall time from the first "
+        "measured request to the last response; p50/p95 are per-request latencies.",
+        "- Peak RSS / growth: sum of RSS over the server's process tree, sampled every 50 ms; growth is peak "
+        "minus the idle value just before the measured requests. 'aux' is side processes working in the "
+        "target's directory (a PostgreSQL started for it), counted separately; PostgreSQL RSS includes "
+        "shared buffers counted once per backend.",
+        f"- ours: `dicomweb-server serve --workers {WORKERS}` with an empty DICOMWEB_DATA_DIR (embedded "
+        "PostgreSQL); sink: `bench/sink.py` (reads and discards the body) under the same uvicorn setup "
+        f"(uvloop, httptools, {WORKERS} workers).",
+        "- orthanc-sqlite / orthanc-postgresql: Debian's Orthanc with the DICOMweb plugin, default settings "
+        "apart from ports and directories; the PostgreSQL index (plugin option IndexConnectionsCount="
+        f"{args.pg_index_connections}) uses a private PostgreSQL started with pgserver over a unix socket.",
+        "- Storage check: Orthanc's /statistics instance count must equal what was sent; for ours, every "
+        "STOW response must list every instance and its data directory must hold >= 90% of the payload.",
+        f"- Big body: one chunked STOW request of {big_gib:g} GiB made of unique 0.5 MB instances generated "
+        "on the fly; the goal is on the server's RSS growth during that request.",
+    ]

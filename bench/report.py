@@ -1,0 +1,198 @@
+"""Console table and docs/benchmarks.md: per-target figures and the project's goal ratios."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bench.rss import MIB
+from bench.workloads import WORKLOADS, Result
+
+
+@dataclass
+class Outcome:
+    target: str
+    results: dict[str, Result] = field(default_factory=dict)
+    skipped: str | None = None
+    stored_check: str = "n/a"
+    notes: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def valid(self, workload: str) -> Result | None:
+        result = self.results.get(workload)
+        return result if result is not None and not result.errors else None
+
+
+Outcomes = dict[str, Outcome]
+
+
+@dataclass(frozen=True)
+class Goal:
+    label: str
+    value: Callable[[Outcomes], float | None]
+    threshold: float
+    at_least: bool  # True: value >= threshold is met; False: value <= threshold is met
+    unit: str  # "x", "%" or "MiB"
+
+    def evaluate(self, outcomes: Outcomes) -> tuple[str, str]:
+        value = self.value(outcomes)
+        if value is None or math.isnan(value):
+            return "n/a", "n/a (target skipped, failed or had errors)"
+        met = value >= self.threshold if self.at_least else value <= self.threshold
+        return _fmt(value, self.unit), "met" if met else "MISSED"
+
+    @property
+    def goal_text(self) -> str:
+        return f"{'≥' if self.at_least else '≤'} {_fmt(self.threshold, self.unit)}"
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "%":
+        return f"{value * 100:.0f}%"
+    if unit == "x":
+        return f"{value:.2f}x"
+    return f"{value:.1f} {unit}"
+
+
+def _ratio(workload: str, num: str, den: str, metric: str) -> Callable[[Outcomes], float | None]:
+    def compute(outcomes: Outcomes) -> float | None:
+        a = outcomes[num].valid(workload) if num in outcomes else None
+        b = outcomes[den].valid(workload) if den in outcomes else None
+        if a is None or b is None:
+            return None
+        bottom = getattr(b, metric)
+        return getattr(a, metric) / bottom if bottom else None
+
+    return compute
+
+
+def _big_growth(outcomes: Outcomes) -> float | None:
+    result = outcomes["ours"].valid("stow-big-body") if "ours" in outcomes else None
+    return result.rss.app_growth / MIB if result else None
+
+
+GOALS = (
+    Goal(
+        "STOW 0.5 MB: ours / orthanc-postgresql inst/s",
+        _ratio("stow-ct512", "ours", "orthanc-postgresql", "inst_per_s"),
+        2.0,
+        True,
+        "x",
+    ),
+    Goal(
+        "STOW 0.5 MB: ours / orthanc-sqlite inst/s",
+        _ratio("stow-ct512", "ours", "orthanc-sqlite", "inst_per_s"),
+        1.5,
+        True,
+        "x",
+    ),
+    Goal(
+        "STOW 0.5 MB: ours MB/s / sink MB/s",
+        _ratio("stow-ct512", "ours", "sink", "mb_per_s"),
+        0.70,
+        True,
+        "%",
+    ),
+    Goal(
+        "STOW 9 KB: ours / orthanc-sqlite inst/s",
+        _ratio("stow-small64", "ours", "orthanc-sqlite", "inst_per_s"),
+        2.0,
+        True,
+        "x",
+    ),
+    Goal("Big streamed STOW body: ours RSS growth", _big_growth, 64.0, False, "MiB"),
+)
+
+COLUMNS = (
+    "target",
+    "inst/s",
+    "MB/s",
+    "p50 ms",
+    "p95 ms",
+    "peak RSS MiB",
+    "RSS growth MiB",
+    "aux peak MiB",
+    "status",
+)
+
+
+def result_row(target: str, result: Result | None, skipped: str | None) -> list[str]:
+    if result is None:
+        return [target, *["-"] * 7, "skipped" if skipped else "not run"]
+    rss = result.rss
+    status = f"{len(result.errors)} errors" if result.errors else "ok"
+    return [
+        target,
+        f"{result.inst_per_s:.1f}",
+        f"{result.mb_per_s:.1f}",
+        f"{result.latency(50) * 1000:.0f}",
+        f"{result.latency(95) * 1000:.0f}",
+        f"{rss.app_peak / MIB:.0f}",
+        f"{rss.app_growth / MIB:.0f}",
+        f"{rss.aux_peak / MIB:.0f}" if rss.aux_peak else "-",
+        status,
+    ]
+
+
+def _sections(outcomes: Outcomes) -> list[tuple[str, list[list[str]]]]:
+    sections = []
+    for workload in WORKLOADS:
+        rows = [
+            result_row(o.target, o.results.get(workload.key), o.skipped)
+            for o in outcomes.values()
+            if workload.applies(o.target)
+        ]
+        if any(row[-1] not in ("skipped", "not run") for row in rows):
+            sections.append((f"{workload.title} [{workload.key}]", rows))
+    return sections
+
+
+def console_table(outcomes: Outcomes) -> str:
+    lines: list[str] = []
+    for title, rows in _sections(outcomes):
+        widths = [max(len(r[i]) for r in [list(COLUMNS), *rows]) for i in range(len(COLUMNS))]
+        lines += ["", title, "  ".join(c.rjust(w) for c, w in zip(COLUMNS, widths, strict=True))]
+        lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines += ["", "Goals:"]
+    for goal in GOALS:
+        value, verdict = goal.evaluate(outcomes)
+        lines.append(f"  {goal.label:<48} {value:>10}  (goal {goal.goal_text}): {verdict}")
+    return "\n".join(lines)
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(r) + " |" for r in rows
+    ]
+
+
+def markdown(env: dict[str, str], outcomes: Outcomes, details: list[str]) -> str:
+    out = ["# Benchmarks", "", "Generated by `python -m bench.run` (see `bench/`); do not edit by hand.", ""]
+    out += [f"- **{k}**: {v}" for k, v in env.items()]
+    out += ["", "## Goals", ""]
+    out += _md_table(
+        ["goal", "measured", "target", "verdict"],
+        [[g.label, *_goal_cells(g, outcomes)] for g in GOALS],
+    )
+    for title, rows in _sections(outcomes):
+        out += ["", f"## {title}", "", *_md_table(list(COLUMNS), rows)]
+    out += ["", "## Targets", ""]
+    for o in outcomes.values():
+        if o.skipped:
+            out.append(f"- **{o.target}**: skipped: {o.skipped.splitlines()[0]}")
+            continue
+        notes = ", ".join(f"{k} {v}" for k, v in o.notes.items())
+        out.append(
+            f"- **{o.target}**: stored-instance check: {o.stored_check}; {o.seconds:.0f} s"
+            + (f"; {notes}" if notes else "")
+        )
+        for result in o.results.values():
+            out += [f"  - {result.workload} error: {e}" for e in result.errors[:5]]
+    out += ["", "## Method", "", *details, ""]
+    return "\n".join(out)
+
+
+def _goal_cells(goal: Goal, outcomes: Outcomes) -> list[str]:
+    value, verdict = goal.evaluate(outcomes)
+    return [value, goal.goal_text, verdict]

@@ -1,0 +1,199 @@
+"""Workloads: each one runs against a started target and returns a Result.
+
+To add a scenario (QIDO searches, WADO retrieves, ...) write an async function with the
+``WorkloadFn`` signature and append a ``Workload`` to ``WORKLOADS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+import pydicom
+
+from bench.corpus import Corpus, Series
+from bench.multipart import CONTENT_TYPE, BigBodyPlan, build_body
+from bench.rss import RssSampler, RssStats, settle
+from bench.target import Endpoint
+
+STOW_HEADERS = {"Content-Type": CONTENT_TYPE, "Accept": "application/dicom+json"}
+REFERENCED_SOP_SEQ, FAILED_SOP_SEQ = "00081199", "00081198"
+
+
+@dataclass
+class Context:
+    corpora: dict[str, Corpus]
+    concurrency: int = 2
+    big_gib: float = 2.0
+    _bodies: dict[str, tuple[list[bytes], list[bytes]]] = field(default_factory=dict)
+
+    def bodies(self, corpus: str) -> tuple[list[bytes], list[bytes]]:
+        """(warm-up, measured) request bodies, one per series, built once and reused for every target."""
+        if corpus not in self._bodies:
+            c = self.corpora[corpus]
+            self._bodies[corpus] = (
+                [build_body(s.instances) for s in c.warmup],
+                [build_body(s.instances) for s in c.measured],
+            )
+        return self._bodies[corpus]
+
+
+@dataclass
+class Result:
+    workload: str
+    requests: int
+    instances: int
+    payload_bytes: int  # DICOM bytes in the measured requests (multipart framing excluded)
+    elapsed: float
+    latencies: list[float]
+    rss: RssStats
+    sent_instances: int  # everything sent to the target, warm-up included (for the stored-count check)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def inst_per_s(self) -> float:
+        return self.instances / self.elapsed if self.elapsed else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.payload_bytes / 1e6 / self.elapsed if self.elapsed else 0.0
+
+    def latency(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
+
+
+def check_response(
+    endpoint: Endpoint, response: httpx.Response, instances: int, body_bytes: int
+) -> str | None:
+    """None if the server accepted everything, else a short description of what went wrong."""
+    if response.status_code != 200:
+        return f"HTTP {response.status_code}: {response.text[:200]}"
+    try:
+        payload = json.loads(response.content)
+    except ValueError:
+        return f"non-JSON response ({response.headers.get('content-type')}): {response.text[:200]}"
+    if not endpoint.stores_dicom:
+        got = payload.get("received")
+        return None if got == body_bytes else f"sink received {got} of {body_bytes} bytes"
+    failed = len(payload.get(FAILED_SOP_SEQ, {}).get("Value", []))
+    stored = len(payload.get(REFERENCED_SOP_SEQ, {}).get("Value", []))
+    if failed or stored != instances:
+        return f"stored {stored}/{instances}, failed {failed}"
+    return None
+
+
+async def _post_all(
+    client: httpx.AsyncClient, endpoint: Endpoint, jobs: Sequence[tuple[bytes, int]], concurrency: int
+) -> tuple[list[float], list[str], float]:
+    """POST each (body, instance count), ``concurrency`` at a time; returns latencies, errors, wall time."""
+    queue: asyncio.Queue[tuple[bytes, int]] = asyncio.Queue()
+    for job in jobs:
+        queue.put_nowait(job)
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    async def worker() -> None:
+        while not queue.empty():
+            body, count = queue.get_nowait()
+            t0 = time.perf_counter()
+            try:
+                response = await client.post(endpoint.stow_url, content=body, headers=STOW_HEADERS)
+            except httpx.HTTPError as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            latencies.append(time.perf_counter() - t0)
+            if problem := check_response(endpoint, response, count, len(body)):
+                errors.append(problem)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, errors, time.perf_counter() - t0
+
+
+def _count(series: Sequence[Series]) -> int:
+    return sum(len(s.instances) for s in series)
+
+
+WorkloadFn = Callable[[httpx.AsyncClient, Endpoint, Context], Awaitable[Result]]
+
+
+def stow_workload(corpus_name: str) -> WorkloadFn:
+    async def run(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context) -> Result:
+        corpus = ctx.corpora[corpus_name]
+        warm_bodies, bodies = ctx.bodies(corpus_name)
+        warm_jobs = [(b, len(s.instances)) for b, s in zip(warm_bodies, corpus.warmup, strict=True)]
+        _lat, warm_errors, _ = await _post_all(client, endpoint, warm_jobs, ctx.concurrency)
+        settle()
+        jobs = [(b, len(s.instances)) for b, s in zip(bodies, corpus.measured, strict=True)]
+        aux = endpoint.aux_roots()
+        with RssSampler(lambda: [endpoint.app_pid], lambda: aux) as sampler:
+            latencies, errors, elapsed = await _post_all(client, endpoint, jobs, ctx.concurrency)
+        return Result(
+            workload=f"stow-{corpus_name}",
+            requests=len(jobs),
+            instances=corpus.measured_instances,
+            payload_bytes=sum(s.nbytes for s in corpus.measured),
+            elapsed=elapsed,
+            latencies=latencies,
+            rss=sampler.stats(),
+            sent_instances=_count(corpus.warmup) + _count(corpus.measured),
+            errors=[f"warm-up: {e}" for e in warm_errors] + errors,
+        )
+
+    return run
+
+
+async def big_body(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context) -> Result:
+    """One STOW request of ~``ctx.big_gib`` GiB, streamed (chunked) part by part from one template."""
+    series = ctx.corpora["ct512"].warmup[0]
+    template = series.instances[0]
+    ds = pydicom.dcmread(io.BytesIO(template), stop_before_pixels=True)
+    parts = max(1, round(ctx.big_gib * 2**30 / len(template)))
+    plan = BigBodyPlan(template, str(ds.SOPInstanceUID), series.study_uid, series.series_uid, parts)
+    settle(1.0)
+    aux = endpoint.aux_roots()
+    with RssSampler(lambda: [endpoint.app_pid], lambda: aux) as sampler:
+        t0 = time.perf_counter()
+        errors: list[str] = []
+        try:
+            response = await client.post(endpoint.stow_url, content=plan.stream(), headers=STOW_HEADERS)
+            if problem := check_response(endpoint, response, parts, plan.nbytes):
+                errors.append(problem)
+        except httpx.HTTPError as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        elapsed = time.perf_counter() - t0
+    return Result(
+        workload="stow-big-body",
+        requests=1,
+        instances=parts,
+        payload_bytes=parts * len(template),
+        elapsed=elapsed,
+        latencies=[elapsed],
+        rss=sampler.stats(),
+        sent_instances=parts,
+        errors=errors,
+    )
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    title: str
+    run: WorkloadFn
+    applies_to: frozenset[str] | None = None  # None: every target
+
+    def applies(self, target: str) -> bool:
+        return self.applies_to is None or target in self.applies_to
+
+
+WORKLOADS: tuple[Workload, ...] = (
+    Workload("stow-ct512", "STOW 0.5 MB instances (one series per request)", stow_workload("ct512")),
+    Workload("stow-small64", "STOW 9 KB instances (one series per request)", stow_workload("small64")),
+    Workload("stow-big-body", "STOW one huge streamed request", big_body, frozenset({"ours", "sink"})),
+)

@@ -1,0 +1,153 @@
+"""The ASGI application: one route table, request context, one error mapping, the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import db, stow, sweep, wado
+from .errors import DicomWebError, ServiceUnavailable, StorageError
+from .settings import Settings
+from .storage import open_store
+
+log = logging.getLogger("dicomweb_server.access")
+
+STUDY = "/dicomweb/studies/{study}"
+INSTANCE = STUDY + "/series/{series}/instances/{instance}"
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness: the process answers."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness: the index and the object store are reachable."""
+    state = request.app.state
+    try:
+        await db.ping(state.pool)
+        await state.store.ping()
+    except (DicomWebError, StorageError) as exc:
+        return JSONResponse({"status": "unavailable", "reason": type(exc).__name__}, 503)
+    return JSONResponse({"status": "ready"})
+
+
+ROUTES = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/dicomweb/studies", stow.store_instances, methods=["POST"]),
+    Route(STUDY, stow.store_instances, methods=["POST"]),
+    Route(INSTANCE, wado.retrieve_instance, methods=["GET"]),
+]
+
+
+async def on_error(request: Request, exc: Exception) -> Response:
+    """The single mapping from request-level errors to responses."""
+    assert isinstance(exc, DicomWebError)
+    headers = dict(exc.headers)
+    if exc.status == 413:
+        headers["Connection"] = "close"  # the rest of the body is not read
+    return JSONResponse({"status": exc.status, "message": exc.message}, exc.status, headers)
+
+
+async def on_storage_error(request: Request, exc: Exception) -> Response:
+    return await on_error(request, ServiceUnavailable("object storage unavailable"))
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    if not settings.database_url:
+        raise RuntimeError("DATABASE_URL is not set; `dicomweb-server serve` starts an embedded PostgreSQL")
+    app.state.pool = await db.create_pool(settings.database_url, settings.db_pool_size)
+    app.state.store = await open_store(settings.storage_path, settings.s3)
+    sweeper = asyncio.create_task(_sweep_forever(app)) if settings.gc_interval_seconds > 0 else None
+    try:
+        yield
+    finally:
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+        await app.state.store.close()
+        await app.state.pool.close()
+
+
+async def _sweep_forever(app: Starlette) -> None:
+    settings: Settings = app.state.settings
+    while True:
+        await asyncio.sleep(settings.gc_interval_seconds)
+        try:
+            await sweep.sweep(app.state.pool, app.state.store, settings.gc_grace_seconds)
+        except Exception:
+            log.exception("sweep failed", extra={"event": "sweep_failed"})
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class RequestContext:
+    """Request id, tenant and one access-log line per request (route name, never the raw path)."""
+
+    def __init__(self, app: ASGIApp, tenant: str):
+        self.app = app
+        self.tenant = tenant
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {}).update(tenant=self.tenant, request_id=request_id)
+        started = time.perf_counter()
+        sent: dict[str, Any] = {"status": 500, "bytes": 0}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                sent["status"] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            elif message["type"] == "http.response.body":
+                sent["bytes"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            endpoint = scope.get("endpoint")
+            log.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "route": getattr(endpoint, "__name__", "none"),
+                    "status": sent["status"],
+                    "bytes_out": sent["bytes"],
+                    "ms": round((time.perf_counter() - started) * 1000, 2),
+                },
+            )
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+    app = Starlette(
+        routes=ROUTES,
+        middleware=[Middleware(RequestContext, tenant=settings.tenant)],
+        lifespan=lifespan,
+        exception_handlers={DicomWebError: on_error, StorageError: on_storage_error},
+    )
+    app.state.settings = settings
+    return app

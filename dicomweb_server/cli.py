@@ -1,0 +1,128 @@
+"""``dicomweb-server``: serve, migrate and sweep."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from . import logs
+from .settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def migrate(database_url: str) -> None:
+    """Apply the alembic migrations (hand-written SQL) up to head."""
+    import logging
+
+    from alembic import command
+    from alembic.config import Config
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "alembic"))
+    config.attributes["database_url"] = database_url
+    config.attributes["configure_logging"] = False
+    command.upgrade(config, "head")
+
+
+def _database(settings: Settings) -> tuple[str, object | None]:
+    if settings.database_url:
+        return settings.database_url, None
+    from .embedded import start_postgres
+
+    url, server = start_postgres(settings.data_dir / "pg")
+    return url, server
+
+
+def _banner(base: str) -> str:
+    study = "$STUDY_UID"
+    return f"""
+DICOMweb server ready at {base}/dicomweb
+
+Store a file with curl (any Part-10 file; pydicom ships some: python -c "import pydicom.data as d; print(d.get_testdata_file('CT_small.dcm'))"):
+  curl -sS -X POST {base}/dicomweb/studies -H 'Content-Type: application/dicom' --data-binary @file.dcm
+Fetch it back (UIDs from the RetrieveURL in the response):
+  curl -sS -H 'Accept: application/dicom' -o back.dcm {base}/dicomweb/studies/{study}/series/$SERIES_UID/instances/$SOP_UID
+
+With dicomweb-client:
+  from dicomweb_client.api import DICOMwebClient
+  import pydicom
+  client = DICOMwebClient(url="{base}/dicomweb")
+  ds = pydicom.dcmread(path)
+  client.store_instances(datasets=[ds])
+  back = client.retrieve_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+"""
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    settings = Settings.from_env()
+    url, server = _database(settings)
+    os.environ["DATABASE_URL"] = url  # workers build their settings from the environment
+    migrate(url)
+    base = settings.public_base_url or f"http://{args.host}:{args.port}"
+    print(_banner(base), file=sys.stderr, flush=True)
+    uvicorn.run(
+        "dicomweb_server.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    del server  # the embedded PostgreSQL stops when this process exits
+
+
+def gc(args: argparse.Namespace) -> None:
+    from . import db, sweep
+    from .storage import open_store
+
+    settings = Settings.from_env()
+    url, server = _database(settings)
+    grace = settings.gc_grace_seconds if args.grace is None else args.grace
+
+    async def run() -> None:
+        pool = await db.create_pool(url, 2)
+        store = await open_store(settings.storage_path, settings.s3)
+        try:
+            report = await sweep.sweep(pool, store, grace)
+            print(f"scanned {report.scanned} objects, removed {report.removed_objects} unreferenced "
+                  f"and {report.removed_uploads} unfinished uploads")
+        finally:
+            await store.close()
+            await pool.close()
+
+    asyncio.run(run())
+    del server
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="dicomweb-server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the HTTP server (starts an embedded PostgreSQL without DATABASE_URL)")
+    p.add_argument("--host", default=os.environ.get("DICOMWEB_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("DICOMWEB_PORT", "8080")))
+    p.add_argument("--workers", type=int, default=int(os.environ.get("DICOMWEB_WORKERS", "1")))
+    p.set_defaults(func=serve)
+    p = sub.add_parser("migrate", help="apply database migrations")
+    p.set_defaults(func=lambda a: migrate(_database(Settings.from_env())[0]))
+    p = sub.add_parser("gc", help="remove objects no index row references, older than the grace period")
+    p.add_argument("--grace", type=float, default=None, help="seconds (default: DICOMWEB_GC_GRACE_SECONDS)")
+    p.set_defaults(func=gc)
+    logs.configure(os.environ.get("DICOMWEB_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

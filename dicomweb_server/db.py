@@ -1,0 +1,341 @@
+"""All SQL, over asyncpg.  Plain async functions taking a pool or a connection.
+
+Ingest commits one transaction per STOW request (``store_batch``): studies and
+series are upserted in UID order (a fixed lock order, so concurrent requests
+cannot deadlock on them), instances are inserted with ``ON CONFLICT DO NOTHING``
+so the unique (tenant, SOP Instance UID) constraint applies the duplicate
+policy, and the study/series aggregates are incremented under the row locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import orjson
+
+from .dicom import DATASET_DOES_NOT_MATCH_SOP_CLASS, DUPLICATE_SOP_INSTANCE, Failure
+from .errors import ServiceUnavailable
+
+# Index columns filled from each instance (dicom.index_values); types are for unnest().
+STUDY_COLUMNS = {
+    "study_date": "text",
+    "study_time": "text",
+    "accession_number": "text",
+    "referring_physician": "text",
+    "referring_physician_folded": "text",
+    "patient_name": "text",
+    "patient_name_folded": "text",
+    "patient_id": "text",
+    "patient_birth_date": "text",
+    "patient_sex": "text",
+    "study_id": "text",
+    "study_description": "text",
+    "timezone_offset": "text",
+}
+SERIES_COLUMNS = {
+    "modality": "text",
+    "series_number": "int",
+    "series_description": "text",
+    "pps_start_date": "text",
+    "pps_start_time": "text",
+    "scheduled_step_ids": "text[]",
+    "requested_procedure_ids": "text[]",
+    "timezone_offset": "text",
+}
+INSTANCE_COLUMNS = {
+    "sop_class_uid": "text",
+    "instance_number": "int",
+    "rows": "int",
+    "columns": "int",
+    "bits_allocated": "int",
+    "number_of_frames": "int",
+    "transfer_syntax_uid": "text",
+}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One instance ready to index: its UIDs, index values, object and DICOM JSON (as text)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    study: dict[str, Any]
+    series: dict[str, Any]
+    instance: dict[str, Any]
+    study_attrs: str
+    series_attrs: str
+    metadata: str
+    object_key: str
+    size: int
+    sha256: bytes
+
+
+@dataclass
+class BatchOutcome:
+    """What ``store_batch`` did with each record, and which objects are now unreferenced."""
+
+    stored: set[str] = field(default_factory=set)  # SOP Instance UIDs now indexed (new, same or replaced)
+    failed: dict[str, Failure] = field(default_factory=dict)
+    unreferenced_keys: list[str] = field(default_factory=list)  # delete after commit
+
+
+def _array(sql_type: str) -> str:
+    # A text[] column travels as JSON text: unnest() would flatten a 2-D array.
+    return "text[]" if sql_type == "text[]" else f"{sql_type}[]"
+
+
+def _select(sql_type: str, name: str) -> str:
+    if sql_type == "text[]":
+        return f"ARRAY(SELECT jsonb_array_elements_text(u.{name}::jsonb))"
+    return f"u.{name}"
+
+
+def _upsert_sql(table: str, key: str, columns: dict[str, str], parent: str | None) -> str:
+    cols = ([parent] if parent else []) + [key, *columns, "attrs"]
+    types = (["bigint"] if parent else []) + ["text", *columns.values(), "text"]
+    params = ", ".join(f"${i + 2}::{_array(t)}" for i, t in enumerate(types))
+    selects = ", ".join(
+        "u.attrs::jsonb" if c == "attrs" else _select(t, c) for c, t in zip(cols, types, strict=True)
+    )
+    returning = f"pk, {key}" + (f", {parent}" if parent else "") + ", (xmax = 0) AS created"
+    return (
+        f"INSERT INTO {table} (tenant, {', '.join(cols)}) "
+        f"SELECT $1, {selects} FROM unnest({params}) AS u({', '.join(cols)}) ORDER BY u.{key} "
+        f"ON CONFLICT (tenant, {key}) DO UPDATE SET tenant = EXCLUDED.tenant RETURNING {returning}"
+    )
+
+
+_UPSERT_STUDIES = _upsert_sql("study", "study_uid", STUDY_COLUMNS, None)
+_UPSERT_SERIES = _upsert_sql("series", "series_uid", SERIES_COLUMNS, "study_pk")
+
+_INSTANCE_COLS = ["study_pk", "series_pk", "sop_uid", *INSTANCE_COLUMNS, "object_key", "size", "sha256", "metadata"]
+_INSTANCE_TYPES = ["bigint", "bigint", "text", *INSTANCE_COLUMNS.values(), "text", "bigint", "bytea", "text"]
+_INSERT_INSTANCES = (
+    f"INSERT INTO instance (tenant, {', '.join(_INSTANCE_COLS)}) "
+    f"SELECT $1, {', '.join('u.metadata::jsonb' if c == 'metadata' else 'u.' + c for c in _INSTANCE_COLS)} "
+    f"FROM unnest({', '.join(f'${i + 2}::{t}[]' for i, t in enumerate(_INSTANCE_TYPES))}) "
+    f"AS u({', '.join(_INSTANCE_COLS)}) ORDER BY u.sop_uid "
+    "ON CONFLICT (tenant, sop_uid) DO NOTHING RETURNING sop_uid"
+)
+_OVERWRITE_COLS = [c for c in _INSTANCE_COLS if c not in ("study_pk", "series_pk", "sop_uid")]
+_OVERWRITE = (
+    f"UPDATE instance i SET {', '.join(f'{c} = u.{c}' + ('::jsonb' if c == 'metadata' else '') for c in _OVERWRITE_COLS)}, "
+    "created_at = now() "
+    f"FROM unnest($2::text[], {', '.join(f'${i + 3}::{t}[]' for i, t in enumerate(_INSTANCE_TYPES[3:]))}) "
+    f"AS u(sop_uid, {', '.join(_OVERWRITE_COLS)}) WHERE i.tenant = $1 AND i.sop_uid = u.sop_uid"
+)
+
+
+async def create_pool(url: str, size: int) -> asyncpg.Pool:
+    try:
+        return await asyncpg.create_pool(url, min_size=1, max_size=size, command_timeout=60)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise ServiceUnavailable(f"database unavailable: {type(exc).__name__}") from None
+
+
+@contextlib.asynccontextmanager
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection; losing the database becomes a 503, never a 500."""
+    try:
+        async with pool.acquire() as conn:
+            yield conn
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+        raise ServiceUnavailable(f"database unavailable: {type(exc).__name__}") from None
+
+
+async def ping(pool: asyncpg.Pool) -> None:
+    async with connection(pool) as conn:
+        await conn.fetchval("SELECT 1")
+
+
+def _columns(rows: Sequence[dict[str, Any]], columns: Iterable[str]) -> list[list[Any]]:
+    return [[row[c] for row in rows] for c in columns]
+
+
+async def store_batch(
+    pool: asyncpg.Pool, tenant: str, records: Sequence[Record], *, overwrite: bool
+) -> BatchOutcome:
+    """Index ``records`` in one transaction and apply the duplicate policy; retried on deadlock."""
+    for attempt in range(3):
+        try:
+            async with connection(pool) as conn, conn.transaction():
+                return await _store_batch(conn, tenant, records, overwrite)
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            if attempt == 2:
+                raise ServiceUnavailable("index busy, please retry") from None
+    raise AssertionError("unreachable")
+
+
+async def _store_batch(
+    conn: asyncpg.Connection, tenant: str, records: Sequence[Record], overwrite: bool
+) -> BatchOutcome:
+    out = BatchOutcome()
+    studies = {r.study_uid: r for r in records}  # first instance of a study provides its attributes
+    study_rows = [{"study_uid": u, **r.study, "attrs": r.study_attrs} for u, r in sorted(studies.items())]
+    got = await conn.fetch(_UPSERT_STUDIES, tenant, *_columns(study_rows, ["study_uid", *STUDY_COLUMNS, "attrs"]))
+    study_pk = {row["study_uid"]: row["pk"] for row in got}
+    created_studies = [row["pk"] for row in got if row["created"]]
+
+    series = {r.series_uid: r for r in records}
+    series_rows = [
+        {"study_pk": study_pk[r.study_uid], "series_uid": u, **r.series, "attrs": r.series_attrs}
+        for u, r in sorted(series.items())
+    ]
+    got = await conn.fetch(
+        _UPSERT_SERIES, tenant, *_columns(series_rows, ["study_pk", "series_uid", *SERIES_COLUMNS, "attrs"])
+    )
+    series_pk = {row["series_uid"]: row["pk"] for row in got}
+    series_study = {row["series_uid"]: row["study_pk"] for row in got}
+    created_series = [row["pk"] for row in got if row["created"]]
+
+    candidates = []
+    for r in records:
+        if series_study[r.series_uid] != study_pk[r.study_uid]:
+            out.failed[r.sop_uid] = Failure(
+                DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "Series Instance UID already belongs to another study",
+                r.instance["sop_class_uid"],
+                r.sop_uid,
+            )
+            out.unreferenced_keys.append(r.object_key)
+        else:
+            candidates.append(r)
+    rows = [
+        {
+            "study_pk": study_pk[r.study_uid],
+            "series_pk": series_pk[r.series_uid],
+            "sop_uid": r.sop_uid,
+            **r.instance,
+            "object_key": r.object_key,
+            "size": r.size,
+            "sha256": r.sha256,
+            "metadata": r.metadata,
+        }
+        for r in candidates
+    ]
+    inserted = {row["sop_uid"] for row in await conn.fetch(_INSERT_INSTANCES, tenant, *_columns(rows, _INSTANCE_COLS))}
+    out.stored |= inserted
+    replaced = await _resolve_duplicates(conn, tenant, [r for r in candidates if r.sop_uid not in inserted],
+                                         series_pk, overwrite, out)
+
+    # Aggregates: only instances that are new to the index count.
+    added: dict[int, int] = {}
+    modality: dict[int, str | None] = {}
+    for r in candidates:
+        if r.sop_uid in inserted:
+            pk = series_pk[r.series_uid]
+            added[pk] = added.get(pk, 0) + 1
+            modality[pk] = r.series.get("modality")
+    await conn.execute(
+        "UPDATE series s SET num_instances = s.num_instances + v.n "
+        "FROM unnest($1::bigint[], $2::int[]) AS v(pk, n) WHERE s.pk = v.pk",
+        list(added), list(added.values()),
+    )
+    per_study: dict[int, list[Any]] = {}
+    series_of_study = {series_pk[u]: study_pk[r.study_uid] for u, r in series.items()}
+    for pk, n in added.items():
+        agg = per_study.setdefault(series_of_study[pk], [0, 0, set()])
+        agg[0] += n
+        agg[1] += pk in created_series
+        if modality[pk]:
+            agg[2].add(modality[pk])
+    await conn.execute(
+        "UPDATE study s SET num_instances = s.num_instances + v.n, num_series = s.num_series + v.new_series, "
+        "modalities = ARRAY(SELECT DISTINCT m FROM unnest(s.modalities || "
+        "ARRAY(SELECT jsonb_array_elements_text(v.mods::jsonb))) AS m ORDER BY m), "
+        "updated_at = now() "
+        "FROM unnest($1::bigint[], $2::int[], $3::int[], $4::text[]) AS v(pk, n, new_series, mods) "
+        "WHERE s.pk = v.pk",
+        list(per_study),
+        [a[0] for a in per_study.values()],
+        [a[1] for a in per_study.values()],
+        [orjson.dumps(sorted(a[2])).decode() for a in per_study.values()],
+    )
+    # A study or series created here whose every instance failed must not linger empty.
+    await conn.execute("DELETE FROM series WHERE pk = ANY($1::bigint[]) AND num_instances = 0", created_series)
+    await conn.execute("DELETE FROM study WHERE pk = ANY($1::bigint[]) AND num_instances = 0", created_studies)
+    out.unreferenced_keys += replaced
+    return out
+
+
+async def _resolve_duplicates(
+    conn: asyncpg.Connection,
+    tenant: str,
+    dups: list[Record],
+    series_pk: dict[str, int],
+    overwrite: bool,
+    out: BatchOutcome,
+) -> list[str]:
+    """Same bytes: success.  Different bytes: 0x0111, or replaced in place when ``overwrite``."""
+    if not dups:
+        return []
+    existing = {
+        row["sop_uid"]: row
+        for row in await conn.fetch(
+            "SELECT sop_uid, sha256, object_key, series_pk FROM instance "
+            "WHERE tenant = $1 AND sop_uid = ANY($2::text[]) FOR UPDATE",
+            tenant, [r.sop_uid for r in dups],
+        )
+    }
+    replace: list[Record] = []
+    old_keys: list[str] = []
+    for r in dups:
+        row = existing.get(r.sop_uid)
+        if row is not None and bytes(row["sha256"]) == r.sha256:
+            out.stored.add(r.sop_uid)  # a retry of an instance we already hold
+            out.unreferenced_keys.append(r.object_key)
+        elif row is not None and overwrite and row["series_pk"] == series_pk[r.series_uid]:
+            replace.append(r)
+            old_keys.append(row["object_key"])
+            out.stored.add(r.sop_uid)
+        else:
+            out.failed[r.sop_uid] = Failure(
+                DUPLICATE_SOP_INSTANCE,
+                "An instance with this SOP Instance UID and different content is already stored"
+                if row is None or not overwrite
+                else "Overwrite refused: the stored instance belongs to another series",
+                r.instance["sop_class_uid"],
+                r.sop_uid,
+            )
+            out.unreferenced_keys.append(r.object_key)
+    if replace:
+        values = [{**r.instance, "object_key": r.object_key, "size": r.size, "sha256": r.sha256,
+                   "metadata": r.metadata} for r in replace]
+        await conn.execute(_OVERWRITE, tenant, [r.sop_uid for r in replace], *_columns(values, _OVERWRITE_COLS))
+    return old_keys
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    object_key: str
+    size: int
+    transfer_syntax_uid: str
+    sha256: bytes
+
+
+async def find_instance(
+    pool: asyncpg.Pool, tenant: str, study_uid: str, series_uid: str, sop_uid: str
+) -> StoredInstance | None:
+    async with connection(pool) as conn:
+        row = await conn.fetchrow(
+            "SELECT i.object_key, i.size, i.transfer_syntax_uid, i.sha256 FROM instance i "
+            "JOIN series se ON se.pk = i.series_pk JOIN study st ON st.pk = i.study_pk "
+            "WHERE i.tenant = $1 AND i.sop_uid = $2 AND se.series_uid = $3 AND st.study_uid = $4",
+            tenant, sop_uid, series_uid, study_uid,
+        )
+    if row is None:
+        return None
+    return StoredInstance(row["object_key"], row["size"], row["transfer_syntax_uid"], bytes(row["sha256"]))
+
+
+async def referenced_keys(pool: asyncpg.Pool, keys: Sequence[str]) -> set[str]:
+    """The subset of ``keys`` that a committed instance row references."""
+    async with connection(pool) as conn:
+        rows = await conn.fetch("SELECT object_key FROM instance WHERE object_key = ANY($1::text[])", list(keys))
+    return {row["object_key"] for row in rows}

@@ -1,0 +1,249 @@
+"""Parse and validate one STOW part's DICOM header: pure, bytes in, values out.
+
+Only the bytes before Pixel Data are parsed, from a prefix of the part held in
+memory (at most ``header_budget`` bytes, so parse time is bounded too).  A
+problem with one instance is returned as a ``Failure`` carrying a PS3.18
+FailureReason, never raised, so the other parts of the request still store.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import unicodedata
+import warnings
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydicom.dataset import Dataset
+from pydicom.filereader import _read_file_meta_info, read_dataset
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
+
+# PS3.18 Table I.2-2 Store Instances Response Failure Reason, plus the PS3.7 Annex C
+# general status we use for a conflicting duplicate.  Listed in CONFORMANCE.md.
+REFUSED_OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+PROCESSING_FAILURE = 0x0110
+DUPLICATE_SOP_INSTANCE = 0x0111
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # Float, Double Float, Pixel Data
+PREAMBLE = 128
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+
+
+def is_valid_uid(value: object) -> bool:
+    """PS3.5 §9.1: digits and dots, no leading zeros in a component, at most 64 characters."""
+    return isinstance(value, str) and 0 < len(value) <= 64 and _UID.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One instance that was not stored: the PS3.18 FailureReason and a readable comment."""
+
+    reason: int
+    comment: str
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+
+
+@dataclass(frozen=True)
+class Header:
+    """What ingest needs from one instance's header."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    dataset: Dataset  # raw elements, converted lazily by dicom_json
+    pixel_data: tuple[str, str] | None  # (tag, VR) of the (Float/Double) Pixel Data element, if any
+
+
+def parse_header(prefix: bytes, *, complete: bool) -> Header | Failure:
+    """Parse a Part 10 header from the first bytes of a part.
+
+    ``complete`` says that ``prefix`` is the whole part; otherwise the header must
+    end (at Pixel Data) within ``prefix``.
+    """
+    if len(prefix) < PREAMBLE + 4 or prefix[PREAMBLE : PREAMBLE + 4] != b"DICM":
+        return Failure(CANNOT_UNDERSTAND, "Not a DICOM PS3.10 file: no 'DICM' prefix after the preamble")
+    fp = io.BytesIO(prefix)
+    fp.seek(PREAMBLE + 4)
+    stop: dict[str, str | None] = {}
+
+    def at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
+        if tag in PIXEL_DATA_TAGS:
+            stop["vr"] = vr or "OW"
+            stop["tag"] = f"{tag:08X}"
+            return True
+        return False
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            meta = _read_file_meta_info(fp)
+            ts = str(meta.get("TransferSyntaxUID", "")).rstrip("\0 ")
+            if not is_valid_uid(ts):
+                return Failure(CANNOT_UNDERSTAND, "File Meta Information has no valid Transfer Syntax UID")
+            uid = UID(ts)
+            if not uid.is_transfer_syntax:
+                return Failure(TRANSFER_SYNTAX_NOT_SUPPORTED, f"Transfer Syntax {ts} is not supported")
+            body: io.BytesIO = fp
+            if ts == DEFLATED:
+                # Inflate with a bound: never more than the header budget (decompression bombs).
+                inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(prefix[fp.tell() :], len(prefix))
+                body = io.BytesIO(inflated)
+            ds = read_dataset(body, uid.is_implicit_VR, uid.is_little_endian, stop_when=at_pixels)
+            if "vr" not in stop and not complete:
+                return Failure(REFUSED_OUT_OF_RESOURCES, "DICOM header exceeds the configured header budget")
+            values = {kw: _text(ds, tag) for kw, tag in _REQUIRED.items()}
+    except Exception as exc:  # pydicom raises many types on malformed input
+        return Failure(CANNOT_UNDERSTAND, f"Unreadable DICOM header: {type(exc).__name__}")
+    sop_class, sop_uid = values["SOPClassUID"], values["SOPInstanceUID"]
+    for keyword, value in values.items():
+        if not is_valid_uid(value):
+            problem = "missing" if not value else "not a valid UID"
+            return Failure(
+                DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                f"{keyword} is {problem}",
+                sop_class if is_valid_uid(sop_class) else None,
+                sop_uid if is_valid_uid(sop_uid) else None,
+            )
+    assert sop_class and sop_uid and values["StudyInstanceUID"] and values["SeriesInstanceUID"]
+    return Header(
+        study_uid=values["StudyInstanceUID"],
+        series_uid=values["SeriesInstanceUID"],
+        sop_uid=sop_uid,
+        sop_class_uid=sop_class,
+        transfer_syntax_uid=ts,
+        dataset=ds,
+        pixel_data=(stop["tag"], stop["vr"] or "OW") if "tag" in stop else None,
+    )
+
+
+_REQUIRED = {
+    "SOPClassUID": 0x00080016,
+    "SOPInstanceUID": 0x00080018,
+    "StudyInstanceUID": 0x0020000D,
+    "SeriesInstanceUID": 0x0020000E,
+}
+
+
+def _text(ds: Dataset, tag: int) -> str | None:
+    elem = ds.get_item(tag)
+    if elem is None or elem.value is None:
+        return None
+    value = elem.value
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return str(value).rstrip("\0 ") or None
+
+
+# ---------------------------------------------------------------------------
+# Index attributes, read from the instance's DICOM JSON (decoded once).
+
+
+def first(meta: dict[str, Any], tag: str) -> Any:
+    """The first value of a top-level attribute in DICOM JSON, or None."""
+    elem = meta.get(tag)
+    if not elem:
+        return None
+    values = elem.get("Value")
+    return values[0] if values else None
+
+
+def person_name(meta: dict[str, Any], tag: str) -> str | None:
+    """The PN value as its DICOM string form ("Alphabetic=Ideographic=Phonetic")."""
+    value = first(meta, tag)
+    if not isinstance(value, dict):
+        return None
+    groups = [value.get("Alphabetic", ""), value.get("Ideographic", ""), value.get("Phonetic", "")]
+    while groups and not groups[-1]:
+        groups.pop()
+    return "=".join(groups) or None
+
+
+def fold(text: str | None) -> str | None:
+    """Case- and accent-insensitive form used for PN matching (documented in CONFORMANCE.md)."""
+    if text is None:
+        return None
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).upper()
+
+
+# PS3.3 Patient and Study IE attributes kept with the study, and Series/Equipment IE
+# attributes kept with the series (returned by QIDO; the first instance provides them).
+STUDY_TAGS = frozenset(
+    "00080005 00080020 00080030 00080050 00080051 00080056 00080061 00080090 00080201 00081030 00081032 "
+    "00081060 00100010 00100020 00100021 00100030 00100032 00100040 00101010 00101020 00101030 00102160 "
+    "00104000 0020000D 00200010 00321060".split()
+)
+SERIES_TAGS = frozenset(
+    "00080005 00080021 00080031 00080060 00080070 00080080 00081010 0008103E 00081070 00081090 00080201 "
+    "00180015 00185100 0020000E 00200011 00200060 00400244 00400245 00400275".split()
+)
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, int) and -(2**31) <= value < 2**31:
+        return value
+    return None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def index_values(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Study, series and instance index columns (db.STUDY_COLUMNS etc.) from an instance's DICOM JSON."""
+    patient = person_name(meta, "00100010")
+    referring = person_name(meta, "00080090")
+    study = {
+        "study_date": _str(first(meta, "00080020")),
+        "study_time": _str(first(meta, "00080030")),
+        "accession_number": _str(first(meta, "00080050")),
+        "referring_physician": referring,
+        "referring_physician_folded": fold(referring),
+        "patient_name": patient,
+        "patient_name_folded": fold(patient),
+        "patient_id": _str(first(meta, "00100020")),
+        "patient_birth_date": _str(first(meta, "00100030")),
+        "patient_sex": _str(first(meta, "00100040")),
+        "study_id": _str(first(meta, "00200010")),
+        "study_description": _str(first(meta, "00081030")),
+        "timezone_offset": _str(first(meta, "00080201")),
+    }
+    requests = (meta.get("00400275") or {}).get("Value") or []
+    series = {
+        "modality": _str(first(meta, "00080060")),
+        "series_number": _int(first(meta, "00200011")),
+        "series_description": _str(first(meta, "0008103E")),
+        "pps_start_date": _str(first(meta, "00400244")),
+        "pps_start_time": _str(first(meta, "00400245")),
+        "scheduled_step_ids": _json_list([_str(first(item, "00400009")) for item in requests]),
+        "requested_procedure_ids": _json_list([_str(first(item, "00401001")) for item in requests]),
+        "timezone_offset": _str(first(meta, "00080201")),
+    }
+    instance = {
+        "sop_class_uid": _str(first(meta, "00080016")),
+        "instance_number": _int(first(meta, "00200013")),
+        "rows": _int(first(meta, "00280010")),
+        "columns": _int(first(meta, "00280011")),
+        "bits_allocated": _int(first(meta, "00280100")),
+        "number_of_frames": _int(first(meta, "00280008")),
+    }
+    return study, series, instance
+
+
+def _json_list(values: list[str | None]) -> str:
+    return orjson.dumps([v for v in values if v]).decode()
+
+
+def subset(meta: dict[str, Any], tags: frozenset[str]) -> dict[str, Any]:
+    return {tag: value for tag, value in meta.items() if tag in tags}

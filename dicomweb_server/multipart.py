@@ -1,0 +1,151 @@
+"""Streaming ``multipart/related`` reading (RFC 2387) over python-multipart's push parser.
+
+Pure: chunks in, events out.  The caller awaits whatever each event needs (a
+storage write) before feeding the next chunk, which gives backpressure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from .errors import BadRequest, PayloadTooLarge
+
+MAX_BOUNDARY = 70  # RFC 2046 §5.1.1
+MAX_PREAMBLE = 65536
+
+
+@dataclass(frozen=True)
+class MediaType:
+    """A parsed Content-Type: lower-case type and parameters (values unquoted)."""
+
+    type: str
+    params: dict[str, str] = field(default_factory=dict)
+
+
+def parse_media_type(value: str | None) -> MediaType:
+    """Parse a Content-Type header liberally: quoted or bare parameters, extra whitespace."""
+    ctype, options = parse_options_header(value or "")
+    params = {k.decode("latin-1").lower().strip(): v.decode("latin-1").strip() for k, v in options.items()}
+    return MediaType(ctype.decode("latin-1").strip().lower(), params)
+
+
+@dataclass(frozen=True)
+class PartStart:
+    headers: dict[str, str]  # lower-case names
+
+
+@dataclass(frozen=True)
+class PartData:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class PartEnd:
+    pass
+
+
+Event = PartStart | PartData | PartEnd
+
+
+class MultipartReader:
+    """Feed body chunks, collect part events; ``close()`` checks the body ended properly."""
+
+    def __init__(self, boundary: str, *, max_header_bytes: int = 16384, max_headers: int = 32):
+        if not boundary or len(boundary) > MAX_BOUNDARY:
+            raise BadRequest(f"multipart boundary must be 1 to {MAX_BOUNDARY} characters")
+        self._events: list[Event] = []
+        self._headers: dict[str, str] = {}
+        self._field = bytearray()
+        self._value = bytearray()
+        self._header_bytes = 0
+        self._max_header_bytes = max_header_bytes
+        self._ended = False
+        self._delimiter = b"--" + boundary.encode("latin-1")
+        self._preamble: bytearray | None = bytearray()  # None once the first delimiter was found
+        self._parser = MultipartParser(
+            boundary.encode("latin-1"),
+            {
+                "on_part_begin": self._on_part_begin,
+                "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value,
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+                "on_part_data": self._on_part_data,
+                "on_part_end": self._on_part_end,
+                "on_end": self._on_end,
+            },
+            max_header_count=max_headers,
+            max_header_size=max_header_bytes,
+        )
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        """Parse one chunk and return the events it completed."""
+        if self._ended:
+            return []  # epilogue after the close delimiter is ignored (RFC 2046 §5.1.1)
+        if self._preamble is not None:
+            chunk = self._skip_preamble(chunk)
+        try:
+            self._parser.write(chunk)
+        except MultipartParseError as exc:
+            raise BadRequest(f"Malformed multipart body: {exc}") from None
+        events, self._events = self._events, []
+        return events
+
+    def _skip_preamble(self, chunk: bytes) -> bytes:
+        """Drop any preamble before the first delimiter (RFC 2046 allows one; the parser does not)."""
+        assert self._preamble is not None
+        self._preamble += chunk
+        buf = self._preamble
+        at = 0 if buf.startswith(self._delimiter) else buf.find(b"\n" + self._delimiter)
+        if at < 0:
+            if len(buf) > MAX_PREAMBLE:
+                raise BadRequest("Malformed multipart body: no boundary delimiter found")
+            return b""
+        start = at if at == 0 else at + 1
+        self._preamble = None
+        return bytes(buf[start:])
+
+    def close(self) -> None:
+        """The body is over: it must have ended with the close delimiter."""
+        if not self._ended:
+            raise BadRequest("Malformed multipart body: it ends before the closing boundary")
+
+    # python-multipart callbacks -------------------------------------------------
+    def _on_part_begin(self) -> None:
+        self._headers = {}
+        self._header_bytes = 0
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+        self._count(end - start)
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+        self._count(end - start)
+
+    def _count(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > self._max_header_bytes:
+            raise PayloadTooLarge("multipart part headers exceed the configured size")
+
+    def _on_header_end(self) -> None:
+        name = self._field.decode("latin-1").strip().lower()
+        self._headers[name] = self._value.decode("latin-1").strip()
+        self._field.clear()
+        self._value.clear()
+
+    def _on_headers_finished(self) -> None:
+        self._events.append(PartStart(self._headers))
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if end > start:
+            self._events.append(PartData(bytes(data[start:end])))
+
+    def _on_part_end(self) -> None:
+        self._events.append(PartEnd())
+
+    def _on_end(self) -> None:
+        self._ended = True

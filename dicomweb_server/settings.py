@@ -1,0 +1,90 @@
+"""One settings object, built once from the environment and passed explicitly."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    endpoint_url: str | None
+    bucket: str
+    access_key: str | None
+    secret_key: str | None
+    region: str
+    # Objects up to this size go up in one PUT; larger ones in a multipart upload
+    # with parts of this size (S3 minimum part size is 5 MiB).
+    part_size: int = 8 * MiB
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    data_dir: Path = Path(".data")
+    storage_path: Path = Path(".data/objects")
+    s3: S3Settings | None = None
+    public_base_url: str | None = None
+    tenant: str = "default"
+    # STOW limits (RELIABILITY.md, "Limits"). Exceeding one answers 413.
+    max_body_bytes: int = 4 * GiB
+    max_part_bytes: int = 2 * GiB
+    max_parts: int = 10_000
+    # Bytes of a part kept in memory to parse its DICOM header (everything before Pixel Data).
+    header_budget_bytes: int = 16 * MiB
+    # Values of binary VRs longer than this become a BulkDataURI in the stored DICOM JSON.
+    bulk_data_threshold: int = 1024
+    # "reject": same SOP Instance UID with different bytes fails with 0x0111; "overwrite" replaces it.
+    duplicate_policy: str = "reject"
+    gc_grace_seconds: int = 24 * 3600
+    gc_interval_seconds: int = 3600  # 0 disables the in-process sweep (run `dicomweb-server gc` instead)
+    db_pool_size: int = 10
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        e = dict(os.environ if env is None else env)
+        data_dir = Path(e.get("DICOMWEB_DATA_DIR", ".data"))
+        s3 = None
+        if e.get("S3_BUCKET"):
+            s3 = S3Settings(
+                endpoint_url=e.get("S3_ENDPOINT_URL") or None,
+                bucket=e["S3_BUCKET"],
+                access_key=e.get("S3_ACCESS_KEY_ID") or e.get("AWS_ACCESS_KEY_ID"),
+                secret_key=e.get("S3_SECRET_ACCESS_KEY") or e.get("AWS_SECRET_ACCESS_KEY"),
+                region=e.get("S3_REGION", "us-east-1"),
+                part_size=_int(e, "S3_PART_SIZE", 8 * MiB),
+            )
+        policy = e.get("DICOMWEB_DUPLICATE_POLICY", "reject")
+        if policy not in ("reject", "overwrite"):
+            raise ValueError("DICOMWEB_DUPLICATE_POLICY must be 'reject' or 'overwrite'")
+        return cls(
+            database_url=e.get("DATABASE_URL") or None,
+            data_dir=data_dir,
+            storage_path=Path(e.get("DICOMWEB_STORAGE_PATH", str(data_dir / "objects"))),
+            s3=s3,
+            public_base_url=(e.get("DICOMWEB_PUBLIC_BASE_URL") or "").rstrip("/") or None,
+            tenant=e.get("DICOMWEB_TENANT", "default"),
+            max_body_bytes=_int(e, "DICOMWEB_MAX_BODY_BYTES", 4 * GiB),
+            max_part_bytes=_int(e, "DICOMWEB_MAX_PART_BYTES", 2 * GiB),
+            max_parts=_int(e, "DICOMWEB_MAX_PARTS", 10_000),
+            header_budget_bytes=_int(e, "DICOMWEB_HEADER_BUDGET_BYTES", 16 * MiB),
+            bulk_data_threshold=_int(e, "DICOMWEB_BULK_DATA_THRESHOLD", 1024),
+            duplicate_policy=policy,
+            gc_grace_seconds=_int(e, "DICOMWEB_GC_GRACE_SECONDS", 24 * 3600),
+            gc_interval_seconds=_int(e, "DICOMWEB_GC_INTERVAL_SECONDS", 3600),
+            db_pool_size=_int(e, "DICOMWEB_DB_POOL_SIZE", 10),
+        )

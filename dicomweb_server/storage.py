@@ -1,0 +1,362 @@
+"""Object storage: one narrow interface, a local-filesystem and an S3 backend.
+
+Keys are derived by the server (``new_key``), never from UIDs or other input.
+An object is written straight to its final key; until the index row that
+references it commits, it is invisible to clients and, after a grace period,
+garbage (see ``sweep.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import StorageError
+from .settings import S3Settings
+
+READ_CHUNK = 1024 * 1024
+_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,62}/[0-9a-f]{2}/[0-9a-f]{32}")
+
+
+class StorageFull(StorageError):
+    """No space left for the object (STOW FailureReason 0xA700)."""
+
+
+def new_key(tenant: str) -> str:
+    """A fresh object key under the tenant's prefix: ``tenant/ab/ab12…`` (uuid4 hex)."""
+    u = uuid.uuid4().hex
+    key = f"{tenant}/{u[:2]}/{u}"
+    _check_key(key)
+    return key
+
+
+def _check_key(key: str) -> None:
+    if not _KEY.fullmatch(key):
+        raise StorageError("invalid object key")
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    modified: float  # seconds since the epoch
+
+
+class ObjectWriter(Protocol):
+    async def write(self, data: bytes) -> None: ...
+
+    async def commit(self) -> None:
+        """Make the object durable at its key; after this returns it survives a crash."""
+
+    async def abort(self) -> None:
+        """Discard everything written; safe to call more than once."""
+
+
+class ObjectStore(Protocol):
+    def writer(self, key: str) -> ObjectWriter: ...
+
+    def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Stream bytes ``[start, end)`` of an object."""
+
+    async def delete(self, key: str) -> None: ...
+
+    def list(self) -> AsyncIterator[StoredObject]: ...
+
+    async def remove_stale_uploads(self, older_than: float) -> int:
+        """Remove unfinished writes (temp files, multipart uploads) started before ``older_than``."""
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------
+# Local filesystem
+
+
+class FileStore:
+    """Objects as files under ``root``: temp file, fsync, rename, fsync of the directory."""
+
+    def __init__(self, root: Path):
+        self.root = root.resolve()
+        self.staging = self.root / ".staging"
+        self.staging.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        _check_key(key)
+        return self.root / key
+
+    def writer(self, key: str) -> _FileWriter:
+        return _FileWriter(self.path(key), self.staging / f"{uuid.uuid4().hex}.part")
+
+    async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        try:
+            f = await asyncio.to_thread(open, self.path(key), "rb")
+        except OSError as exc:
+            raise StorageError(f"cannot open object: {exc.strerror}") from None
+        try:
+            f.seek(start)
+            remaining = None if end is None else end - start
+            while remaining is None or remaining > 0:
+                n = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
+                chunk = await asyncio.to_thread(f.read, n)
+                if not chunk:
+                    break
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+        finally:
+            f.close()
+
+    async def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(os.unlink, self.path(key))
+
+    async def list(self) -> AsyncIterator[StoredObject]:
+        entries = await asyncio.to_thread(self._scan)
+        for entry in entries:
+            yield entry
+
+    def _scan(self) -> list[StoredObject]:
+        found = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            if Path(dirpath) == self.root:
+                dirnames[:] = [d for d in dirnames if d != ".staging"]
+            for name in filenames:
+                full = Path(dirpath) / name
+                key = full.relative_to(self.root).as_posix()
+                if _KEY.fullmatch(key):
+                    st = full.stat()
+                    found.append(StoredObject(key, st.st_size, st.st_mtime))
+        return found
+
+    async def remove_stale_uploads(self, older_than: float) -> int:
+        def sweep() -> int:
+            removed = 0
+            for p in self.staging.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    if p.stat().st_mtime < older_than:
+                        p.unlink()
+                        removed += 1
+            return removed
+
+        return await asyncio.to_thread(sweep)
+
+    async def ping(self) -> None:
+        if not await asyncio.to_thread(os.access, self.staging, os.W_OK):
+            raise StorageError("storage directory is not writable")
+
+    async def close(self) -> None:
+        return None
+
+
+class _FileWriter:
+    def __init__(self, final: Path, temp: Path):
+        self.final = final
+        self.temp = temp
+        self.fd: int | None = None
+
+    async def write(self, data: bytes) -> None:
+        try:
+            if self.fd is None:
+                self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            view = memoryview(data)
+            while view:  # page-cache writes are fast; durability comes from the fsync in commit
+                view = view[os.write(self.fd, view) :]
+        except OSError as exc:
+            raise _os_error(exc) from None
+
+    async def commit(self) -> None:
+        try:
+            await asyncio.to_thread(self._commit)
+        except OSError as exc:
+            await self.abort()
+            raise _os_error(exc) from None
+
+    def _commit(self) -> None:
+        if self.fd is None:
+            self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = None
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(self.temp, self.final)
+        dfd = os.open(self.final.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    async def abort(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.temp)
+
+
+def _os_error(exc: OSError) -> StorageError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull("no space left for the object")
+    return StorageError(f"storage write failed: {exc.strerror}")
+
+
+# ---------------------------------------------------------------------------
+# S3 (aiobotocore)
+
+
+class S3Store:
+    """Objects in one S3 bucket: a PUT for small objects, a multipart upload for large ones."""
+
+    def __init__(self, settings: S3Settings):
+        self.settings = settings
+        self._stack = contextlib.AsyncExitStack()
+        self.client: Any = None
+
+    async def open(self) -> S3Store:
+        from aiobotocore.config import AioConfig
+        from aiobotocore.session import get_session
+
+        config = AioConfig(
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            retries={"max_attempts": 3, "mode": "standard"},
+            s3={"addressing_style": "path"},
+        )
+        self.client = await self._stack.enter_async_context(
+            get_session().create_client(
+                "s3",
+                endpoint_url=self.settings.endpoint_url,
+                aws_access_key_id=self.settings.access_key,
+                aws_secret_access_key=self.settings.secret_key,
+                region_name=self.settings.region,
+                config=config,
+            )
+        )
+        return self
+
+    def writer(self, key: str) -> _S3Writer:
+        _check_key(key)
+        return _S3Writer(self, key)
+
+    async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        _check_key(key)
+        extra = {}
+        if start or end is not None:
+            extra["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        async with _s3_errors():
+            resp = await self.client.get_object(Bucket=self.settings.bucket, Key=key, **extra)
+        async with resp["Body"] as body, _s3_errors():
+            async for chunk in body.iter_chunks(READ_CHUNK):
+                yield chunk
+
+    async def delete(self, key: str) -> None:
+        _check_key(key)
+        async with _s3_errors():
+            await self.client.delete_object(Bucket=self.settings.bucket, Key=key)
+
+    async def list(self) -> AsyncIterator[StoredObject]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        async with _s3_errors():
+            async for page in paginator.paginate(Bucket=self.settings.bucket):
+                for obj in page.get("Contents", []):
+                    if _KEY.fullmatch(obj["Key"]):
+                        yield StoredObject(obj["Key"], obj["Size"], obj["LastModified"].timestamp())
+
+    async def remove_stale_uploads(self, older_than: float) -> int:
+        removed = 0
+        async with _s3_errors():
+            resp = await self.client.list_multipart_uploads(Bucket=self.settings.bucket)
+            for upload in resp.get("Uploads", []):
+                if upload["Initiated"].timestamp() < older_than:
+                    await self.client.abort_multipart_upload(
+                        Bucket=self.settings.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    removed += 1
+        return removed
+
+    async def ping(self) -> None:
+        async with _s3_errors():
+            await self.client.head_bucket(Bucket=self.settings.bucket)
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+
+class _S3Writer:
+    def __init__(self, store: S3Store, key: str):
+        self.store = store
+        self.key = key
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []
+
+    async def write(self, data: bytes) -> None:
+        self.buffer += data
+        size = self.store.settings.part_size
+        while len(self.buffer) >= size * 2:  # keep a full part back so the last part is never tiny
+            await self._upload_part(bytes(self.buffer[:size]))
+            del self.buffer[:size]
+
+    async def _upload_part(self, body: bytes) -> None:
+        s3, bucket = self.store.client, self.store.settings.bucket
+        async with _s3_errors(self):
+            if self.upload_id is None:
+                resp = await s3.create_multipart_upload(Bucket=bucket, Key=self.key)
+                self.upload_id = resp["UploadId"]
+            number = len(self.parts) + 1
+            resp = await s3.upload_part(
+                Bucket=bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=body
+            )
+            self.parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+
+    async def commit(self) -> None:
+        s3, bucket = self.store.client, self.store.settings.bucket
+        if self.upload_id is None:
+            async with _s3_errors(self):
+                await s3.put_object(Bucket=bucket, Key=self.key, Body=bytes(self.buffer))
+        else:
+            await self._upload_part(bytes(self.buffer))
+            async with _s3_errors(self):
+                await s3.complete_multipart_upload(
+                    Bucket=bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self.parts}
+                )
+        self.buffer = bytearray()
+
+    async def abort(self) -> None:
+        self.buffer = bytearray()
+        if self.upload_id is not None:
+            upload_id, self.upload_id = self.upload_id, None
+            with contextlib.suppress(Exception):
+                await self.store.client.abort_multipart_upload(
+                    Bucket=self.store.settings.bucket, Key=self.key, UploadId=upload_id
+                )
+
+
+@contextlib.asynccontextmanager
+async def _s3_errors(writer: _S3Writer | None = None) -> AsyncIterator[None]:
+    """Re-raise botocore/aiohttp failures as StorageError, aborting a multipart upload first."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:
+        if writer is not None:
+            await writer.abort()
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+        raise StorageError(f"S3 request failed: {code}") from None
+
+
+async def open_store(root: Path, s3: S3Settings | None) -> ObjectStore:
+    """The configured backend: S3 when a bucket is set, else the local filesystem."""
+    if s3 is not None:
+        return await S3Store(s3).open()
+    return FileStore(root)

@@ -1,0 +1,323 @@
+"""STOW-RS (PS3.18 §10.5): stream each part into object storage, index the request in one transaction.
+
+Per part: keep a bounded prefix in memory until the DICOM header parses, then
+write the part (preamble zeroed) to its object while hashing it.  Per-instance
+problems become FailedSOPSequence items; request-level problems raise.  Nothing
+is acknowledged before every stored object is durable and the index committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from . import db, dicom, dicom_json
+from .dicom import Failure, Header
+from .errors import BadRequest, PayloadTooLarge, ServiceUnavailable, StorageError, UnsupportedMediaType
+from .multipart import Event, MultipartReader, PartData, PartEnd, PartStart, parse_media_type
+from .settings import Settings
+from .storage import ObjectStore, ObjectWriter, StorageFull, new_key
+
+log = logging.getLogger(__name__)
+
+DICOM_JSON = "application/dicom+json"
+FIRST_PARSE_AT = 1024 * 1024  # try the header early for big parts; retry at the full budget
+MAX_PENDING_COMMITS = 8
+
+
+@dataclass
+class _Part:
+    prefix: bytearray | None = field(default_factory=bytearray)
+    size: int = 0
+    parse_at: int = FIRST_PARSE_AT
+    skip: bool = False
+    header: Header | None = None
+    meta: dict[str, Any] | None = None
+    key: str | None = None
+    writer: ObjectWriter | None = None
+    sha: Any = field(default_factory=hashlib.sha256)
+
+
+@dataclass
+class _Done:
+    """A part whose object is being made durable."""
+
+    header: Header
+    meta: dict[str, Any]
+    key: str
+    size: int
+    sha256: bytes
+    commit: asyncio.Task[None]
+
+
+class Ingest:
+    """One STOW request: parts in, a Store Instances Response out."""
+
+    def __init__(
+        self, settings: Settings, store: ObjectStore, pool: Any, tenant: str, study_uid: str | None, base: str
+    ):
+        self.settings = settings
+        self.store = store
+        self.pool = pool
+        self.tenant = tenant
+        self.study_uid = study_uid
+        self.base = base
+        self.parts = 0
+        self.body_bytes = 0
+        self.part: _Part | None = None
+        self.done: list[_Done] = []
+        self.failed: list[Failure] = []
+        self.keys: list[str] = []  # every object this request created, for clean-up on failure
+
+    # -- streaming ----------------------------------------------------------------
+    async def run(self, content_type: str | None, length: str | None, body: AsyncIterator[bytes]) -> Response:
+        media = parse_media_type(content_type)
+        if length is not None and length.isdigit() and int(length) > self.settings.max_body_bytes:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {self.settings.max_body_bytes} bytes")
+        try:
+            if media.type == "multipart/related":
+                await self._multipart(media.params, body)
+            elif media.type == "application/dicom":
+                await self._single(body)
+            else:
+                raise UnsupportedMediaType(
+                    'STOW-RS accepts multipart/related; type="application/dicom" or application/dicom'
+                )
+            return await self._finish()
+        except BaseException:
+            await self._discard()
+            raise
+
+    async def _multipart(self, params: dict[str, str], body: AsyncIterator[bytes]) -> None:
+        part_type = params.get("type", "application/dicom").lower()
+        if part_type != "application/dicom":
+            raise UnsupportedMediaType(f'multipart/related type "{part_type}" is not supported; use application/dicom')
+        if "boundary" not in params:
+            raise BadRequest("multipart/related Content-Type has no boundary parameter")
+        reader = MultipartReader(params["boundary"])
+        async for chunk in body:
+            self._count(chunk)
+            for event in reader.feed(chunk):
+                await self._on(event)
+        reader.close()
+        if self.parts == 0:
+            raise BadRequest("multipart body has no parts")
+
+    async def _single(self, body: AsyncIterator[bytes]) -> None:
+        await self._on(PartStart({}))
+        async for chunk in body:
+            self._count(chunk)
+            if chunk:
+                await self._on(PartData(chunk))
+        await self._on(PartEnd())
+
+    def _count(self, chunk: bytes) -> None:
+        self.body_bytes += len(chunk)
+        if self.body_bytes > self.settings.max_body_bytes:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {self.settings.max_body_bytes} bytes")
+
+    async def _on(self, event: Event) -> None:
+        if isinstance(event, PartStart):
+            self.parts += 1
+            if self.parts > self.settings.max_parts:
+                raise PayloadTooLarge(f"Request has more than {self.settings.max_parts} parts")
+            self.part = _Part()
+            ctype = parse_media_type(event.headers.get("content-type")).type
+            if ctype not in ("", "application/dicom"):
+                self.part.skip = True
+                self.failed.append(Failure(dicom.CANNOT_UNDERSTAND, f"Part media type {ctype} is not application/dicom"))
+            return
+        part = self.part
+        assert part is not None
+        if isinstance(event, PartData):
+            part.size += len(event.data)
+            if part.size > self.settings.max_part_bytes:
+                raise PayloadTooLarge(f"A part exceeds the limit of {self.settings.max_part_bytes} bytes")
+            if part.skip:
+                return
+            if part.writer is not None:
+                part.sha.update(event.data)
+                await part.writer.write(event.data)
+                return
+            assert part.prefix is not None
+            part.prefix += event.data
+            if len(part.prefix) >= part.parse_at:
+                await self._parse(part, complete=False)
+            return
+        if not part.skip:
+            if part.writer is None:
+                await self._parse(part, complete=True)
+            if part.writer is not None:
+                await self._close_part(part)
+        self.part = None
+
+    async def _parse(self, part: _Part, *, complete: bool) -> None:
+        assert part.prefix is not None
+        budget = self.settings.header_budget_bytes
+        parsed = dicom.parse_header(bytes(part.prefix[:budget]) if not complete else bytes(part.prefix),
+                                    complete=complete)
+        if isinstance(parsed, Failure):
+            if parsed.reason == dicom.REFUSED_OUT_OF_RESOURCES and part.parse_at < budget:
+                part.parse_at = budget  # header longer than the first try: wait for the full budget
+                return
+            self._fail(part, parsed)
+            return
+        if self.study_uid is not None and parsed.study_uid != self.study_uid:
+            self._fail(part, Failure(dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                                     "StudyInstanceUID does not match the study in the request URL",
+                                     parsed.sop_class_uid, parsed.sop_uid))
+            return
+        part.header = parsed
+        part.meta = self._metadata(parsed)
+        part.key = new_key(self.tenant)
+        self.keys.append(part.key)
+        part.writer = self.store.writer(part.key)
+        prefix, part.prefix = part.prefix, None
+        prefix[: dicom.PREAMBLE] = bytes(dicom.PREAMBLE)  # PS3.10 §7.5: never keep a foreign preamble
+        part.sha.update(prefix)
+        await part.writer.write(bytes(prefix))
+
+    def _fail(self, part: _Part, failure: Failure) -> None:
+        part.skip = True
+        part.prefix = None
+        self.failed.append(failure)
+
+    def _metadata(self, header: Header) -> dict[str, Any]:
+        url = f"/dicomweb/studies/{header.study_uid}/series/{header.series_uid}/instances/{header.sop_uid}/bulkdata"
+        meta = dicom_json.to_json(header.dataset, lambda path: f"{url}/{'/'.join(path)}",
+                                  self.settings.bulk_data_threshold)
+        if header.pixel_data is not None:
+            tag, vr = header.pixel_data
+            meta[tag] = {"vr": vr, "BulkDataURI": f"{url}/{tag}"}
+        return meta
+
+    async def _close_part(self, part: _Part) -> None:
+        assert part.writer is not None and part.header and part.meta is not None and part.key
+        pending = [d.commit for d in self.done if not d.commit.done()]
+        if len(pending) >= MAX_PENDING_COMMITS:
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.ensure_future(part.writer.commit())
+        self.done.append(_Done(part.header, part.meta, part.key, part.size, part.sha.digest(), task))
+
+    # -- commit -------------------------------------------------------------------
+    async def _finish(self) -> Response:
+        await asyncio.gather(*(d.commit for d in self.done), return_exceptions=True)
+        durable: list[_Done] = []
+        for d in self.done:
+            exc = d.commit.exception()
+            if isinstance(exc, StorageFull):
+                self.failed.append(Failure(dicom.REFUSED_OUT_OF_RESOURCES, "Out of storage space",
+                                           d.header.sop_class_uid, d.header.sop_uid))
+            elif exc is not None:
+                raise ServiceUnavailable("object storage unavailable") from None
+            else:
+                durable.append(d)
+        outcome = db.BatchOutcome()
+        if durable:
+            outcome = await db.store_batch(self.pool, self.tenant, [_record(d) for d in durable],
+                                           overwrite=self.settings.duplicate_policy == "overwrite")
+        self.keys = []  # committed: from here on, only explicitly unreferenced objects are removed
+        await self._delete(outcome.unreferenced_keys)
+        return self._response(durable, outcome)
+
+    def _response(self, durable: list[_Done], outcome: db.BatchOutcome) -> Response:
+        referenced = [d.header for d in durable if d.header.sop_uid in outcome.stored]
+        failed = self.failed + [outcome.failed[d.header.sop_uid] for d in durable if d.header.sop_uid in outcome.failed]
+        studies = {h.study_uid for h in referenced} or ({self.study_uid} if self.study_uid else set())
+        study_url = f"{self.base}/dicomweb/studies/{next(iter(studies))}" if len(studies) == 1 else None
+        body = store_response(self.base, study_url, referenced, failed)
+        status = 200 if not failed else 202 if referenced else 409
+        headers = {"Content-Location": study_url} if study_url and referenced else {}
+        return Response(orjson.dumps(body), status, headers, media_type=DICOM_JSON)
+
+    async def _discard(self) -> None:
+        """The request failed: remove every object it wrote (none is referenced by the index)."""
+        for d in self.done:
+            d.commit.cancel()
+        await asyncio.gather(*(d.commit for d in self.done), return_exceptions=True)
+        if self.part is not None and self.part.writer is not None:
+            with contextlib.suppress(Exception):
+                await self.part.writer.abort()
+        await self._delete(self.keys)
+
+    async def _delete(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                await self.store.delete(key)
+            except StorageError:
+                log.warning("object delete failed; the sweep will remove it", extra={"event": "delete_failed"})
+
+
+def _record(d: _Done) -> db.Record:
+    study, series, instance = dicom.index_values(d.meta)
+    instance["sop_class_uid"] = d.header.sop_class_uid
+    instance["transfer_syntax_uid"] = d.header.transfer_syntax_uid
+    return db.Record(
+        study_uid=d.header.study_uid,
+        series_uid=d.header.series_uid,
+        sop_uid=d.header.sop_uid,
+        study=study,
+        series=series,
+        instance=instance,
+        study_attrs=orjson.dumps(dicom.subset(d.meta, dicom.STUDY_TAGS)).decode(),
+        series_attrs=orjson.dumps(dicom.subset(d.meta, dicom.SERIES_TAGS)).decode(),
+        metadata=orjson.dumps(d.meta).decode(),
+        object_key=d.key,
+        size=d.size,
+        sha256=d.sha256,
+    )
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def store_response(base: str, study_url: str | None, stored: list[Header], failed: list[Failure]) -> dict[str, Any]:
+    """PS3.18 Table I.1-1 Store Instances Response Module; empty sequences are left out."""
+    body: dict[str, Any] = {"00081190": {"vr": "UR", "Value": [study_url]} if study_url else {"vr": "UR"}}
+    if stored:
+        body["00081199"] = {"vr": "SQ", "Value": [
+            {
+                "00081150": {"vr": "UI", "Value": [h.sop_class_uid]},
+                "00081155": {"vr": "UI", "Value": [h.sop_uid]},
+                "00081190": {"vr": "UR", "Value": [
+                    f"{base}/dicomweb/studies/{h.study_uid}/series/{h.series_uid}/instances/{h.sop_uid}"
+                ]},
+            }
+            for h in stored
+        ]}
+    identified = [f for f in failed if f.sop_instance_uid]
+    other = [f for f in failed if not f.sop_instance_uid]
+    if identified:
+        body["00081198"] = {"vr": "SQ", "Value": [_failure_item(f) for f in identified]}
+    if other:
+        body["0008119A"] = {"vr": "SQ", "Value": [_failure_item(f) for f in other]}
+    return body
+
+
+def _failure_item(f: Failure) -> dict[str, Any]:
+    item: dict[str, Any] = {}
+    if f.sop_instance_uid:
+        item["00081150"] = {"vr": "UI", "Value": [f.sop_class_uid]} if f.sop_class_uid else {"vr": "UI"}
+        item["00081155"] = {"vr": "UI", "Value": [f.sop_instance_uid]}
+    item["00081197"] = {"vr": "US", "Value": [f.reason]}
+    item["00000902"] = {"vr": "LO", "Value": [f.comment[:64]]}  # Error Comment: a readable reason
+    return item
+
+
+async def store_instances(request: Request) -> Response:
+    """POST /dicomweb/studies[/{study}]."""
+    state = request.app.state
+    ingest = Ingest(state.settings, state.store, state.pool, request.state.tenant,
+                    request.path_params.get("study"), state.settings.public_base_url or base_url(request))
+    return await ingest.run(request.headers.get("content-type"), request.headers.get("content-length"),
+                            request.stream())
