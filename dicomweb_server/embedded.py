@@ -7,13 +7,17 @@ the process that started it exits.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 
 def start_postgres(data_dir: Path) -> tuple[str, Any]:
     """Start (or reuse) the server in ``data_dir``; return its URL and a handle with ``cleanup()``."""
-    import pgserver
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); the fallback is fine.
+        warnings.simplefilter("ignore")
+        import pgserver
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(data_dir.resolve(), cleanup_mode="stop")

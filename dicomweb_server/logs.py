@@ -31,3 +31,5 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # pydicom logs offending values (names, IDs) when it meets invalid data: PHI never reaches our logs.
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)

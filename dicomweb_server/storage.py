@@ -23,6 +23,7 @@ from .errors import StorageError
 from .settings import S3Settings
 
 READ_CHUNK = 1024 * 1024
+CONTENT_TYPE = "application/dicom"
 _KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,62}/[0-9a-f]{2}/[0-9a-f]{32}")
 
 
@@ -310,7 +311,7 @@ class _S3Writer:
         s3, bucket = self.store.client, self.store.settings.bucket
         async with _s3_errors(self):
             if self.upload_id is None:
-                resp = await s3.create_multipart_upload(Bucket=bucket, Key=self.key)
+                resp = await s3.create_multipart_upload(Bucket=bucket, Key=self.key, ContentType=CONTENT_TYPE)
                 self.upload_id = resp["UploadId"]
             number = len(self.parts) + 1
             resp = await s3.upload_part(
@@ -322,7 +323,7 @@ class _S3Writer:
         s3, bucket = self.store.client, self.store.settings.bucket
         if self.upload_id is None:
             async with _s3_errors(self):
-                await s3.put_object(Bucket=bucket, Key=self.key, Body=bytes(self.buffer))
+                await s3.put_object(Bucket=bucket, Key=self.key, Body=bytes(self.buffer), ContentType=CONTENT_TYPE)
         else:
             await self._upload_part(bytes(self.buffer))
             async with _s3_errors(self):

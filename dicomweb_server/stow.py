@@ -130,7 +130,7 @@ class Ingest:
             self.parts += 1
             if self.parts > self.settings.max_parts:
                 raise PayloadTooLarge(f"Request has more than {self.settings.max_parts} parts")
-            self.part = _Part()
+            self.part = _Part(parse_at=min(FIRST_PARSE_AT, self.settings.header_budget_bytes))
             ctype = parse_media_type(event.headers.get("content-type")).type
             if ctype not in ("", "application/dicom"):
                 self.part.skip = True
@@ -163,8 +163,8 @@ class Ingest:
     async def _parse(self, part: _Part, *, complete: bool) -> None:
         assert part.prefix is not None
         budget = self.settings.header_budget_bytes
-        parsed = dicom.parse_header(bytes(part.prefix[:budget]) if not complete else bytes(part.prefix),
-                                    complete=complete)
+        complete = complete and len(part.prefix) <= budget
+        parsed = dicom.parse_header(bytes(part.prefix[:budget]), complete=complete)
         if isinstance(parsed, Failure):
             if parsed.reason == dicom.REFUSED_OUT_OF_RESOURCES and part.parse_at < budget:
                 part.parse_at = budget  # header longer than the first try: wait for the full budget

@@ -1,0 +1,170 @@
+"""Shared fixtures: a private PostgreSQL, a real S3 server, the app over ASGI and over a real socket."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from dicomweb_server.app import create_app
+from dicomweb_server.cli import migrate
+from dicomweb_server.settings import S3Settings, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """TEST_DATABASE_URL if given (a fresh database is created in it), else an embedded PostgreSQL."""
+    given = os.environ.get("TEST_DATABASE_URL")
+    if given:
+        name = f"dicomweb_test_{uuid.uuid4().hex[:8]}"
+        _admin(given, f"CREATE DATABASE {name}")
+        url = given.rsplit("/", 1)[0] + "/" + name
+        migrate(url)
+        yield url
+        _admin(given, f"DROP DATABASE {name} WITH (FORCE)")
+        return
+    from dicomweb_server.embedded import start_postgres
+
+    url, server = start_postgres(tmp_path_factory.mktemp("pg"))
+    migrate(url)
+    yield url
+    server.cleanup()
+
+
+def _admin(url: str, sql: str) -> None:
+    import asyncio
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on an empty index."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+    await pool.execute("TRUNCATE study, series, instance RESTART IDENTITY CASCADE")
+    yield pool
+    await pool.close()
+
+
+def make_settings(database_url: str, storage: Path, **overrides: object) -> Settings:
+    base = Settings(database_url=database_url, data_dir=storage.parent, storage_path=storage, gc_interval_seconds=0)
+    return Settings(**{**base.__dict__, **overrides})  # type: ignore[arg-type]
+
+
+@dataclass
+class App:
+    client: httpx.AsyncClient
+    settings: Settings
+    state: object
+
+
+@contextlib.asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[App]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield App(client, settings, app.state)
+
+
+@pytest.fixture
+async def app(db: asyncpg.Pool, database_url: str, tmp_path: Path) -> AsyncIterator[App]:
+    """The application over ASGI, with local storage in a temp folder and an empty index."""
+    async with running_app(make_settings(database_url, tmp_path / "objects")) as a:
+        yield a
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Settings]:
+    """A real SeaweedFS S3 server on 127.0.0.1 for the whole session."""
+    from tests.s3server import run_seaweedfs
+
+    with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as ep:
+        yield S3Settings(ep.url, ep.bucket, ep.access_key, ep.secret_key, ep.region, part_size=5 * 1024 * 1024)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A real `dicomweb-server serve` process on a loopback socket."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    env: dict[str, str]
+    log: Path
+
+    def stop(self, sig: str = "term") -> None:
+        if self.process.poll() is None:
+            (self.process.kill if sig == "kill" else self.process.terminate)()
+            self.process.wait(timeout=20)
+
+
+def start_server(database_url: str, data: Path, **env: str) -> Server:
+    port = free_port()
+    full = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DICOMWEB_DATA_DIR": str(data),
+        "DICOMWEB_STORAGE_PATH": str(data / "objects"),
+        "DICOMWEB_GC_INTERVAL_SECONDS": "0",
+        **env,
+    }
+    log = data / f"server-{port}.log"
+    data.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dicomweb_server.cli", "serve", "--port", str(port)],
+            env=full, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+    server = Server(f"http://127.0.0.1:{port}", process, full, log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
+                return server
+        time.sleep(0.2)
+    server.stop("kill")
+    raise RuntimeError(f"server did not become ready: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture
+def live_server(db: asyncpg.Pool, database_url: str, tmp_path: Path) -> Iterator[Server]:
+    """A real uvicorn process serving an empty index, for streaming and third-party clients."""
+    server = start_server(database_url, tmp_path / "live")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def curl() -> str:
+    path = shutil.which("curl")
+    assert path, "curl is required for the end-to-end tests"
+    return path

@@ -1,0 +1,96 @@
+"""Real DICOM bytes for tests: generated Part-10 files and multipart bodies."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Iterable
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+BOUNDARY = "d1c0m-b0undary"
+
+
+def instance(
+    study: str | None = None,
+    series: str | None = None,
+    sop: str | None = None,
+    *,
+    size: int = 64,
+    seed: int = 0,
+    patient: str = "Doe^Jane",
+    modality: str = "CT",
+    preamble: bytes = b"\0" * 128,
+    **attrs: object,
+) -> bytes:
+    """A CT Part-10 file, ``size`` x ``size`` 16-bit pixels; attributes set to None are left out."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tests build invalid data on purpose
+        return _instance(study, series, sop, size, seed, patient, modality, preamble, attrs)
+
+
+def _instance(
+    study: str | None, series: str | None, sop: str | None, size: int, seed: int, patient: str,
+    modality: str, preamble: bytes, attrs: dict[str, object],
+) -> bytes:
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop or generate_uid()
+    ds.StudyInstanceUID = study or generate_uid()
+    ds.SeriesInstanceUID = series or generate_uid()
+    ds.PatientName = patient
+    ds.PatientID = "PID-1"
+    ds.StudyDate = "20260102"
+    ds.StudyTime = "101112"
+    ds.AccessionNumber = "ACC1"
+    ds.Modality = modality
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.Rows = ds.Columns = size
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    for key, value in attrs.items():
+        if value is None:
+            if key in ds:
+                delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    rng = np.random.default_rng(seed)
+    ds.PixelData = rng.integers(0, 4096, size * size, dtype=np.uint16).tobytes()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", CTImageStorage)
+    meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID", generate_uid())
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    ds.preamble = preamble
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=False)
+    return out.getvalue()
+
+
+def multipart(parts: Iterable[bytes], boundary: str = BOUNDARY, part_type: str | None = "application/dicom") -> bytes:
+    body = bytearray()
+    for part in parts:
+        body += f"--{boundary}\r\n".encode()
+        if part_type:
+            body += f"Content-Type: {part_type}\r\n".encode()
+        body += b"\r\n" + part + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return bytes(body)
+
+
+def content_type(boundary: str = BOUNDARY, quoted: bool = True, extra: str = "") -> str:
+    b = f'"{boundary}"' if quoted else boundary
+    return f'multipart/related; type="application/dicom"; boundary={b}{extra}'
+
+
+def random_bytes(n: int) -> bytes:
+    return os.urandom(n)
