@@ -159,8 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     env = environment.describe(args, corpora, big_gib)
 
     outcomes: Outcomes = {}
-    for name in targets:
-        outcomes[name] = bench_target(name, args, ctx, log_dir, workloads)
+    try:
+        for name in targets:
+            outcomes[name] = bench_target(name, args, ctx, log_dir, workloads)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; servers stopped; logs in {log_dir}", flush=True)
+        return 130
 
     env["Run time"] = f"{time.monotonic() - started:.0f} s (corpus load and every target)"
     print(console_table(outcomes))

@@ -18,8 +18,9 @@ def migrate(database_url: str) -> None:
     """Apply the alembic migrations (hand-written SQL) up to head."""
     import logging
 
-    from alembic import command
     from alembic.config import Config
+
+    from alembic import command
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
@@ -40,22 +41,33 @@ def _database(settings: Settings) -> tuple[str, object | None]:
 
 
 def _banner(base: str) -> str:
-    study = "$STUDY_UID"
+    """A copy-paste walk-through that stores and fetches one of pydicom's bundled files."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    path = str(get_testdata_file("CT_small.dcm"))
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    url = f"{base}/dicomweb/studies/{uids[0]}/series/{uids[1]}/instances/{uids[2]}"
     return f"""
-DICOMweb server ready at {base}/dicomweb
+DICOMweb server ready at {base}/dicomweb   (health: {base}/healthz, {base}/readyz)
 
-Store a file with curl (any Part-10 file; pydicom ships some: python -c "import pydicom.data as d; print(d.get_testdata_file('CT_small.dcm'))"):
-  curl -sS -X POST {base}/dicomweb/studies -H 'Content-Type: application/dicom' --data-binary @file.dcm
-Fetch it back (UIDs from the RetrieveURL in the response):
-  curl -sS -H 'Accept: application/dicom' -o back.dcm {base}/dicomweb/studies/{study}/series/$SERIES_UID/instances/$SOP_UID
+Store a file with curl, then fetch it back:
+  curl -sS -X POST {base}/dicomweb/studies -H 'Content-Type: application/dicom' \\
+       --data-binary @{path}
+  curl -sS -H 'Accept: application/dicom' -o back.dcm \\
+       {url}
 
-With dicomweb-client:
-  from dicomweb_client.api import DICOMwebClient
+The same with dicomweb-client (pip install dicomweb-client):
+  python - <<'PY'
   import pydicom
+  from dicomweb_client.api import DICOMwebClient
   client = DICOMwebClient(url="{base}/dicomweb")
-  ds = pydicom.dcmread(path)
-  client.store_instances(datasets=[ds])
+  ds = pydicom.dcmread("{path}")
+  print(client.store_instances(datasets=[ds]))
   back = client.retrieve_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+  print("round trip ok:", back.PixelData == ds.PixelData)
+  PY
 """
 
 
@@ -96,8 +108,10 @@ def gc(args: argparse.Namespace) -> None:
         store = await open_store(settings.storage_path, settings.s3)
         try:
             report = await sweep.sweep(pool, store, grace)
-            print(f"scanned {report.scanned} objects, removed {report.removed_objects} unreferenced "
-                  f"and {report.removed_uploads} unfinished uploads")
+            print(
+                f"scanned {report.scanned} objects, removed {report.removed_objects} unreferenced "
+                f"and {report.removed_uploads} unfinished uploads"
+            )
         finally:
             await store.close()
             await pool.close()
@@ -109,7 +123,9 @@ def gc(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="dicomweb-server")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("serve", help="run the HTTP server (starts an embedded PostgreSQL without DATABASE_URL)")
+    p = sub.add_parser(
+        "serve", help="run the HTTP server (starts an embedded PostgreSQL without DATABASE_URL)"
+    )
     p.add_argument("--host", default=os.environ.get("DICOMWEB_HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("DICOMWEB_PORT", "8080")))
     p.add_argument("--workers", type=int, default=int(os.environ.get("DICOMWEB_WORKERS", "1")))

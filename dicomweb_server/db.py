@@ -9,11 +9,10 @@ policy, and the study/series aggregates are incremented under the row locks.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import orjson
@@ -114,7 +113,16 @@ def _upsert_sql(table: str, key: str, columns: dict[str, str], parent: str | Non
 _UPSERT_STUDIES = _upsert_sql("study", "study_uid", STUDY_COLUMNS, None)
 _UPSERT_SERIES = _upsert_sql("series", "series_uid", SERIES_COLUMNS, "study_pk")
 
-_INSTANCE_COLS = ["study_pk", "series_pk", "sop_uid", *INSTANCE_COLUMNS, "object_key", "size", "sha256", "metadata"]
+_INSTANCE_COLS = [
+    "study_pk",
+    "series_pk",
+    "sop_uid",
+    *INSTANCE_COLUMNS,
+    "object_key",
+    "size",
+    "sha256",
+    "metadata",
+]
 _INSTANCE_TYPES = ["bigint", "bigint", "text", *INSTANCE_COLUMNS.values(), "text", "bigint", "bytea", "text"]
 _INSERT_INSTANCES = (
     f"INSERT INTO instance (tenant, {', '.join(_INSTANCE_COLS)}) "
@@ -124,8 +132,14 @@ _INSERT_INSTANCES = (
     "ON CONFLICT (tenant, sop_uid) DO NOTHING RETURNING sop_uid"
 )
 _OVERWRITE_COLS = [c for c in _INSTANCE_COLS if c not in ("study_pk", "series_pk", "sop_uid")]
+
+
+def _assign(column: str) -> str:
+    return f"{column} = u.{column}" + ("::jsonb" if column == "metadata" else "")
+
+
 _OVERWRITE = (
-    f"UPDATE instance i SET {', '.join(f'{c} = u.{c}' + ('::jsonb' if c == 'metadata' else '') for c in _OVERWRITE_COLS)}, "
+    f"UPDATE instance i SET {', '.join(_assign(c) for c in _OVERWRITE_COLS)}, "
     "created_at = now() "
     f"FROM unnest($2::text[], {', '.join(f'${i + 3}::{t}[]' for i, t in enumerate(_INSTANCE_TYPES[3:]))}) "
     f"AS u(sop_uid, {', '.join(_OVERWRITE_COLS)}) WHERE i.tenant = $1 AND i.sop_uid = u.sop_uid"
@@ -144,8 +158,8 @@ async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
     """A pooled connection; losing the database becomes a 503, never a 500."""
     try:
         async with pool.acquire() as conn:
-            yield conn
-    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+            yield cast(asyncpg.Connection, conn)
+    except (TimeoutError, OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
         raise ServiceUnavailable(f"database unavailable: {type(exc).__name__}") from None
 
 
@@ -178,7 +192,9 @@ async def _store_batch(
     out = BatchOutcome()
     studies = {r.study_uid: r for r in records}  # first instance of a study provides its attributes
     study_rows = [{"study_uid": u, **r.study, "attrs": r.study_attrs} for u, r in sorted(studies.items())]
-    got = await conn.fetch(_UPSERT_STUDIES, tenant, *_columns(study_rows, ["study_uid", *STUDY_COLUMNS, "attrs"]))
+    got = await conn.fetch(
+        _UPSERT_STUDIES, tenant, *_columns(study_rows, ["study_uid", *STUDY_COLUMNS, "attrs"])
+    )
     study_pk = {row["study_uid"]: row["pk"] for row in got}
     created_studies = [row["pk"] for row in got if row["created"]]
 
@@ -219,10 +235,13 @@ async def _store_batch(
         }
         for r in candidates
     ]
-    inserted = {row["sop_uid"] for row in await conn.fetch(_INSERT_INSTANCES, tenant, *_columns(rows, _INSTANCE_COLS))}
+    inserted = {
+        row["sop_uid"] for row in await conn.fetch(_INSERT_INSTANCES, tenant, *_columns(rows, _INSTANCE_COLS))
+    }
     out.stored |= inserted
-    replaced = await _resolve_duplicates(conn, tenant, [r for r in candidates if r.sop_uid not in inserted],
-                                         series_pk, overwrite, out)
+    replaced = await _resolve_duplicates(
+        conn, tenant, [r for r in candidates if r.sop_uid not in inserted], series_pk, overwrite, out
+    )
 
     # Aggregates: only instances that are new to the index count.
     added: dict[int, int] = {}
@@ -235,7 +254,8 @@ async def _store_batch(
     await conn.execute(
         "UPDATE series s SET num_instances = s.num_instances + v.n "
         "FROM unnest($1::bigint[], $2::int[]) AS v(pk, n) WHERE s.pk = v.pk",
-        list(added), list(added.values()),
+        list(added),
+        list(added.values()),
     )
     per_study: dict[int, list[Any]] = {}
     series_of_study = {series_pk[u]: study_pk[r.study_uid] for u, r in series.items()}
@@ -258,8 +278,12 @@ async def _store_batch(
         [orjson.dumps(sorted(a[2])).decode() for a in per_study.values()],
     )
     # A study or series created here whose every instance failed must not linger empty.
-    await conn.execute("DELETE FROM series WHERE pk = ANY($1::bigint[]) AND num_instances = 0", created_series)
-    await conn.execute("DELETE FROM study WHERE pk = ANY($1::bigint[]) AND num_instances = 0", created_studies)
+    await conn.execute(
+        "DELETE FROM series WHERE pk = ANY($1::bigint[]) AND num_instances = 0", created_series
+    )
+    await conn.execute(
+        "DELETE FROM study WHERE pk = ANY($1::bigint[]) AND num_instances = 0", created_studies
+    )
     out.unreferenced_keys += replaced
     return out
 
@@ -280,7 +304,8 @@ async def _resolve_duplicates(
         for row in await conn.fetch(
             "SELECT sop_uid, sha256, object_key, series_pk FROM instance "
             "WHERE tenant = $1 AND sop_uid = ANY($2::text[]) FOR UPDATE",
-            tenant, [r.sop_uid for r in dups],
+            tenant,
+            [r.sop_uid for r in dups],
         )
     }
     replace: list[Record] = []
@@ -305,9 +330,19 @@ async def _resolve_duplicates(
             )
             out.unreferenced_keys.append(r.object_key)
     if replace:
-        values = [{**r.instance, "object_key": r.object_key, "size": r.size, "sha256": r.sha256,
-                   "metadata": r.metadata} for r in replace]
-        await conn.execute(_OVERWRITE, tenant, [r.sop_uid for r in replace], *_columns(values, _OVERWRITE_COLS))
+        values = [
+            {
+                **r.instance,
+                "object_key": r.object_key,
+                "size": r.size,
+                "sha256": r.sha256,
+                "metadata": r.metadata,
+            }
+            for r in replace
+        ]
+        await conn.execute(
+            _OVERWRITE, tenant, [r.sop_uid for r in replace], *_columns(values, _OVERWRITE_COLS)
+        )
     return old_keys
 
 
@@ -327,7 +362,10 @@ async def find_instance(
             "SELECT i.object_key, i.size, i.transfer_syntax_uid, i.sha256 FROM instance i "
             "JOIN series se ON se.pk = i.series_pk JOIN study st ON st.pk = i.study_pk "
             "WHERE i.tenant = $1 AND i.sop_uid = $2 AND se.series_uid = $3 AND st.study_uid = $4",
-            tenant, sop_uid, series_uid, study_uid,
+            tenant,
+            sop_uid,
+            series_uid,
+            study_uid,
         )
     if row is None:
         return None
@@ -337,5 +375,7 @@ async def find_instance(
 async def referenced_keys(pool: asyncpg.Pool, keys: Sequence[str]) -> set[str]:
     """The subset of ``keys`` that a committed instance row references."""
     async with connection(pool) as conn:
-        rows = await conn.fetch("SELECT object_key FROM instance WHERE object_key = ANY($1::text[])", list(keys))
+        rows = await conn.fetch(
+            "SELECT object_key FROM instance WHERE object_key = ANY($1::text[])", list(keys)
+        )
     return {row["object_key"] for row in rows}

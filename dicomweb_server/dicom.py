@@ -75,7 +75,7 @@ def parse_header(prefix: bytes, *, complete: bool) -> Header | Failure:
         return Failure(CANNOT_UNDERSTAND, "Not a DICOM PS3.10 file: no 'DICM' prefix after the preamble")
     fp = io.BytesIO(prefix)
     fp.seek(PREAMBLE + 4)
-    stop: dict[str, str | None] = {}
+    stop: dict[str, str] = {}
 
     def at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
         if tag in PIXEL_DATA_TAGS:
@@ -123,7 +123,7 @@ def parse_header(prefix: bytes, *, complete: bool) -> Header | Failure:
         sop_class_uid=sop_class,
         transfer_syntax_uid=ts,
         dataset=ds,
-        pixel_data=(stop["tag"], stop["vr"] or "OW") if "tag" in stop else None,
+        pixel_data=(stop["tag"], stop["vr"]) if "tag" in stop else None,
     )
 
 
@@ -180,13 +180,57 @@ def fold(text: str | None) -> str | None:
 # PS3.3 Patient and Study IE attributes kept with the study, and Series/Equipment IE
 # attributes kept with the series (returned by QIDO; the first instance provides them).
 STUDY_TAGS = frozenset(
-    "00080005 00080020 00080030 00080050 00080051 00080056 00080061 00080090 00080201 00081030 00081032 "
-    "00081060 00100010 00100020 00100021 00100030 00100032 00100040 00101010 00101020 00101030 00102160 "
-    "00104000 0020000D 00200010 00321060".split()
+    [
+        "00080005",
+        "00080020",
+        "00080030",
+        "00080050",
+        "00080051",
+        "00080056",
+        "00080061",
+        "00080090",
+        "00080201",
+        "00081030",
+        "00081032",
+        "00081060",
+        "00100010",
+        "00100020",
+        "00100021",
+        "00100030",
+        "00100032",
+        "00100040",
+        "00101010",
+        "00101020",
+        "00101030",
+        "00102160",
+        "00104000",
+        "0020000D",
+        "00200010",
+        "00321060",
+    ]
 )
 SERIES_TAGS = frozenset(
-    "00080005 00080021 00080031 00080060 00080070 00080080 00081010 0008103E 00081070 00081090 00080201 "
-    "00180015 00185100 0020000E 00200011 00200060 00400244 00400245 00400275".split()
+    [
+        "00080005",
+        "00080021",
+        "00080031",
+        "00080060",
+        "00080070",
+        "00080080",
+        "00081010",
+        "0008103E",
+        "00081070",
+        "00081090",
+        "00080201",
+        "00180015",
+        "00185100",
+        "0020000E",
+        "00200011",
+        "00200060",
+        "00400244",
+        "00400245",
+        "00400275",
+    ]
 )
 
 

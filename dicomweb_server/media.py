@@ -43,7 +43,9 @@ def parse_accept(value: str) -> list[tuple[MediaType, float]]:
 
 def _split(value: str) -> list[str]:
     """Split on commas outside quoted strings (parameters such as type="a,b" may be quoted)."""
-    items, current, quoted = [], [], False
+    items: list[str] = []
+    current: list[str] = []
+    quoted = False
     for ch in value:
         if ch == '"':
             quoted = not quoted

@@ -69,7 +69,7 @@ class ObjectStore(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
-    def list(self) -> AsyncIterator[StoredObject]: ...
+    def objects(self) -> AsyncIterator[StoredObject]: ...
 
     async def remove_stale_uploads(self, older_than: float) -> int:
         """Remove unfinished writes (temp files, multipart uploads) started before ``older_than``."""
@@ -121,7 +121,7 @@ class FileStore:
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(os.unlink, self.path(key))
 
-    async def list(self) -> AsyncIterator[StoredObject]:
+    async def objects(self) -> AsyncIterator[StoredObject]:
         entries = await asyncio.to_thread(self._scan)
         for entry in entries:
             yield entry
@@ -264,7 +264,7 @@ class S3Store:
         async with _s3_errors():
             await self.client.delete_object(Bucket=self.settings.bucket, Key=key)
 
-    async def list(self) -> AsyncIterator[StoredObject]:
+    async def objects(self) -> AsyncIterator[StoredObject]:
         paginator = self.client.get_paginator("list_objects_v2")
         async with _s3_errors():
             async for page in paginator.paginate(Bucket=self.settings.bucket):
@@ -323,12 +323,17 @@ class _S3Writer:
         s3, bucket = self.store.client, self.store.settings.bucket
         if self.upload_id is None:
             async with _s3_errors(self):
-                await s3.put_object(Bucket=bucket, Key=self.key, Body=bytes(self.buffer), ContentType=CONTENT_TYPE)
+                await s3.put_object(
+                    Bucket=bucket, Key=self.key, Body=bytes(self.buffer), ContentType=CONTENT_TYPE
+                )
         else:
             await self._upload_part(bytes(self.buffer))
             async with _s3_errors(self):
                 await s3.complete_multipart_upload(
-                    Bucket=bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self.parts}
+                    Bucket=bucket,
+                    Key=self.key,
+                    UploadId=self.upload_id,
+                    MultipartUpload={"Parts": self.parts},
                 )
         self.buffer = bytearray()
 

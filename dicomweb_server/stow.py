@@ -100,7 +100,9 @@ class Ingest:
     async def _multipart(self, params: dict[str, str], body: AsyncIterator[bytes]) -> None:
         part_type = params.get("type", "application/dicom").lower()
         if part_type != "application/dicom":
-            raise UnsupportedMediaType(f'multipart/related type "{part_type}" is not supported; use application/dicom')
+            raise UnsupportedMediaType(
+                f'multipart/related type "{part_type}" is not supported; use application/dicom'
+            )
         if "boundary" not in params:
             raise BadRequest("multipart/related Content-Type has no boundary parameter")
         reader = MultipartReader(params["boundary"])
@@ -134,7 +136,9 @@ class Ingest:
             ctype = parse_media_type(event.headers.get("content-type")).type
             if ctype not in ("", "application/dicom"):
                 self.part.skip = True
-                self.failed.append(Failure(dicom.CANNOT_UNDERSTAND, f"Part media type {ctype} is not application/dicom"))
+                self.failed.append(
+                    Failure(dicom.CANNOT_UNDERSTAND, f"Part media type {ctype} is not application/dicom")
+                )
             return
         part = self.part
         assert part is not None
@@ -172,9 +176,15 @@ class Ingest:
             self._fail(part, parsed)
             return
         if self.study_uid is not None and parsed.study_uid != self.study_uid:
-            self._fail(part, Failure(dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                                     "StudyInstanceUID does not match the study in the request URL",
-                                     parsed.sop_class_uid, parsed.sop_uid))
+            self._fail(
+                part,
+                Failure(
+                    dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                    "StudyInstanceUID does not match the study in the request URL",
+                    parsed.sop_class_uid,
+                    parsed.sop_uid,
+                ),
+            )
             return
         part.header = parsed
         part.meta = self._metadata(parsed)
@@ -192,9 +202,11 @@ class Ingest:
         self.failed.append(failure)
 
     def _metadata(self, header: Header) -> dict[str, Any]:
-        url = f"/dicomweb/studies/{header.study_uid}/series/{header.series_uid}/instances/{header.sop_uid}/bulkdata"
-        meta = dicom_json.to_json(header.dataset, lambda path: f"{url}/{'/'.join(path)}",
-                                  self.settings.bulk_data_threshold)
+        h = header
+        url = f"/dicomweb/studies/{h.study_uid}/series/{h.series_uid}/instances/{h.sop_uid}/bulkdata"
+        meta = dicom_json.to_json(
+            header.dataset, lambda path: f"{url}/{'/'.join(path)}", self.settings.bulk_data_threshold
+        )
         if header.pixel_data is not None:
             tag, vr = header.pixel_data
             meta[tag] = {"vr": vr, "BulkDataURI": f"{url}/{tag}"}
@@ -215,23 +227,35 @@ class Ingest:
         for d in self.done:
             exc = d.commit.exception()
             if isinstance(exc, StorageFull):
-                self.failed.append(Failure(dicom.REFUSED_OUT_OF_RESOURCES, "Out of storage space",
-                                           d.header.sop_class_uid, d.header.sop_uid))
+                self.failed.append(
+                    Failure(
+                        dicom.REFUSED_OUT_OF_RESOURCES,
+                        "Out of storage space",
+                        d.header.sop_class_uid,
+                        d.header.sop_uid,
+                    )
+                )
             elif exc is not None:
                 raise ServiceUnavailable("object storage unavailable") from None
             else:
                 durable.append(d)
         outcome = db.BatchOutcome()
         if durable:
-            outcome = await db.store_batch(self.pool, self.tenant, [_record(d) for d in durable],
-                                           overwrite=self.settings.duplicate_policy == "overwrite")
+            outcome = await db.store_batch(
+                self.pool,
+                self.tenant,
+                [_record(d) for d in durable],
+                overwrite=self.settings.duplicate_policy == "overwrite",
+            )
         self.keys = []  # committed: from here on, only explicitly unreferenced objects are removed
         await self._delete(outcome.unreferenced_keys)
         return self._response(durable, outcome)
 
     def _response(self, durable: list[_Done], outcome: db.BatchOutcome) -> Response:
         referenced = [d.header for d in durable if d.header.sop_uid in outcome.stored]
-        failed = self.failed + [outcome.failed[d.header.sop_uid] for d in durable if d.header.sop_uid in outcome.failed]
+        failed = self.failed + [
+            outcome.failed[d.header.sop_uid] for d in durable if d.header.sop_uid in outcome.failed
+        ]
         studies = {h.study_uid for h in referenced} or ({self.study_uid} if self.study_uid else set())
         study_url = f"{self.base}/dicomweb/studies/{next(iter(studies))}" if len(studies) == 1 else None
         body = store_response(self.base, study_url, referenced, failed)
@@ -254,7 +278,9 @@ class Ingest:
             try:
                 await self.store.delete(key)
             except StorageError:
-                log.warning("object delete failed; the sweep will remove it", extra={"event": "delete_failed"})
+                log.warning(
+                    "object delete failed; the sweep will remove it", extra={"event": "delete_failed"}
+                )
 
 
 def _record(d: _Done) -> db.Record:
@@ -281,20 +307,28 @@ def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-def store_response(base: str, study_url: str | None, stored: list[Header], failed: list[Failure]) -> dict[str, Any]:
+def store_response(
+    base: str, study_url: str | None, stored: list[Header], failed: list[Failure]
+) -> dict[str, Any]:
     """PS3.18 Table I.1-1 Store Instances Response Module; empty sequences are left out."""
     body: dict[str, Any] = {"00081190": {"vr": "UR", "Value": [study_url]} if study_url else {"vr": "UR"}}
     if stored:
-        body["00081199"] = {"vr": "SQ", "Value": [
-            {
-                "00081150": {"vr": "UI", "Value": [h.sop_class_uid]},
-                "00081155": {"vr": "UI", "Value": [h.sop_uid]},
-                "00081190": {"vr": "UR", "Value": [
-                    f"{base}/dicomweb/studies/{h.study_uid}/series/{h.series_uid}/instances/{h.sop_uid}"
-                ]},
-            }
-            for h in stored
-        ]}
+        body["00081199"] = {
+            "vr": "SQ",
+            "Value": [
+                {
+                    "00081150": {"vr": "UI", "Value": [h.sop_class_uid]},
+                    "00081155": {"vr": "UI", "Value": [h.sop_uid]},
+                    "00081190": {
+                        "vr": "UR",
+                        "Value": [
+                            f"{base}/dicomweb/studies/{h.study_uid}/series/{h.series_uid}/instances/{h.sop_uid}"
+                        ],
+                    },
+                }
+                for h in stored
+            ],
+        }
     identified = [f for f in failed if f.sop_instance_uid]
     other = [f for f in failed if not f.sop_instance_uid]
     if identified:
@@ -317,7 +351,14 @@ def _failure_item(f: Failure) -> dict[str, Any]:
 async def store_instances(request: Request) -> Response:
     """POST /dicomweb/studies[/{study}]."""
     state = request.app.state
-    ingest = Ingest(state.settings, state.store, state.pool, request.state.tenant,
-                    request.path_params.get("study"), state.settings.public_base_url or base_url(request))
-    return await ingest.run(request.headers.get("content-type"), request.headers.get("content-length"),
-                            request.stream())
+    ingest = Ingest(
+        state.settings,
+        state.store,
+        state.pool,
+        request.state.tenant,
+        request.path_params.get("study"),
+        state.settings.public_base_url or base_url(request),
+    )
+    return await ingest.run(
+        request.headers.get("content-type"), request.headers.get("content-length"), request.stream()
+    )

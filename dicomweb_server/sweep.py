@@ -32,7 +32,7 @@ async def sweep(pool: Any, store: ObjectStore, grace: float, now: float | None =
     cutoff = (time.time() if now is None else now) - grace
     scanned = removed = 0
     batch: list[str] = []
-    async for obj in store.list():
+    async for obj in store.objects():
         scanned += 1
         if obj.modified < cutoff:
             batch.append(obj.key)
@@ -43,7 +43,9 @@ async def sweep(pool: Any, store: ObjectStore, grace: float, now: float | None =
         removed += await _remove_unreferenced(pool, store, batch)
     uploads = await store.remove_stale_uploads(cutoff)
     report = SweepReport(scanned, removed, uploads)
-    log.info("sweep done", extra={"event": "sweep", "scanned": scanned, "removed": removed, "uploads": uploads})
+    log.info(
+        "sweep done", extra={"event": "sweep", "scanned": scanned, "removed": removed, "uploads": uploads}
+    )
     return report
 
 

@@ -30,7 +30,9 @@ async def retrieve_instance(request: Request) -> Response:
         raise NotFound("No such instance")
     ts = choice.transfer_syntax
     if ts not in (None, "*", found.transfer_syntax_uid):
-        raise NotAcceptable(f"The instance is stored as {found.transfer_syntax_uid}; transcoding is not available")
+        raise NotAcceptable(
+            f"The instance is stored as {found.transfer_syntax_uid}; transcoding is not available"
+        )
     if choice.offer.media_type == DICOM:
         return StreamingResponse(
             state.store.read(found.object_key),

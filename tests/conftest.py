@@ -68,7 +68,9 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 def make_settings(database_url: str, storage: Path, **overrides: object) -> Settings:
-    base = Settings(database_url=database_url, data_dir=storage.parent, storage_path=storage, gc_interval_seconds=0)
+    base = Settings(
+        database_url=database_url, data_dir=storage.parent, storage_path=storage, gc_interval_seconds=0
+    )
     return Settings(**{**base.__dict__, **overrides})  # type: ignore[arg-type]
 
 
@@ -101,7 +103,9 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Settings]:
     from tests.s3server import run_seaweedfs
 
     with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as ep:
-        yield S3Settings(ep.url, ep.bucket, ep.access_key, ep.secret_key, ep.region, part_size=5 * 1024 * 1024)
+        yield S3Settings(
+            ep.url, ep.bucket, ep.access_key, ep.secret_key, ep.region, part_size=5 * 1024 * 1024
+        )
 
 
 def free_port() -> int:
@@ -140,7 +144,10 @@ def start_server(database_url: str, data: Path, **env: str) -> Server:
     with open(log, "ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "dicomweb_server.cli", "serve", "--port", str(port)],
-            env=full, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+            env=full,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
     server = Server(f"http://127.0.0.1:{port}", process, full, log)
     deadline = time.monotonic() + 60

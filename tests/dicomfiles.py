@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 BOUNDARY = "d1c0m-b0undary"
 
@@ -33,8 +33,15 @@ def instance(
 
 
 def _instance(
-    study: str | None, series: str | None, sop: str | None, size: int, seed: int, patient: str,
-    modality: str, preamble: bytes, attrs: dict[str, object],
+    study: str | None,
+    series: str | None,
+    sop: str | None,
+    size: int,
+    seed: int,
+    patient: str,
+    modality: str,
+    preamble: bytes,
+    attrs: dict[str, object],
 ) -> bytes:
     ds = Dataset()
     ds.SOPClassUID = CTImageStorage
@@ -76,7 +83,9 @@ def _instance(
     return out.getvalue()
 
 
-def multipart(parts: Iterable[bytes], boundary: str = BOUNDARY, part_type: str | None = "application/dicom") -> bytes:
+def multipart(
+    parts: Iterable[bytes], boundary: str = BOUNDARY, part_type: str | None = "application/dicom"
+) -> bytes:
     body = bytearray()
     for part in parts:
         body += f"--{boundary}\r\n".encode()

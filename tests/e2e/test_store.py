@@ -1,4 +1,4 @@
-"""STOW-RS (PS3.18 §10.5) through the ASGI app: formats, per-instance failures, statuses, duplicates, limits."""
+"""STOW-RS (PS3.18 §10.5) over ASGI: formats, per-instance failures, statuses, duplicates, limits."""
 
 from __future__ import annotations
 
@@ -61,7 +61,9 @@ async def test_multipart_stores_every_part_and_answers_200(app: App, db: asyncpg
     assert "00081198" not in body and "0008119A" not in body  # never an empty sequence
     item = body["00081199"]["Value"][0]
     assert item["00081150"]["Value"] == [CT_STORAGE]
-    assert item["00081190"]["Value"][0].startswith(f"http://testserver/dicomweb/studies/{study}/series/{series}/")
+    assert item["00081190"]["Value"][0].startswith(
+        f"http://testserver/dicomweb/studies/{study}/series/{series}/"
+    )
     assert await count_rows(db) == (1, 1, 3)
     assert await db.fetchval("SELECT num_instances FROM series") == 3
     row = await db.fetchrow("SELECT num_series, num_instances, modalities FROM study")
@@ -125,18 +127,26 @@ async def test_mixed_good_and_bad_parts_answer_202_and_store_the_good(app: App, 
     bad_uid = instance(StudyInstanceUID="1.2.03.4")
     not_dicom = b"\0" * 128 + b"NOPE" + b"x" * 100
     r = await app.client.post(
-        STUDIES, content=multipart([good, no_sop, bad_uid, not_dicom]), headers={"Content-Type": content_type()}
+        STUDIES,
+        content=multipart([good, no_sop, bad_uid, not_dicom]),
+        headers={"Content-Type": content_type()},
     )
     assert r.status_code == 202, r.text
     body = r.json()
     assert len(referenced(body)) == 1
     reasons = [reason for _, reason in failures(body)]
     assert sorted(reasons) == sorted(
-        [dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS, dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS, dicom.CANNOT_UNDERSTAND]
+        [
+            dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            dicom.CANNOT_UNDERSTAND,
+        ]
     )
     other = body["0008119A"]["Value"]  # failures with no SOP Instance UID to name
     assert sorted(item["00081197"]["Value"][0] for item in other) == [
-        dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS, dicom.CANNOT_UNDERSTAND]
+        dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        dicom.CANNOT_UNDERSTAND,
+    ]
     assert all(item["00000902"]["Value"][0] for item in other)  # a readable comment
     assert await count_rows(db) == (1, 1, 1)
     assert len(objects(app)) == 1  # failed parts leave no object behind
@@ -176,9 +186,8 @@ async def test_unknown_transfer_syntax_is_c122(app: App) -> None:
 
 
 async def test_part_of_another_media_type_fails_alone(app: App) -> None:
-    body = (
-        f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8\xff\r\n".encode()
-        + multipart([instance()])
+    body = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8\xff\r\n".encode() + multipart(
+        [instance()]
     )
     r = await app.client.post(STUDIES, content=body, headers={"Content-Type": content_type()})
     assert r.status_code == 202
@@ -214,7 +223,9 @@ async def test_malformed_multipart_is_400_and_writes_nothing(app: App, db: async
 
 
 async def test_empty_multipart_is_400(app: App) -> None:
-    r = await app.client.post(STUDIES, content=f"--{BOUNDARY}--\r\n", headers={"Content-Type": content_type()})
+    r = await app.client.post(
+        STUDIES, content=f"--{BOUNDARY}--\r\n", headers={"Content-Type": content_type()}
+    )
     assert r.status_code == 400
 
 
@@ -233,7 +244,9 @@ async def test_same_uid_different_bytes_is_refused_with_0111(app: App, db: async
     study, series, sop = generate_uid(), generate_uid(), generate_uid()
     first = instance(study, series, sop, seed=1)
     second = instance(study, series, sop, seed=2)
-    assert (await app.client.post(STUDIES, content=first, headers={"Content-Type": "application/dicom"})).status_code == 200
+    assert (
+        await app.client.post(STUDIES, content=first, headers={"Content-Type": "application/dicom"})
+    ).status_code == 200
     r = await app.client.post(STUDIES, content=second, headers={"Content-Type": "application/dicom"})
     assert r.status_code == 409
     assert failed(r.json()) == {sop: dicom.DUPLICATE_SOP_INSTANCE}
@@ -241,7 +254,9 @@ async def test_same_uid_different_bytes_is_refused_with_0111(app: App, db: async
     assert path.read_bytes()[128:] == first[128:]  # the first copy is untouched
 
 
-async def test_overwrite_policy_replaces_the_instance(db: asyncpg.Pool, database_url: str, tmp_path: Path) -> None:
+async def test_overwrite_policy_replaces_the_instance(
+    db: asyncpg.Pool, database_url: str, tmp_path: Path
+) -> None:
     settings = make_settings(database_url, tmp_path / "objects", duplicate_policy="overwrite")
     async with running_app(settings) as app:
         study, series, sop = generate_uid(), generate_uid(), generate_uid()
@@ -273,8 +288,12 @@ async def test_concurrent_duplicates_leave_one_row_and_no_orphan(app: App, db: a
 
 async def test_series_of_another_study_is_refused(app: App, db: asyncpg.Pool) -> None:
     series = generate_uid()
-    await app.client.post(STUDIES, content=instance(generate_uid(), series), headers={"Content-Type": "application/dicom"})
-    r = await app.client.post(STUDIES, content=instance(generate_uid(), series), headers={"Content-Type": "application/dicom"})
+    await app.client.post(
+        STUDIES, content=instance(generate_uid(), series), headers={"Content-Type": "application/dicom"}
+    )
+    r = await app.client.post(
+        STUDIES, content=instance(generate_uid(), series), headers={"Content-Type": "application/dicom"}
+    )
     assert r.status_code == 409
     assert list(failed(r.json()).values()) == [dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS]
     assert await count_rows(db) == (1, 1, 1)  # no empty study left behind
@@ -283,22 +302,29 @@ async def test_series_of_another_study_is_refused(app: App, db: asyncpg.Pool) ->
 async def test_aggregates_across_series_and_modalities(app: App, db: asyncpg.Pool) -> None:
     study = generate_uid()
     mr, ct = generate_uid(), generate_uid()
-    files = [instance(study, mr, modality="MR", seed=i) for i in range(2)] + [instance(study, ct, modality="CT")]
+    files = [instance(study, mr, modality="MR", seed=i) for i in range(2)] + [
+        instance(study, ct, modality="CT")
+    ]
     r = await app.client.post(STUDIES, content=multipart(files), headers={"Content-Type": content_type()})
     assert r.status_code == 200
     row = await db.fetchrow("SELECT num_series, num_instances, modalities FROM study")
     assert (row["num_series"], row["num_instances"], row["modalities"]) == (2, 3, ["CT", "MR"])
-    r = await app.client.post(STUDIES, content=instance(study, mr, modality="MR", seed=9),
-                              headers={"Content-Type": "application/dicom"})
+    r = await app.client.post(
+        STUDIES,
+        content=instance(study, mr, modality="MR", seed=9),
+        headers={"Content-Type": "application/dicom"},
+    )
     row = await db.fetchrow("SELECT num_series, num_instances FROM study")
     assert (row["num_series"], row["num_instances"]) == (2, 4)
 
 
 async def test_metadata_json_is_built_at_ingest_with_bulk_data_uris(app: App, db: asyncpg.Pool) -> None:
     study, series, sop = generate_uid(), generate_uid(), generate_uid()
-    await app.client.post(STUDIES, content=instance(study, series, sop, patient="Müller^Jürgen",
-                                                    SpecificCharacterSet="ISO_IR 192"),
-                          headers={"Content-Type": "application/dicom"})
+    await app.client.post(
+        STUDIES,
+        content=instance(study, series, sop, patient="Müller^Jürgen", SpecificCharacterSet="ISO_IR 192"),
+        headers={"Content-Type": "application/dicom"},
+    )
     import orjson
 
     meta = orjson.loads(await db.fetchval("SELECT metadata::text FROM instance"))
@@ -312,8 +338,9 @@ async def test_metadata_json_is_built_at_ingest_with_bulk_data_uris(app: App, db
 
 
 class TestLimits:
-    async def test_declared_body_over_the_limit_is_413_before_reading(self, db: asyncpg.Pool, database_url: str,
-                                                                       tmp_path: Path) -> None:
+    async def test_declared_body_over_the_limit_is_413_before_reading(
+        self, db: asyncpg.Pool, database_url: str, tmp_path: Path
+    ) -> None:
         settings = make_settings(database_url, tmp_path / "o", max_body_bytes=10_000)
         async with running_app(settings) as app:
             body = multipart([instance(size=128)])
@@ -321,8 +348,9 @@ class TestLimits:
             assert r.status_code == 413
             assert r.headers["connection"] == "close"
 
-    async def test_streamed_body_over_the_limit_is_413(self, db: asyncpg.Pool, database_url: str,
-                                                       tmp_path: Path) -> None:
+    async def test_streamed_body_over_the_limit_is_413(
+        self, db: asyncpg.Pool, database_url: str, tmp_path: Path
+    ) -> None:
         settings = make_settings(database_url, tmp_path / "o", max_body_bytes=50_000)
         async with running_app(settings) as app:
             body = multipart([instance(seed=i) for i in range(10)])
@@ -342,25 +370,38 @@ class TestLimits:
     async def test_too_many_parts_is_413(self, db: asyncpg.Pool, database_url: str, tmp_path: Path) -> None:
         settings = make_settings(database_url, tmp_path / "o", max_parts=2)
         async with running_app(settings) as app:
-            r = await app.client.post(STUDIES, content=multipart([instance(seed=i) for i in range(3)]),
-                                      headers={"Content-Type": content_type()})
+            r = await app.client.post(
+                STUDIES,
+                content=multipart([instance(seed=i) for i in range(3)]),
+                headers={"Content-Type": content_type()},
+            )
             assert r.status_code == 413
             assert await count_rows(db) == (0, 0, 0)
             assert objects(app) == []
 
-    async def test_part_over_the_limit_is_413(self, db: asyncpg.Pool, database_url: str, tmp_path: Path) -> None:
+    async def test_part_over_the_limit_is_413(
+        self, db: asyncpg.Pool, database_url: str, tmp_path: Path
+    ) -> None:
         settings = make_settings(database_url, tmp_path / "o", max_part_bytes=20_000)
         async with running_app(settings) as app:
-            r = await app.client.post(STUDIES, content=multipart([instance(), instance(size=256)]),
-                                      headers={"Content-Type": content_type()})
+            r = await app.client.post(
+                STUDIES,
+                content=multipart([instance(), instance(size=256)]),
+                headers={"Content-Type": content_type()},
+            )
             assert r.status_code == 413
             assert await count_rows(db) == (0, 0, 0)
 
-    async def test_header_over_the_budget_is_a7xx(self, db: asyncpg.Pool, database_url: str, tmp_path: Path) -> None:
+    async def test_header_over_the_budget_is_a7xx(
+        self, db: asyncpg.Pool, database_url: str, tmp_path: Path
+    ) -> None:
         settings = make_settings(database_url, tmp_path / "o", header_budget_bytes=4096)
         async with running_app(settings) as app:
             big_header = instance(ImageComments="x" * 8000)  # header longer than the budget
-            r = await app.client.post(STUDIES, content=multipart([big_header, instance(size=16)]),
-                                      headers={"Content-Type": content_type()})
+            r = await app.client.post(
+                STUDIES,
+                content=multipart([big_header, instance(size=16)]),
+                headers={"Content-Type": content_type()},
+            )
             assert r.status_code == 202
             assert list(failed(r.json()).values()) == [dicom.REFUSED_OUT_OF_RESOURCES]

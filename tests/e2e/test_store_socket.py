@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -31,7 +30,9 @@ def instance_url(server: Server, study: str, series: str, sop: str) -> str:
 
 
 def fetch(server: Server, study: str, series: str, sop: str) -> httpx.Response:
-    return httpx.get(instance_url(server, study, series, sop), headers={"Accept": "application/dicom"}, timeout=60)
+    return httpx.get(
+        instance_url(server, study, series, sop), headers={"Accept": "application/dicom"}, timeout=60
+    )
 
 
 def test_dicomweb_client_store_and_retrieve(live_server: Server) -> None:
@@ -55,10 +56,23 @@ def test_raw_multipart_as_curl_sends_it(live_server: Server, curl: str, tmp_path
     body.write_bytes(multipart(files))
     for extra in ([], ["-H", "Transfer-Encoding: chunked"]):
         out = subprocess.run(
-            [curl, "-sS", "-X", "POST", f"{live_server.url}{STUDIES}", "-H",
-             f"Content-Type: {content_type(quoted=False)}", "--data-binary", f"@{body}",
-             "-w", "\n%{http_code}", *extra],
-            capture_output=True, check=True, timeout=60,
+            [
+                curl,
+                "-sS",
+                "-X",
+                "POST",
+                f"{live_server.url}{STUDIES}",
+                "-H",
+                f"Content-Type: {content_type(quoted=False)}",
+                "--data-binary",
+                f"@{body}",
+                "-w",
+                "\n%{http_code}",
+                *extra,
+            ],
+            capture_output=True,
+            check=True,
+            timeout=60,
         )
         text, status = out.stdout.decode().rsplit("\n", 1)
         assert status == "200", text
@@ -153,8 +167,9 @@ def test_two_gib_body_streams_with_flat_memory(live_server: Server) -> None:
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
-        r = httpx.post(live_server.url + STUDIES, content=body(), headers={"Content-Type": content_type()},
-                       timeout=600)
+        r = httpx.post(
+            live_server.url + STUDIES, content=body(), headers={"Content-Type": content_type()}, timeout=600
+        )
     finally:
         stop.set()
         sampler.join()
@@ -163,7 +178,9 @@ def test_two_gib_body_streams_with_flat_memory(live_server: Server) -> None:
     growth = (peak - baseline) / 2**20
     assert growth < 150, f"server RSS grew by {growth:.0f} MiB while streaming 2 GiB"
     # The index recorded the SHA-256 of exactly the bytes streamed in.
-    shas = [bytes(row[0]) for row in fetch_rows(live_server.env["DATABASE_URL"], "SELECT sha256 FROM instance")]
+    shas = [
+        bytes(row[0]) for row in fetch_rows(live_server.env["DATABASE_URL"], "SELECT sha256 FROM instance")
+    ]
     assert sorted(shas) == sorted(digests)
 
 
@@ -180,7 +197,9 @@ def fetch_rows(url: str, sql: str) -> list[asyncpg.Record]:
     return asyncio.run(run())
 
 
-def test_sigkill_mid_upload_loses_nothing_acknowledged(db: asyncpg.Pool, database_url: str, tmp_path: Path) -> None:
+def test_sigkill_mid_upload_loses_nothing_acknowledged(
+    db: asyncpg.Pool, database_url: str, tmp_path: Path
+) -> None:
     data = tmp_path / "data"
     server = start_server(database_url, data)
     study, series = generate_uid(), generate_uid()
@@ -201,8 +220,12 @@ def test_sigkill_mid_upload_loses_nothing_acknowledged(db: asyncpg.Pool, databas
 
     def upload() -> None:
         with warnings.catch_warnings(), pytest.raises(httpx.HTTPError):
-            httpx.post(server.url + STUDIES, content=slow_body(), headers={"Content-Type": content_type()},
-                       timeout=60)
+            httpx.post(
+                server.url + STUDIES,
+                content=slow_body(),
+                headers={"Content-Type": content_type()},
+                timeout=60,
+            )
 
     uploader = threading.Thread(target=upload)
     uploader.start()
@@ -228,8 +251,14 @@ def test_sigkill_mid_upload_loses_nothing_acknowledged(db: asyncpg.Pool, databas
     objects = data / "objects"
     before = [p for p in objects.rglob("*") if p.is_file()]
     assert len(before) > len(acked)  # the killed request left written objects (or temp files) behind
-    gc = subprocess.run([sys.executable, "-m", "dicomweb_server.cli", "gc", "--grace", "0"], env=server.env,
-                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    gc = subprocess.run(
+        [sys.executable, "-m", "dicomweb_server.cli", "gc", "--grace", "0"],
+        env=server.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert gc.returncode == 0, gc.stderr
     # I2/I3: afterwards every object is referenced by exactly one row with its SHA-256, nothing else remains.
     rows = [(r[0], bytes(r[1])) for r in fetch_rows(database_url, "SELECT object_key, sha256 FROM instance")]

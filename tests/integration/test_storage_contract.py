@@ -25,7 +25,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     try:
         yield opened
     finally:
-        async for obj in opened.list():  # leave the shared bucket empty for the next test
+        async for obj in opened.objects():  # leave the shared bucket empty for the next test
             await opened.delete(obj.key)
         await opened.remove_stale_uploads(time.time() + 3600)
         await opened.close()
@@ -43,7 +43,7 @@ async def put(store: ObjectStore, key: str, data: bytes, chunk: int = 65536) -> 
 
 
 async def keys(store: ObjectStore) -> set[str]:
-    return {obj.key async for obj in store.list()}
+    return {obj.key async for obj in store.objects()}
 
 
 async def test_small_object_round_trip_range_and_delete(store: ObjectStore) -> None:
@@ -51,7 +51,7 @@ async def test_small_object_round_trip_range_and_delete(store: ObjectStore) -> N
     await put(store, key, data)
     assert await read_all(store, key) == data
     assert await read_all(store, key, 10, 110) == data[10:110]
-    listed = [o async for o in store.list()]
+    listed = [o async for o in store.objects()]
     assert [(o.key, o.size) for o in listed] == [(key, len(data))]
     assert abs(listed[0].modified - time.time()) < 120
     await store.delete(key)
