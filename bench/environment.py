@@ -39,16 +39,34 @@ def _corpus_text(corpus: Corpus) -> str:
     )
 
 
+def disk_write_mb_s(directory: Path, size: int) -> float:
+    """Sequential write speed where the servers keep their data (1 MiB blocks, then fsync)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path, block = directory / "disk-probe.tmp", os.urandom(1 << 20)
+    started = time.perf_counter()
+    try:
+        with path.open("wb", buffering=0) as f:
+            for _ in range(size // len(block)):
+                f.write(block)
+            os.fsync(f.fileno())
+        return size / 1e6 / (time.perf_counter() - started)
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def describe(args: argparse.Namespace, corpora: dict[str, Corpus], big_gib: float) -> dict[str, str]:
     load1, load5, _ = os.getloadavg()
+    probe = (256 if args.quick else 1024) << 20
     env = {
         "Date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "Machine": f"{os.cpu_count()} CPUs ({_cpu_model()}), "
         f"{psutil.virtual_memory().total / 2**30:.1f} GiB RAM, Linux {platform.release()}",
         "Load average at start": f"{load1:.2f} (1 min), {load5:.2f} (5 min)",
-        "ours": f"git {ours_revision()}",
+        "ours": f"git {ours_revision()}" + (f" (executable {args.ours_bin})" if args.ours_bin else ""),
         "Orthanc": orthanc_version(),
         "Python": platform.python_version(),
+        "Disk write (data directories)": f"{disk_write_mb_s(args.cache_dir / 'work', probe):.0f} MB/s "
+        f"sequential ({probe >> 20} MiB + fsync)",
         "Mode": "quick (smoke run)" if args.quick else "full",
         "Client concurrency": str(args.concurrency),
     }

@@ -94,8 +94,9 @@ class OrthancTarget(Target):
         )
         self._proc.wait_ready(http_ok(f"{self._base}/system"), timeout=120)
         notes = self._check_plugins()
+        root = f"{self._base}/dicom-web"
         return Endpoint(
-            self.name, self._base, f"{self._base}/dicom-web", self._proc.pid, workdir, notes=notes
+            self.name, self._base, root, self._proc.pid, workdir, self._proc.log_path, notes=notes
         )
 
     def _check_plugins(self) -> dict[str, str]:

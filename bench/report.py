@@ -16,12 +16,13 @@ class Outcome:
     results: dict[str, Result] = field(default_factory=dict)
     skipped: str | None = None
     stored_check: str = "n/a"
+    stored_ok: bool = True
     notes: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
     def valid(self, workload: str) -> Result | None:
         result = self.results.get(workload)
-        return result if result is not None and not result.errors else None
+        return result if result is not None and not result.errors and self.stored_ok else None
 
 
 Outcomes = dict[str, Outcome]

@@ -22,7 +22,7 @@ import httpx
 
 from bench import environment
 from bench.corpus import CT_FULL, CT_QUICK, SMALL_FULL, SMALL_QUICK, load_corpus
-from bench.procs import TargetUnavailable
+from bench.procs import TargetUnavailable, log_tail
 from bench.report import Outcome, Outcomes, console_table, markdown
 from bench.servers import REPO, TARGET_NAMES, make_target
 from bench.target import Endpoint, disk_usage
@@ -51,7 +51,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=1,
         help="Orthanc PostgreSQL plugin IndexConnectionsCount (default %(default)s, as shipped)",
     )
-    p.add_argument("--ours-bin", type=Path, default=None, help="dicomweb-server executable (default: the venv's)")
+    p.add_argument(
+        "--ours-bin", type=Path, default=None, help="dicomweb-server executable (default: the venv's)"
+    )
     p.add_argument("--cache-dir", type=Path, default=REPO / ".bench-cache")
     p.add_argument(
         "--out",
@@ -98,17 +100,21 @@ async def run_target(endpoint: Endpoint, outcome: Outcome, ctx: Context, workloa
             )
 
 
-def stored_check(outcome: Outcome, stored: int | None, endpoint: Endpoint) -> str:
+def stored_check(outcome: Outcome, stored: int | None, endpoint: Endpoint) -> tuple[bool, str]:
+    """Did the target really store what it acknowledged? (A broken server must not look fast.)"""
     sent = sum(r.sent_instances for r in outcome.results.values())
     payload = sum(r.payload_bytes for r in outcome.results.values())
     if not endpoint.stores_dicom:
-        return "n/a (sink)"
+        return True, "n/a (sink)"
     if stored is not None:
-        verdict = "ok" if stored == sent else "MISMATCH"
-        return f"{verdict}: server reports {stored} instances, {sent} sent"
+        ok = stored == sent
+        return ok, f"{'ok' if ok else 'MISMATCH'}: server reports {stored} instances, {sent} sent"
     used = disk_usage(endpoint.workdir)
-    verdict = "ok" if used >= 0.9 * payload else "SUSPICIOUS"
-    return f"{verdict}: {used / 1e6:.0f} MB on disk for {payload / 1e6:.0f} MB of measured payload"
+    ok = used >= 0.9 * payload
+    return (
+        ok,
+        f"{'ok' if ok else 'SUSPICIOUS'}: {used / 1e6:.0f} MB on disk for {payload / 1e6:.0f} MB of payload",
+    )
 
 
 def bench_target(
@@ -128,8 +134,12 @@ def bench_target(
         endpoint = target.start(workdir, log_dir)
         outcome.notes.update(endpoint.notes)
         asyncio.run(run_target(endpoint, outcome, ctx, workloads))
-        outcome.stored_check = stored_check(outcome, target.stored_instances(), endpoint)
+        outcome.stored_ok, outcome.stored_check = stored_check(outcome, target.stored_instances(), endpoint)
         print(f"[{name}] stored-instance check: {outcome.stored_check}", flush=True)
+        if not outcome.stored_ok or any(r.errors for r in outcome.results.values()):
+            print(
+                f"[{name}] PROBLEMS; tail of {endpoint.log_path}:\n{log_tail(endpoint.log_path)}", flush=True
+            )
     except TargetUnavailable as exc:
         outcome.skipped = str(exc)
         print(f"[{name}] SKIPPED: {exc}", flush=True)
@@ -147,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.no_netns:
         enter_private_netns(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     signal.signal(signal.SIGTERM, _raise_interrupt)
     started = time.monotonic()
     targets = [t for t in args.targets.split(",") if t]

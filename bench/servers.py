@@ -67,6 +67,7 @@ class _UvicornLike(Target):
             base + self.dicomweb_path,
             self._proc.pid,
             workdir,
+            self._proc.log_path,
             stores_dicom=self.stores_dicom,
         )
 

@@ -21,6 +21,7 @@ class Endpoint:
     dicomweb_root: str
     app_pid: int
     workdir: Path
+    log_path: Path
     stores_dicom: bool = True  # False for the sink, which only counts bytes
     notes: dict[str, str] = field(default_factory=dict)
 

@@ -186,8 +186,21 @@ class Ingest:
                 ),
             )
             return
+        try:
+            part.meta = self._metadata(parsed)
+        except Exception:  # a data set pydicom reads but cannot describe: that instance fails alone
+            log.warning("metadata extraction failed", extra={"event": "metadata_failed"}, exc_info=True)
+            self._fail(
+                part,
+                Failure(
+                    dicom.PROCESSING_FAILURE,
+                    "Could not build the instance metadata",
+                    parsed.sop_class_uid,
+                    parsed.sop_uid,
+                ),
+            )
+            return
         part.header = parsed
-        part.meta = self._metadata(parsed)
         part.key = new_key(self.tenant)
         self.keys.append(part.key)
         part.writer = self.store.writer(part.key)

@@ -1,0 +1,45 @@
+"""openapi/openapi.json describes exactly the routes the app serves."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from starlette.routing import Route
+
+from dicomweb_server.app import ROUTES
+
+SPEC = json.loads((Path(__file__).resolve().parents[2] / "openapi" / "openapi.json").read_text())
+
+
+def served() -> set[tuple[str, str]]:
+    pairs = set()
+    for route in ROUTES:
+        assert isinstance(route, Route)
+        for method in route.methods or ():
+            if method != "HEAD":
+                pairs.add((route.path, method.lower()))
+    return pairs
+
+
+def documented() -> set[tuple[str, str]]:
+    return {(path, method) for path, ops in SPEC["paths"].items() for method in ops}
+
+
+def test_every_route_is_documented_and_nothing_else() -> None:
+    assert served() == documented()
+
+
+def test_path_parameters_match_the_template() -> None:
+    for path, ops in SPEC["paths"].items():
+        names = set(re.findall(r"{(\w+)}", path))
+        for op in ops.values():
+            declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert declared == names, path
+            assert op["responses"], path
+            assert op["operationId"]
+
+
+def test_spec_is_openapi_3_1() -> None:
+    assert SPEC["openapi"].startswith("3.1")
