@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 UID_PREFIX = "1.2.826.0.1.3680043.8.498."  # pydicom's UID root; entropy makes UIDs deterministic
+FORMAT_VERSION = 2  # bump when generated files change, so cached corpora are regenerated
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ class CorpusSpec:
 
     @property
     def key(self) -> str:
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        identity = {**asdict(self), "format": FORMAT_VERSION}
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         return f"{self.name}-{digest}"
 
 
@@ -61,7 +63,8 @@ class Corpus:
 
 
 def uid(seed: int, *parts: object) -> str:
-    return str(generate_uid(prefix=UID_PREFIX, entropy_srcs=[str(seed), *map(str, parts)]))
+    # One joined entropy source: generate_uid concatenates sources, so ("1", "10") == ("11", "0").
+    return str(generate_uid(prefix=UID_PREFIX, entropy_srcs=["/".join(map(str, (seed, *parts)))]))
 
 
 def _phantom(rows: int, cols: int) -> np.ndarray:
@@ -132,21 +135,29 @@ def _generate(spec: CorpusSpec, directory: Path) -> None:
     tmp = directory.with_name(directory.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
     manifest: list[dict[str, object]] = []
+    every_uid: list[str] = []
     for s in range(spec.warmup_series + spec.series_count):
         files: list[str] = []
+        sop_uids: list[str] = []
         for i in range(spec.instances_per_series):
             noise = rng.normal(0.0, 12.0, size=base.shape).astype(np.float32)
             pixels = np.clip(base + noise, 0, 65535).astype("<u2")
             name = f"s{s:04d}-i{i:04d}.dcm"
-            _dataset(spec, s, i, pixels).save_as(tmp / name, enforce_file_format=True)
+            ds = _dataset(spec, s, i, pixels)
+            ds.save_as(tmp / name, enforce_file_format=True)
             files.append(name)
+            sop_uids.append(str(ds.SOPInstanceUID))
         manifest.append(
             {
                 "study_uid": uid(spec.seed, spec.name, "study", s),
                 "series_uid": uid(spec.seed, spec.name, "series", s),
                 "files": files,
+                "sop_uids": sop_uids,
             }
         )
+        every_uid += sop_uids
+    if len(set(every_uid)) != len(every_uid):
+        raise RuntimeError("corpus generator produced duplicate SOP Instance UIDs")
     (tmp / "manifest.json").write_text(json.dumps({"spec": asdict(spec), "series": manifest}, indent=1))
     tmp.rename(directory)
 

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bench.rss import MIB
+from bench.sampling import MIB
 from bench.workloads import WORKLOADS, Result
 
 
@@ -70,7 +70,7 @@ def _ratio(workload: str, num: str, den: str, metric: str) -> Callable[[Outcomes
 
 def _big_growth(outcomes: Outcomes) -> float | None:
     result = outcomes["ours"].valid("stow-big-body") if "ours" in outcomes else None
-    return result.rss.app_growth / MIB if result else None
+    return result.proc.app_growth / MIB if result else None
 
 
 GOALS = (
@@ -114,24 +114,30 @@ COLUMNS = (
     "peak RSS MiB",
     "RSS growth MiB",
     "aux peak MiB",
+    "CPU ms/inst",
+    "other CPU",
     "status",
 )
 
 
 def result_row(target: str, result: Result | None, skipped: str | None) -> list[str]:
     if result is None:
-        return [target, *["-"] * 7, "skipped" if skipped else "not run"]
-    rss = result.rss
+        return [target, *["-"] * (len(COLUMNS) - 2), "skipped" if skipped else "not run"]
+    proc = result.proc
     status = f"{len(result.errors)} errors" if result.errors else "ok"
+    if result.warnings:
+        status += f", {len(result.warnings)} warnings"
     return [
         target,
         f"{result.inst_per_s:.1f}",
         f"{result.mb_per_s:.1f}",
         f"{result.latency(50) * 1000:.0f}",
         f"{result.latency(95) * 1000:.0f}",
-        f"{rss.app_peak / MIB:.0f}",
-        f"{rss.app_growth / MIB:.0f}",
-        f"{rss.aux_peak / MIB:.0f}" if rss.aux_peak else "-",
+        f"{proc.app_peak / MIB:.0f}",
+        f"{proc.app_growth / MIB:.0f}",
+        f"{proc.aux_peak / MIB:.0f}" if proc.aux_peak else "-",
+        f"{result.cpu_ms_per_instance:.2f}",
+        f"{proc.foreign_cpu * 100:.0f}%",
         status,
     ]
 
@@ -190,6 +196,7 @@ def markdown(env: dict[str, str], outcomes: Outcomes, details: list[str]) -> str
         )
         for result in o.results.values():
             out += [f"  - {result.workload} error: {e}" for e in result.errors[:5]]
+            out += [f"  - {result.workload} warning: {w}" for w in result.warnings[:3]]
     out += ["", "## Method", "", *details, ""]
     return "\n".join(out)
 

@@ -94,10 +94,16 @@ async def run_target(endpoint: Endpoint, outcome: Outcome, ctx: Context, workloa
             print(
                 f"[{endpoint.target}] {workload.key}: {result.instances} inst in {result.elapsed:.2f} s, "
                 f"{result.inst_per_s:.1f} inst/s, {result.mb_per_s:.1f} MB/s, "
-                f"peak RSS {result.rss.app_peak / 2**20:.0f} MiB"
-                + (f", {len(result.errors)} ERRORS: {result.errors[:3]}" if result.errors else ""),
+                f"peak RSS {result.proc.app_peak / 2**20:.0f} MiB, other CPU {result.proc.foreign_cpu:.0%}"
+                + (f", {len(result.errors)} ERRORS" if result.errors else "")
+                + (f", {len(result.warnings)} warnings" if result.warnings else ""),
                 flush=True,
             )
+            for line in [
+                *(f"ERROR {e}" for e in result.errors[:3]),
+                *(f"warning {w}" for w in result.warnings[:3]),
+            ]:
+                print(f"[{endpoint.target}]   {line}", flush=True)
 
 
 def stored_check(outcome: Outcome, stored: int | None, endpoint: Endpoint) -> tuple[bool, str]:

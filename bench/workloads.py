@@ -10,8 +10,10 @@ import asyncio
 import io
 import json
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import numpy as np
@@ -19,11 +21,12 @@ import pydicom
 
 from bench.corpus import Corpus, Series
 from bench.multipart import CONTENT_TYPE, BigBodyPlan, build_body
-from bench.rss import RssSampler, RssStats, settle
+from bench.sampling import ProcessSampler, ProcStats, settle
 from bench.target import Endpoint
 
 STOW_HEADERS = {"Content-Type": CONTENT_TYPE, "Accept": "application/dicom+json"}
 REFERENCED_SOP_SEQ, FAILED_SOP_SEQ = "00081199", "00081198"
+WARNING_REASON, FAILURE_REASON = "00081196", "00081197"
 
 
 @dataclass
@@ -52,9 +55,14 @@ class Result:
     payload_bytes: int  # DICOM bytes in the measured requests (multipart framing excluded)
     elapsed: float
     latencies: list[float]
-    rss: RssStats
+    proc: ProcStats
     sent_instances: int  # everything sent to the target, warm-up included (for the stored-count check)
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. HTTP 202 although every instance was stored
+
+    @property
+    def cpu_ms_per_instance(self) -> float:
+        return (self.proc.app_cpu + self.proc.aux_cpu) * 1000 / self.instances if self.instances else 0.0
 
     @property
     def inst_per_s(self) -> float:
@@ -68,35 +76,57 @@ class Result:
         return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
 
 
+def _reasons(items: list[dict[str, Any]], tag: str) -> str:
+    codes = Counter(f"0x{item[tag]['Value'][0]:04X}" for item in items if item.get(tag, {}).get("Value"))
+    return ", ".join(f"{code} x{n}" for code, n in codes.items())
+
+
 def check_response(
     endpoint: Endpoint, response: httpx.Response, instances: int, body_bytes: int
-) -> str | None:
-    """None if the server accepted everything, else a short description of what went wrong."""
-    if response.status_code != 200:
-        return f"HTTP {response.status_code}: {response.text[:200]}"
+) -> tuple[str | None, str | None]:
+    """(error, warning): error if not every instance was stored; warning if stored but not a plain 200."""
+    code = response.status_code
+    if code not in (200, 202, 409):
+        return f"HTTP {code}: {response.text[:300]}", None
     try:
         payload = json.loads(response.content)
     except ValueError:
-        return f"non-JSON response ({response.headers.get('content-type')}): {response.text[:200]}"
+        return f"HTTP {code}, not JSON ({response.headers.get('content-type')}): {response.text[:200]}", None
     if not endpoint.stores_dicom:
         got = payload.get("received")
-        return None if got == body_bytes else f"sink received {got} of {body_bytes} bytes"
-    failed = len(payload.get(FAILED_SOP_SEQ, {}).get("Value", []))
-    stored = len(payload.get(REFERENCED_SOP_SEQ, {}).get("Value", []))
-    if failed or stored != instances:
-        return f"stored {stored}/{instances}, failed {failed}"
-    return None
+        return (None if got == body_bytes else f"sink received {got} of {body_bytes} bytes"), None
+    stored = payload.get(REFERENCED_SOP_SEQ, {}).get("Value", [])
+    failed = payload.get(FAILED_SOP_SEQ, {}).get("Value", [])
+    summary = f"HTTP {code}: stored {len(stored)}/{instances}, failed {len(failed)}"
+    if failed:
+        summary += f" (failure reasons {_reasons(failed, FAILURE_REASON)})"
+    if warned := _reasons(stored, WARNING_REASON):
+        summary += f" (warning reasons {warned})"
+    if header := response.headers.get("warning"):
+        summary += f" (Warning: {header})"
+    if failed or len(stored) != instances:
+        return summary, None
+    return None, (summary if code != 200 or warned else None)
+
+
+@dataclass
+class Posted:
+    latencies: list[float]
+    errors: list[str]
+    warnings: list[str]
+    elapsed: float
 
 
 async def _post_all(
     client: httpx.AsyncClient, endpoint: Endpoint, jobs: Sequence[tuple[bytes, int]], concurrency: int
-) -> tuple[list[float], list[str], float]:
+) -> Posted:
     """POST each (body, instance count), ``concurrency`` at a time; returns latencies, errors, wall time."""
     queue: asyncio.Queue[tuple[bytes, int]] = asyncio.Queue()
     for job in jobs:
         queue.put_nowait(job)
     latencies: list[float] = []
     errors: list[str] = []
+    warnings: list[str] = []
 
     async def worker() -> None:
         while not queue.empty():
@@ -108,12 +138,15 @@ async def _post_all(
                 errors.append(f"{type(exc).__name__}: {exc}")
                 continue
             latencies.append(time.perf_counter() - t0)
-            if problem := check_response(endpoint, response, count, len(body)):
-                errors.append(problem)
+            error, warning = check_response(endpoint, response, count, len(body))
+            if error:
+                errors.append(error)
+            if warning:
+                warnings.append(warning)
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, errors, time.perf_counter() - t0
+    return Posted(latencies, errors, warnings, time.perf_counter() - t0)
 
 
 def _count(series: Sequence[Series]) -> int:
@@ -128,22 +161,23 @@ def stow_workload(corpus_name: str) -> WorkloadFn:
         corpus = ctx.corpora[corpus_name]
         warm_bodies, bodies = ctx.bodies(corpus_name)
         warm_jobs = [(b, len(s.instances)) for b, s in zip(warm_bodies, corpus.warmup, strict=True)]
-        _lat, warm_errors, _ = await _post_all(client, endpoint, warm_jobs, ctx.concurrency)
+        warm = await _post_all(client, endpoint, warm_jobs, ctx.concurrency)
         settle()
         jobs = [(b, len(s.instances)) for b, s in zip(bodies, corpus.measured, strict=True)]
         aux = endpoint.aux_roots()
-        with RssSampler(lambda: [endpoint.app_pid], lambda: aux) as sampler:
-            latencies, errors, elapsed = await _post_all(client, endpoint, jobs, ctx.concurrency)
+        with ProcessSampler(lambda: [endpoint.app_pid], lambda: aux) as sampler:
+            posted = await _post_all(client, endpoint, jobs, ctx.concurrency)
         return Result(
             workload=f"stow-{corpus_name}",
             requests=len(jobs),
             instances=corpus.measured_instances,
             payload_bytes=sum(s.nbytes for s in corpus.measured),
-            elapsed=elapsed,
-            latencies=latencies,
-            rss=sampler.stats(),
+            elapsed=posted.elapsed,
+            latencies=posted.latencies,
+            proc=sampler.stats(),
             sent_instances=_count(corpus.warmup) + _count(corpus.measured),
-            errors=[f"warm-up: {e}" for e in warm_errors] + errors,
+            errors=[f"warm-up: {e}" for e in warm.errors] + posted.errors,
+            warnings=[f"warm-up: {w}" for w in warm.warnings] + posted.warnings,
         )
 
     return run
@@ -158,13 +192,15 @@ async def big_body(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context) 
     plan = BigBodyPlan(template, str(ds.SOPInstanceUID), series.study_uid, series.series_uid, parts)
     settle(1.0)
     aux = endpoint.aux_roots()
-    with RssSampler(lambda: [endpoint.app_pid], lambda: aux) as sampler:
+    with ProcessSampler(lambda: [endpoint.app_pid], lambda: aux) as sampler:
         t0 = time.perf_counter()
         errors: list[str] = []
+        warning: str | None = None
         try:
             response = await client.post(endpoint.stow_url, content=plan.stream(), headers=STOW_HEADERS)
-            if problem := check_response(endpoint, response, parts, plan.nbytes):
-                errors.append(problem)
+            error, warning = check_response(endpoint, response, parts, plan.nbytes)
+            if error:
+                errors.append(error)
         except httpx.HTTPError as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
         elapsed = time.perf_counter() - t0
@@ -175,9 +211,10 @@ async def big_body(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context) 
         payload_bytes=parts * len(template),
         elapsed=elapsed,
         latencies=[elapsed],
-        rss=sampler.stats(),
+        proc=sampler.stats(),
         sent_instances=parts,
         errors=errors,
+        warnings=[warning] if warning else [],
     )
 
 

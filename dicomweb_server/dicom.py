@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 import unicodedata
 import warnings
 import zlib
@@ -87,8 +88,7 @@ def parse_header(prefix: bytes, *, complete: bool) -> Header | Failure:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            meta = _read_file_meta_info(fp)
-            ts = str(meta.get("TransferSyntaxUID", "")).rstrip("\0 ")
+            ts = _transfer_syntax(prefix, fp)
             if not is_valid_uid(ts):
                 return Failure(CANNOT_UNDERSTAND, "File Meta Information has no valid Transfer Syntax UID")
             uid = UID(ts)
@@ -125,6 +125,38 @@ def parse_header(prefix: bytes, *, complete: bool) -> Header | Failure:
         dataset=ds,
         pixel_data=(stop["tag"], stop["vr"]) if "tag" in stop else None,
     )
+
+
+# PS3.5 §7.1.2: explicit VRs with a 2-byte reserved field and a 4-byte length.
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+
+
+def _transfer_syntax(buf: bytes, fp: io.BytesIO) -> str:
+    """Read the File Meta group (PS3.10 §7.1, always Explicit VR Little Endian) and leave ``fp`` after it.
+
+    A direct walk over group 0002 costs microseconds where pydicom's reader costs
+    ~0.1 ms; files whose meta group is not well-formed explicit VR go to pydicom.
+    """
+    pos, ts = PREAMBLE + 4, b""
+    while pos + 8 <= len(buf):
+        group, element = struct.unpack_from("<HH", buf, pos)
+        if group != 0x0002:
+            break
+        vr = buf[pos + 4 : pos + 6]
+        if not vr.isalpha() or not vr.isupper():
+            fp.seek(PREAMBLE + 4)
+            return str(_read_file_meta_info(fp).get("TransferSyntaxUID", "")).rstrip("\0 ")
+        if vr in _LONG_VRS:
+            (length,), start = struct.unpack_from("<I", buf, pos + 8), pos + 12
+        else:
+            (length,), start = struct.unpack_from("<H", buf, pos + 6), pos + 8
+        if length == 0xFFFFFFFF or start + length > len(buf):
+            raise ValueError("truncated File Meta Information")
+        if element == 0x0010:
+            ts = buf[start : start + length]
+        pos = start + length
+    fp.seek(pos)
+    return ts.decode("ascii").rstrip("\0 ")
 
 
 _REQUIRED = {

@@ -39,7 +39,7 @@ class PartStart:
 
 @dataclass(frozen=True)
 class PartData:
-    data: bytes
+    data: bytes | memoryview  # a zero-copy view into the fed chunk where possible
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,9 @@ class MultipartReader:
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         if end > start:
-            self._events.append(PartData(bytes(data[start:end])))
+            # Views into an immutable fed chunk stay valid; the parser's own look-behind buffer is copied.
+            view = memoryview(data)[start:end] if isinstance(data, bytes) else bytes(data[start:end])
+            self._events.append(PartData(view))
 
     def _on_part_end(self) -> None:
         self._events.append(PartEnd())

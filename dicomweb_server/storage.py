@@ -52,7 +52,7 @@ class StoredObject:
 
 
 class ObjectWriter(Protocol):
-    async def write(self, data: bytes) -> None: ...
+    async def write(self, data: bytes | memoryview) -> None: ...
 
     async def commit(self) -> None:
         """Make the object durable at its key; after this returns it survives a crash."""
@@ -96,7 +96,7 @@ class FileStore:
         return self.root / key
 
     def writer(self, key: str) -> _FileWriter:
-        return _FileWriter(self.path(key), self.staging / f"{uuid.uuid4().hex}.part")
+        return _FileWriter(self.path(key), self.staging / f"{key.rsplit('/', 1)[-1]}.part")
 
     async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         try:
@@ -160,20 +160,35 @@ class FileStore:
 
 
 class _FileWriter:
+    """Small objects stay in memory until commit, which writes them in a worker thread in one go;
+    larger ones spill to the temp file as they stream (page-cache writes, fsync'd at commit)."""
+
+    SPILL = 1024 * 1024
+
     def __init__(self, final: Path, temp: Path):
         self.final = final
         self.temp = temp
         self.fd: int | None = None
+        self.pending = bytearray()
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
+        if self.fd is None and len(self.pending) + len(data) <= self.SPILL:
+            self.pending += data
+            return
         try:
             if self.fd is None:
                 self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            view = memoryview(data)
-            while view:  # page-cache writes are fast; durability comes from the fsync in commit
-                view = view[os.write(self.fd, view) :]
+                self._write_all(self.pending)
+                self.pending = bytearray()
+            self._write_all(data)
         except OSError as exc:
             raise _os_error(exc) from None
+
+    def _write_all(self, data: bytes | bytearray | memoryview) -> None:
+        assert self.fd is not None
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
 
     async def commit(self) -> None:
         try:
@@ -185,6 +200,8 @@ class _FileWriter:
     def _commit(self) -> None:
         if self.fd is None:
             self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            self._write_all(self.pending)
+            self.pending = bytearray()
         os.fsync(self.fd)
         os.close(self.fd)
         self.fd = None
@@ -197,6 +214,7 @@ class _FileWriter:
             os.close(dfd)
 
     async def abort(self) -> None:
+        self.pending = bytearray()
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -300,7 +318,7 @@ class _S3Writer:
         self.upload_id: str | None = None
         self.parts: list[dict[str, Any]] = []
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
         self.buffer += data
         size = self.store.settings.part_size
         while len(self.buffer) >= size * 2:  # keep a full part back so the last part is never tiny

@@ -30,7 +30,7 @@ from .storage import ObjectStore, ObjectWriter, StorageFull, new_key
 log = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
-FIRST_PARSE_AT = 1024 * 1024  # try the header early for big parts; retry at the full budget
+HEADER_PROBE = 16 * 1024  # first try at the header; each retry waits for 16x more, up to the budget
 MAX_PENDING_COMMITS = 8
 
 
@@ -38,7 +38,7 @@ MAX_PENDING_COMMITS = 8
 class _Part:
     prefix: bytearray | None = field(default_factory=bytearray)
     size: int = 0
-    parse_at: int = FIRST_PARSE_AT
+    parse_at: int = HEADER_PROBE
     skip: bool = False
     header: Header | None = None
     meta: dict[str, Any] | None = None
@@ -132,7 +132,7 @@ class Ingest:
             self.parts += 1
             if self.parts > self.settings.max_parts:
                 raise PayloadTooLarge(f"Request has more than {self.settings.max_parts} parts")
-            self.part = _Part(parse_at=min(FIRST_PARSE_AT, self.settings.header_budget_bytes))
+            self.part = _Part(parse_at=min(HEADER_PROBE, self.settings.header_budget_bytes))
             ctype = parse_media_type(event.headers.get("content-type")).type
             if ctype not in ("", "application/dicom"):
                 self.part.skip = True
@@ -168,10 +168,10 @@ class Ingest:
         assert part.prefix is not None
         budget = self.settings.header_budget_bytes
         complete = complete and len(part.prefix) <= budget
-        parsed = dicom.parse_header(bytes(part.prefix[:budget]), complete=complete)
+        parsed = dicom.parse_header(bytes(part.prefix[:budget]), complete=complete)  # small: a header
         if isinstance(parsed, Failure):
             if parsed.reason == dicom.REFUSED_OUT_OF_RESOURCES and part.parse_at < budget:
-                part.parse_at = budget  # header longer than the first try: wait for the full budget
+                part.parse_at = min(budget, part.parse_at * 16)  # the header goes on: wait for more
                 return
             self._fail(part, parsed)
             return

@@ -23,7 +23,9 @@ async def test_orphans_go_after_grace_referenced_objects_stay(
     settings = make_settings(database_url, tmp_path / "objects", s3=s3)
     async with running_app(settings) as app:
         store = app.state.store  # type: ignore[attr-defined]
-        r = await app.client.post("/dicomweb/studies", content=instance(), headers={"Content-Type": "application/dicom"})
+        r = await app.client.post(
+            "/dicomweb/studies", content=instance(), headers={"Content-Type": "application/dicom"}
+        )
         assert r.status_code == 200
         (kept,) = await keys(store)
         orphan = "default/ab/" + "ab" * 16  # what a crash between object write and index commit leaves

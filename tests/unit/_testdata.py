@@ -21,7 +21,7 @@ CHARSET_DIR = Path(DATA_ROOT) / "charset_files"
 TEST_FILES_DIR = Path(DATA_ROOT) / "test_files"
 
 
-def testdata(name: str) -> Path:
+def bundled(name: str) -> Path:
     """A bundled test file by name; never downloads."""
     found = get_testdata_file(name, download=False)
     assert found is not None, f"pydicom test file {name} is not bundled"
@@ -45,10 +45,9 @@ def part10(ds: Dataset, transfer_syntax: str = ExplicitVRLittleEndian) -> bytes:
         warnings.simplefilter("ignore")
         ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = transfer_syntax
-        if "SOPClassUID" in ds:
-            ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        if "SOPInstanceUID" in ds:
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        # File meta needs these even when the data set lacks them (a test may remove them on purpose).
+        ds.file_meta.MediaStorageSOPClassUID = ds.get("SOPClassUID") or "1.2.840.10008.5.1.4.1.1.7"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID") or "1.2.3.4"
         out = io.BytesIO()
         dcmwrite(out, ds, enforce_file_format=True)
         return out.getvalue()

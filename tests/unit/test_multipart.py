@@ -47,8 +47,13 @@ PREAMBLE = b"This is the preamble; a client may put anything here, even " + DELI
 EPILOGUE = b"\r\nThe epilogue is ignored, even " + DELIM + b"\r\n\r\nand " + DELIM + b"--\r\n"
 
 
-def body(payloads: list[bytes] = PAYLOADS, headers: list[bytes] = RAW_HEADERS, *,
-         preamble: bytes = PREAMBLE, epilogue: bytes = EPILOGUE) -> bytes:
+def body(
+    payloads: list[bytes] = PAYLOADS,
+    headers: list[bytes] = RAW_HEADERS,
+    *,
+    preamble: bytes = PREAMBLE,
+    epilogue: bytes = EPILOGUE,
+) -> bytes:
     out = bytearray(preamble)
     for raw, payload in zip(headers, payloads, strict=True):
         out += DELIM + b"\r\n" + raw + b"\r\n" + payload + b"\r\n"
@@ -57,9 +62,7 @@ def body(payloads: list[bytes] = PAYLOADS, headers: list[bytes] = RAW_HEADERS, *
 
 RECORDED = body()
 SMALL_BOUNDARY = "bd"
-SMALL = (
-    b"p\r\n--bd\r\nA: 1\r\n\r\na\r\n--b\r\n--bd\r\n\r\n\r\n--bd\r\nB:2\r\nc: \r\n\r\n--bd-\r\n--bd--\r\ne"
-)
+SMALL = b"p\r\n--bd\r\nA: 1\r\n\r\na\r\n--b\r\n--bd\r\n\r\n\r\n--bd\r\nB:2\r\nc: \r\n\r\n--bd-\r\n--bd--\r\ne"
 
 
 def chunked(data: bytes, size: int) -> list[bytes]:

@@ -1,0 +1,176 @@
+"""stow.store_response: the PS3.18 Store Instances Response Module as DICOM JSON (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from dicomweb_server.dicom import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    DUPLICATE_SOP_INSTANCE,
+    REFUSED_OUT_OF_RESOURCES,
+    TRANSFER_SYNTAX_NOT_SUPPORTED,
+    Failure,
+    Header,
+)
+from dicomweb_server.stow import store_response
+
+BASE = "https://pacs.example/tenant-a"
+STUDY = "1.2.3"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+STUDY_URL = f"{BASE}/dicomweb/studies/{STUDY}"
+
+
+def header(n: int, series: str = "1.2.3.4") -> Header:
+    return Header(
+        study_uid=STUDY,
+        series_uid=series,
+        sop_uid=f"1.2.3.4.{n}",
+        sop_class_uid=CT,
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        dataset=Dataset(),
+        pixel_data=None,
+    )
+
+
+def instance_url(h: Header) -> str:
+    return f"{BASE}/dicomweb/studies/{h.study_uid}/series/{h.series_uid}/instances/{h.sop_uid}"
+
+
+def referenced(h: Header) -> dict[str, Any]:
+    return {
+        "00081150": {"vr": "UI", "Value": [CT]},
+        "00081155": {"vr": "UI", "Value": [h.sop_uid]},
+        "00081190": {"vr": "UR", "Value": [instance_url(h)]},
+    }
+
+
+def test_all_stored() -> None:
+    stored = [header(1), header(2, series="1.2.3.5")]
+    assert store_response(BASE, STUDY_URL, stored, []) == {
+        "00081190": {"vr": "UR", "Value": [STUDY_URL]},
+        "00081199": {"vr": "SQ", "Value": [referenced(h) for h in stored]},
+    }
+
+
+def test_retrieve_url_empty_when_none() -> None:
+    body = store_response(BASE, None, [header(1)], [])
+    assert body["00081190"] == {"vr": "UR"}
+    body = store_response(BASE, "", [header(1)], [])
+    assert body["00081190"] == {"vr": "UR"}
+
+
+def test_failures_split_by_whether_the_instance_is_known() -> None:
+    identified = [
+        Failure(DATASET_DOES_NOT_MATCH_SOP_CLASS, "StudyInstanceUID is missing", CT, "1.2.9.1"),
+        Failure(DUPLICATE_SOP_INSTANCE, "already stored with different content", CT, "1.2.9.2"),
+        Failure(DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPClassUID is missing", None, "1.2.9.3"),
+    ]
+    anonymous = [
+        Failure(CANNOT_UNDERSTAND, "Not a DICOM PS3.10 file"),
+        Failure(DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPInstanceUID is missing", CT, None),
+        Failure(TRANSFER_SYNTAX_NOT_SUPPORTED, "Transfer Syntax 1.2.3 is not supported"),
+    ]
+    mixed = [anonymous[0], identified[0], anonymous[1], identified[1], identified[2], anonymous[2]]
+    body = store_response(BASE, STUDY_URL, [header(1)], mixed)
+    assert set(body) == {"00081190", "00081199", "00081198", "0008119A"}
+    assert body["00081199"]["Value"] == [referenced(header(1))]
+    assert body["00081198"] == {
+        "vr": "SQ",
+        "Value": [
+            {
+                "00081150": {"vr": "UI", "Value": [CT]},
+                "00081155": {"vr": "UI", "Value": ["1.2.9.1"]},
+                "00081197": {"vr": "US", "Value": [0xA900]},
+                "00000902": {"vr": "LO", "Value": ["StudyInstanceUID is missing"]},
+            },
+            {
+                "00081150": {"vr": "UI", "Value": [CT]},
+                "00081155": {"vr": "UI", "Value": ["1.2.9.2"]},
+                "00081197": {"vr": "US", "Value": [0x0111]},
+                "00000902": {"vr": "LO", "Value": ["already stored with different content"]},
+            },
+            {
+                "00081150": {"vr": "UI"},
+                "00081155": {"vr": "UI", "Value": ["1.2.9.3"]},
+                "00081197": {"vr": "US", "Value": [0xA900]},
+                "00000902": {"vr": "LO", "Value": ["SOPClassUID is missing"]},
+            },
+        ],
+    }
+    assert body["0008119A"] == {
+        "vr": "SQ",
+        "Value": [
+            {
+                "00081197": {"vr": "US", "Value": [0xC000]},
+                "00000902": {"vr": "LO", "Value": ["Not a DICOM PS3.10 file"]},
+            },
+            {
+                "00081197": {"vr": "US", "Value": [0xA900]},
+                "00000902": {"vr": "LO", "Value": ["SOPInstanceUID is missing"]},
+            },
+            {
+                "00081197": {"vr": "US", "Value": [0xC122]},
+                "00000902": {"vr": "LO", "Value": ["Transfer Syntax 1.2.3 is not supported"]},
+            },
+        ],
+    }
+
+
+def test_failure_reasons_are_us_numbers() -> None:
+    reasons = [
+        REFUSED_OUT_OF_RESOURCES,
+        DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        CANNOT_UNDERSTAND,
+        TRANSFER_SYNTAX_NOT_SUPPORTED,
+        DUPLICATE_SOP_INSTANCE,
+    ]
+    body = store_response(BASE, None, [], [Failure(r, "x", CT, f"1.2.{i}") for i, r in enumerate(reasons)])
+    values = [item["00081197"] for item in body["00081198"]["Value"]]
+    assert values == [{"vr": "US", "Value": [r]} for r in reasons]
+    assert all(type(v["Value"][0]) is int and 0 <= v["Value"][0] <= 0xFFFF for v in values)
+    assert [r for r in reasons] == [0xA700, 0xA900, 0xC000, 0xC122, 0x0111]
+
+
+def test_only_failures_has_no_referenced_sequence() -> None:
+    body = store_response(BASE, None, [], [Failure(CANNOT_UNDERSTAND, "bad")])
+    assert body == {
+        "00081190": {"vr": "UR"},
+        "0008119A": {
+            "vr": "SQ",
+            "Value": [
+                {"00081197": {"vr": "US", "Value": [0xC000]}, "00000902": {"vr": "LO", "Value": ["bad"]}},
+            ],
+        },
+    }
+
+
+def test_never_an_empty_sequence() -> None:
+    cases = [
+        ([], []),
+        ([header(1)], []),
+        ([], [Failure(CANNOT_UNDERSTAND, "x")]),
+        ([], [Failure(CANNOT_UNDERSTAND, "x", CT, "1.2.3")]),
+        ([header(1)], [Failure(CANNOT_UNDERSTAND, "x", CT, "1.2.3"), Failure(CANNOT_UNDERSTAND, "y")]),
+    ]
+    for stored, failed in cases:
+        body = store_response(BASE, STUDY_URL, stored, failed)
+        for tag in ("00081199", "00081198", "0008119A"):
+            if tag in body:
+                assert body[tag]["vr"] == "SQ"
+                assert body[tag]["Value"], (tag, stored, failed)
+        assert ("00081199" in body) == bool(stored)
+        assert ("00081198" in body) == any(f.sop_instance_uid for f in failed)
+        assert ("0008119A" in body) == any(not f.sop_instance_uid for f in failed)
+
+
+def test_nothing_at_all() -> None:
+    assert store_response(BASE, None, [], []) == {"00081190": {"vr": "UR"}}
+
+
+def test_error_comment_fits_lo() -> None:
+    body = store_response(BASE, None, [], [Failure(CANNOT_UNDERSTAND, "é" * 100)])
+    comment = body["0008119A"]["Value"][0]["00000902"]["Value"][0]
+    assert comment == "é" * 64
