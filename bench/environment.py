@@ -89,6 +89,9 @@ def method_notes(args: argparse.Namespace, big_gib: float) -> list[str]:
         "minus the idle value just before the measured requests. 'aux' is side processes working in the "
         "target's directory (a PostgreSQL started for it), counted separately; PostgreSQL RSS includes "
         "shared buffers counted once per backend.",
+        "- CPU ms/inst: CPU time of the server tree plus its aux processes per measured instance. other CPU: "
+        "share of all CPUs used by processes outside the benchmark during the measurement (a quiet machine "
+        "shows a few %; loopback TCP softirq time is not counted).",
         f"- ours: `dicomweb-server serve --workers {WORKERS}` with an empty DICOMWEB_DATA_DIR (embedded "
         "PostgreSQL); sink: `bench/sink.py` (reads and discards the body) under the same uvicorn setup "
         f"(uvloop, httptools, {WORKERS} workers).",

@@ -155,6 +155,29 @@ def _sections(outcomes: Outcomes) -> list[tuple[str, list[list[str]]]]:
     return sections
 
 
+NOISY = 0.10  # other processes using more than this share of the CPUs make a figure suspect
+
+
+def disturbed(outcomes: Outcomes) -> list[str]:
+    """Human-readable list of results measured while something else was busy on the machine."""
+    return [
+        f"{o.target} {r.workload} ({r.proc.foreign_cpu:.0%})"
+        for o in outcomes.values()
+        for r in o.results.values()
+        if r.proc.foreign_cpu > NOISY
+    ]
+
+
+def _disturbed_note(outcomes: Outcomes) -> list[str]:
+    noisy = disturbed(outcomes)
+    if not noisy:
+        return []
+    return [
+        f"WARNING: other processes used more than {NOISY:.0%} of the CPUs during: {', '.join(noisy)}. "
+        "Those figures are low; rerun on a quiet machine."
+    ]
+
+
 def console_table(outcomes: Outcomes) -> str:
     lines: list[str] = []
     for title, rows in _sections(outcomes):
@@ -165,7 +188,7 @@ def console_table(outcomes: Outcomes) -> str:
     for goal in GOALS:
         value, verdict = goal.evaluate(outcomes)
         lines.append(f"  {goal.label:<48} {value:>10}  (goal {goal.goal_text}): {verdict}")
-    return "\n".join(lines)
+    return "\n".join(lines + _disturbed_note(outcomes))
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -182,6 +205,7 @@ def markdown(env: dict[str, str], outcomes: Outcomes, details: list[str]) -> str
         ["goal", "measured", "target", "verdict"],
         [[g.label, *_goal_cells(g, outcomes)] for g in GOALS],
     )
+    out += ["", *_disturbed_note(outcomes)] if disturbed(outcomes) else []
     for title, rows in _sections(outcomes):
         out += ["", f"## {title}", "", *_md_table(list(COLUMNS), rows)]
     out += ["", "## Targets", ""]

@@ -24,9 +24,10 @@ from bench import environment
 from bench.corpus import CT_FULL, CT_QUICK, SMALL_FULL, SMALL_QUICK, load_corpus
 from bench.procs import TargetUnavailable, log_tail
 from bench.report import Outcome, Outcomes, console_table, markdown
+from bench.sampling import wait_until_quiet
 from bench.servers import REPO, TARGET_NAMES, make_target
 from bench.target import Endpoint, disk_usage
-from bench.workloads import WORKLOADS, Context
+from bench.workloads import WORKLOADS, Context, Result
 
 NETNS_FLAG = "DICOMWEB_BENCH_IN_NETNS"
 
@@ -61,6 +62,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="markdown report (default docs/benchmarks.md; .bench-cache/benchmarks-quick.md with --quick)",
     )
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each target, wait up to SECONDS for other CPU use to drop below 10%% (shared machines)",
+    )
     p.add_argument("--keep-data", action="store_true", help="keep each target's data directory")
     p.add_argument(
         "--no-netns", action="store_true", help="stay in the current network namespace (skips Orthanc)"
@@ -91,19 +99,22 @@ async def run_target(endpoint: Endpoint, outcome: Outcome, ctx: Context, workloa
             print(f"[{endpoint.target}] {workload.key} ...", flush=True)
             result = await workload.run(client, endpoint, ctx)
             outcome.results[workload.key] = result
-            print(
-                f"[{endpoint.target}] {workload.key}: {result.instances} inst in {result.elapsed:.2f} s, "
-                f"{result.inst_per_s:.1f} inst/s, {result.mb_per_s:.1f} MB/s, "
-                f"peak RSS {result.proc.app_peak / 2**20:.0f} MiB, other CPU {result.proc.foreign_cpu:.0%}"
-                + (f", {len(result.errors)} ERRORS" if result.errors else "")
-                + (f", {len(result.warnings)} warnings" if result.warnings else ""),
-                flush=True,
-            )
-            for line in [
-                *(f"ERROR {e}" for e in result.errors[:3]),
-                *(f"warning {w}" for w in result.warnings[:3]),
-            ]:
-                print(f"[{endpoint.target}]   {line}", flush=True)
+            print_progress(endpoint.target, result)
+
+
+def print_progress(target: str, result: Result) -> None:
+    proc = result.proc
+    print(
+        f"[{target}] {result.workload}: {result.instances} inst in {result.elapsed:.2f} s, "
+        f"{result.inst_per_s:.1f} inst/s, {result.mb_per_s:.1f} MB/s, "
+        f"peak RSS {proc.app_peak / 2**20:.0f} MiB, client CPU {proc.client_cpu / proc.wall:.0%} of a core, "
+        f"other CPU {proc.foreign_cpu:.0%}"
+        + (f", {len(result.errors)} ERRORS" if result.errors else "")
+        + (f", {len(result.warnings)} warnings" if result.warnings else ""),
+        flush=True,
+    )
+    for line in [*(f"ERROR {e}" for e in result.errors[:3]), *(f"warning {w}" for w in result.warnings[:3])]:
+        print(f"[{target}]   {line}", flush=True)
 
 
 def stored_check(outcome: Outcome, stored: int | None, endpoint: Endpoint) -> tuple[bool, str]:
@@ -136,6 +147,8 @@ def bench_target(
     work_root.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work_root))
     try:
+        if args.wait_quiet > 0:
+            wait_until_quiet(0.10, args.wait_quiet, name)
         print(f"[{name}] starting (workdir {workdir}, logs {log_dir})", flush=True)
         endpoint = target.start(workdir, log_dir)
         outcome.notes.update(endpoint.notes)

@@ -144,6 +144,25 @@ class ProcessSampler:
         )
 
 
+def machine_busy(window: float = 1.0) -> float:
+    """Share of all CPUs busy over ``window`` seconds (the harness itself should be idle meanwhile)."""
+    busy0, t0 = _busy_seconds(), time.perf_counter()
+    time.sleep(window)
+    return (_busy_seconds() - busy0) / ((time.perf_counter() - t0) * (os.cpu_count() or 1))
+
+
+def wait_until_quiet(limit: float, timeout: float, label: str) -> None:
+    """Wait (up to ``timeout`` s) for the machine's CPU use to drop below ``limit`` before measuring."""
+    deadline = time.monotonic() + timeout
+    while (busy := machine_busy()) > limit:
+        if time.monotonic() >= deadline:
+            print(
+                f"[{label}] machine still {busy:.0%} busy after {timeout:.0f}s; measuring anyway", flush=True
+            )
+            return
+        print(f"[{label}] machine {busy:.0%} busy; waiting for it to quieten", flush=True)
+
+
 def settle(seconds: float = 0.5) -> None:
     """Give a server a moment to return to idle before a baseline is taken."""
     time.sleep(seconds)

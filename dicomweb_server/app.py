@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import db, stow, sweep, wado
+from . import db, logs, stow, sweep, wado
 from .errors import DicomWebError, ServiceUnavailable, StorageError
 from .settings import Settings
 from .storage import open_store
@@ -143,6 +143,7 @@ class RequestContext:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
+    logs.silence_phi_sources()
     app = Starlette(
         routes=ROUTES,
         middleware=[Middleware(RequestContext, tenant=settings.tenant)],

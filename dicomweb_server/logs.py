@@ -32,5 +32,9 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # pydicom logs offending values (names, IDs) when it meets invalid data: PHI never reaches our logs.
+    silence_phi_sources()
+
+
+def silence_phi_sources() -> None:
+    """pydicom logs offending values (names, IDs, UIDs) when it meets invalid data: never in our logs."""
     logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
