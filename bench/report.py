@@ -18,7 +18,8 @@ class Outcome:
     stored_check: str = "n/a"
     stored_ok: bool = True
     notes: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: float = 0.0  # start to stop, waiting for a quiet machine excluded
+    waited: float = 0.0
 
     def valid(self, workload: str) -> Result | None:
         result = self.results.get(workload)

@@ -65,9 +65,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--wait-quiet",
         type=float,
-        default=0.0,
+        default=60.0,
         metavar="SECONDS",
-        help="before each target, wait up to SECONDS for other CPU use to drop below 10%% (shared machines)",
+        help="before each target, wait up to SECONDS (default %(default)s) for the machine's CPU use "
+        "to drop below 10%% (0: don't wait)",
     )
     p.add_argument("--keep-data", action="store_true", help="keep each target's data directory")
     p.add_argument(
@@ -148,7 +149,8 @@ def bench_target(
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work_root))
     try:
         if args.wait_quiet > 0:
-            wait_until_quiet(0.10, args.wait_quiet, name)
+            outcome.waited = wait_until_quiet(0.10, args.wait_quiet, name)
+            started = time.monotonic()
         print(f"[{name}] starting (workdir {workdir}, logs {log_dir})", flush=True)
         endpoint = target.start(workdir, log_dir)
         outcome.notes.update(endpoint.notes)
@@ -196,7 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted; servers stopped; logs in {log_dir}", flush=True)
         return 130
 
-    env["Run time"] = f"{time.monotonic() - started:.0f} s (corpus load and every target)"
+    waited = sum(o.waited for o in outcomes.values())
+    env["Run time"] = (
+        f"{time.monotonic() - started:.0f} s in all, of which {waited:.0f} s waiting for a quiet machine; "
+        + ", ".join(f"{o.target} {o.seconds:.0f} s" for o in outcomes.values())
+    )
     print(console_table(outcomes))
     out = args.out or (
         args.cache_dir / "benchmarks-quick.md" if args.quick else REPO / "docs" / "benchmarks.md"

@@ -151,16 +151,20 @@ def machine_busy(window: float = 1.0) -> float:
     return (_busy_seconds() - busy0) / ((time.perf_counter() - t0) * (os.cpu_count() or 1))
 
 
-def wait_until_quiet(limit: float, timeout: float, label: str) -> None:
-    """Wait (up to ``timeout`` s) for the machine's CPU use to drop below ``limit`` before measuring."""
-    deadline = time.monotonic() + timeout
+def wait_until_quiet(limit: float, timeout: float, label: str) -> float:
+    """Wait up to ``timeout`` s for machine-wide CPU use to drop below ``limit``; returns seconds waited."""
+    start = last_note = time.monotonic()
     while (busy := machine_busy()) > limit:
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now - start >= timeout:
             print(
                 f"[{label}] machine still {busy:.0%} busy after {timeout:.0f}s; measuring anyway", flush=True
             )
-            return
-        print(f"[{label}] machine {busy:.0%} busy; waiting for it to quieten", flush=True)
+            break
+        if now - last_note >= 10 or now - start < 1.5:
+            print(f"[{label}] machine {busy:.0%} busy (other work); waiting for it to quieten", flush=True)
+            last_note = now
+    return time.monotonic() - start
 
 
 def settle(seconds: float = 0.5) -> None:

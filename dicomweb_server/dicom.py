@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info, read_dataset
 from pydicom.tag import BaseTag
@@ -66,11 +67,13 @@ class Header:
     pixel_data: tuple[str, str] | None  # (tag, VR) of the (Float/Double) Pixel Data element, if any
 
 
-def parse_header(prefix: bytes, *, complete: bool) -> Header | Failure:
+def parse_header(prefix: bytes, *, complete: bool, budget: int = 16 * 1024 * 1024) -> Header | Failure:
     """Parse a Part 10 header from the first bytes of a part.
 
     ``complete`` says that ``prefix`` is the whole part; otherwise the header must
-    end (at Pixel Data) within ``prefix``.
+    end (at Pixel Data) within ``prefix``, and a header cut short is 0xA700 (the
+    caller may retry with a longer prefix).  Deflated data sets are inflated up to
+    ``budget`` bytes.
     """
     if len(prefix) < PREAMBLE + 4 or prefix[PREAMBLE : PREAMBLE + 4] != b"DICM":
         return Failure(CANNOT_UNDERSTAND, "Not a DICOM PS3.10 file: no 'DICM' prefix after the preamble")
@@ -80,7 +83,7 @@ def parse_header(prefix: bytes, *, complete: bool) -> Header | Failure:
 
     def at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
         if tag in PIXEL_DATA_TAGS:
-            stop["vr"] = vr or "OW"
+            stop["vr"] = vr or _IMPLICIT_PIXEL_VR[tag]
             stop["tag"] = f"{tag:08X}"
             return True
         return False
@@ -97,13 +100,18 @@ def parse_header(prefix: bytes, *, complete: bool) -> Header | Failure:
             body: io.BytesIO = fp
             if ts == DEFLATED:
                 # Inflate with a bound: never more than the header budget (decompression bombs).
-                inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(prefix[fp.tell() :], len(prefix))
-                body = io.BytesIO(inflated)
+                inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+                body = io.BytesIO(inflater.decompress(prefix[fp.tell() :], budget))
+                complete = complete and not inflater.unconsumed_tail
             ds = read_dataset(body, uid.is_implicit_VR, uid.is_little_endian, stop_when=at_pixels)
             if "vr" not in stop and not complete:
-                return Failure(REFUSED_OUT_OF_RESOURCES, "DICOM header exceeds the configured header budget")
+                return _OVER_BUDGET
+            if _truncated(ds):
+                return Failure(CANNOT_UNDERSTAND, "The DICOM data set is truncated")
             values = {kw: _text(ds, tag) for kw, tag in _REQUIRED.items()}
     except Exception as exc:  # pydicom raises many types on malformed input
+        if not complete:  # most likely a header cut short by the prefix
+            return _OVER_BUDGET
         return Failure(CANNOT_UNDERSTAND, f"Unreadable DICOM header: {type(exc).__name__}")
     sop_class, sop_uid = values["SOPClassUID"], values["SOPInstanceUID"]
     for keyword, value in values.items():
@@ -124,6 +132,21 @@ def parse_header(prefix: bytes, *, complete: bool) -> Header | Failure:
         transfer_syntax_uid=ts,
         dataset=ds,
         pixel_data=(stop["tag"], stop["vr"]) if "tag" in stop else None,
+    )
+
+
+_OVER_BUDGET = Failure(REFUSED_OUT_OF_RESOURCES, "DICOM header exceeds the configured header budget")
+_IMPLICIT_PIXEL_VR = {0x7FE00008: "OF", 0x7FE00009: "OD", 0x7FE00010: "OW"}
+
+
+def _truncated(ds: Dataset) -> bool:
+    """pydicom reads a value cut off by the end of the data without complaint: check the lengths."""
+    return any(
+        isinstance(elem, RawDataElement)
+        and elem.length != 0xFFFFFFFF
+        and elem.value is not None
+        and len(elem.value) < elem.length
+        for elem in ds.elements()
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import struct
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -76,6 +77,8 @@ def _lean(vr: str, raw: bytes, codec: str | None, little: bool) -> list[Any]:
         names = []
         for value in _strings(raw, codec):
             groups = value.split("=")
+            while len(groups) > 1 and not groups[-1]:
+                groups.pop()  # like pydicom: trailing empty component groups are dropped
             name = {"Alphabetic": groups[0]}
             if len(groups) > 1:
                 name["Ideographic"] = groups[1]
@@ -99,15 +102,16 @@ def _codec(ds: Dataset, inherited: str | None) -> str | None:
     return _SIMPLE_CHARSETS.get(value.strip("\0 "))
 
 
-def to_json(
-    ds: Dataset,
-    bulk_uri: BulkURI,
-    threshold: int = 1024,
-    *,
-    path: tuple[str, ...] = (),
-    codec: str | None = "ascii",
-) -> JSON:
+def to_json(ds: Dataset, bulk_uri: BulkURI, threshold: int = 1024) -> JSON:
     """Encode ``ds`` as a DICOM JSON object; binary values past ``threshold`` become BulkDataURIs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about invalid values it still decodes
+        return _to_json(ds, bulk_uri, threshold, (), "ascii")
+
+
+def _to_json(
+    ds: Dataset, bulk_uri: BulkURI, threshold: int, path: tuple[str, ...], codec: str | None
+) -> JSON:
     codec = _codec(ds, codec)
     out: JSON = {}
     for elem in ds.elements():
@@ -126,7 +130,8 @@ def to_json(
                 continue
             try:
                 values = _lean(vr, value, codec, elem.is_little_endian)
-                out[key] = {"vr": vr} if values == [""] else {"vr": vr, "Value": values}
+                empty = values == [""] or values == [{"Alphabetic": ""}]
+                out[key] = {"vr": vr} if empty else {"vr": vr, "Value": values}
                 continue
             except (_Fallback, UnicodeDecodeError):
                 pass
@@ -163,8 +168,7 @@ def _via_pydicom(
 ) -> JSON:
     if elem.VR == "SQ":
         items = [
-            to_json(item, bulk_uri, threshold, path=(*path, str(i)), codec=codec)
-            for i, item in enumerate(elem.value)
+            _to_json(item, bulk_uri, threshold, (*path, str(i)), codec) for i, item in enumerate(elem.value)
         ]
         return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
     encoded: JSON = elem.to_json_dict(lambda _e: bulk_uri(path), threshold)

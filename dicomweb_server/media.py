@@ -58,30 +58,43 @@ def _split(value: str) -> list[str]:
     return [i.strip() for i in items if i.strip()]
 
 
-def _matches(media: MediaType, offer: Offer) -> bool:
-    if media.type in ("*/*", offer.media_type.split("/")[0] + "/*"):
-        return True
+def _specificity(media: MediaType, offer: Offer) -> int | None:
+    """How specifically a media range names an offer (RFC 9110 §12.5.1), or None if it does not."""
+    if media.type == "*/*":
+        return 0
+    if media.type == offer.media_type.split("/")[0] + "/*":
+        return 1
     if media.type != offer.media_type:
-        return False
+        return None
     part = media.params.get("type")
-    return part is None or offer.part_type is None or part.lower() == offer.part_type
+    if part is None or offer.part_type is None:
+        return 2
+    return 3 if part.lower() == offer.part_type else None
 
 
 def negotiate(accept: str | None, offers: list[Offer]) -> Choice:
-    """Pick the offer with the highest q; the first offer is the default when Accept is absent."""
+    """Pick the offer with the highest q; the first offer is the default when Accept is absent.
+
+    Each offer takes the q of the most specific range that names it, so
+    ``application/dicom; q=0, */*`` refuses application/dicom.  Ties go to the
+    range listed first, then to the earlier offer.
+    """
     if not accept:
         return Choice(offers[0], None)
-    best: tuple[float, int, Choice] | None = None
-    for order, (media, q) in enumerate(parse_accept(accept)):
-        if q <= 0:
+    ranges = parse_accept(accept)
+    best: tuple[tuple[float, int, int], Choice] | None = None
+    for index, offer in enumerate(offers):
+        match: tuple[int, float, int, MediaType] | None = None
+        for order, (media, q) in enumerate(ranges):
+            spec = _specificity(media, offer)
+            if spec is not None and (match is None or (spec, q) > (match[0], match[1])):
+                match = (spec, q, order, media)
+        if match is None or match[1] <= 0:
             continue
-        for offer in offers:
-            if _matches(media, offer):
-                rank = (q, -order, Choice(offer, media.params.get("transfer-syntax")))
-                if best is None or rank[:2] > best[:2]:
-                    best = rank
-                break
+        rank = (match[1], -match[2], -index)
+        if best is None or rank > best[0]:
+            best = (rank, Choice(offer, match[3].params.get("transfer-syntax")))
     if best is None:
         wanted = ", ".join(o.media_type + (f'; type="{o.part_type}"' if o.part_type else "") for o in offers)
         raise NotAcceptable(f"None of the accepted media types can be produced; available: {wanted}")
-    return best[2]
+    return best[1]

@@ -90,6 +90,8 @@ class MultipartReader:
         try:
             self._parser.write(chunk)
         except MultipartParseError as exc:
+            if str(exc).startswith("Maximum header"):  # python-multipart's per-line and count limits
+                raise PayloadTooLarge(f"multipart part headers exceed the configured limits: {exc}") from None
             raise BadRequest(f"Malformed multipart body: {exc}") from None
         events, self._events = self._events, []
         return events
@@ -98,15 +100,25 @@ class MultipartReader:
         """Drop any preamble before the first delimiter (RFC 2046 allows one; the parser does not)."""
         assert self._preamble is not None
         self._preamble += chunk
-        buf = self._preamble
-        at = 0 if buf.startswith(self._delimiter) else buf.find(b"\n" + self._delimiter)
-        if at < 0:
-            if len(buf) > MAX_PREAMBLE:
-                raise BadRequest("Malformed multipart body: no boundary delimiter found")
-            return b""
-        start = at if at == 0 else at + 1
-        self._preamble = None
-        return bytes(buf[start:])
+        buf, search = self._preamble, 0
+        while (at := self._find_delimiter(buf, search)) >= 0:
+            after = bytes(buf[at + len(self._delimiter) : at + len(self._delimiter) + 2])
+            if len(after) < 2:
+                return b""  # wait for the bytes that tell a delimiter from a line of preamble
+            if after in (b"\r\n", b"--") or after[:1] in (b" ", b"\t"):
+                self._preamble = None
+                return bytes(buf[at:])
+            search = at + 1
+        if len(buf) > MAX_PREAMBLE:
+            raise BadRequest("Malformed multipart body: no boundary delimiter found")
+        return b""
+
+    def _find_delimiter(self, buf: bytearray, start: int) -> int:
+        """Offset of the boundary delimiter at the start of the body or of a line, or -1."""
+        if start == 0 and buf.startswith(self._delimiter):
+            return 0
+        found = buf.find(b"\n" + self._delimiter, max(0, start - 1))
+        return found + 1 if found >= 0 else -1
 
     def close(self) -> None:
         """The body is over: it must have ended with the close delimiter."""

@@ -168,7 +168,7 @@ class Ingest:
         assert part.prefix is not None
         budget = self.settings.header_budget_bytes
         complete = complete and len(part.prefix) <= budget
-        parsed = dicom.parse_header(bytes(part.prefix[:budget]), complete=complete)  # small: a header
+        parsed = dicom.parse_header(bytes(part.prefix[:budget]), complete=complete, budget=budget)
         if isinstance(parsed, Failure):
             if parsed.reason == dicom.REFUSED_OUT_OF_RESOURCES and part.parse_at < budget:
                 part.parse_at = min(budget, part.parse_at * 16)  # the header goes on: wait for more

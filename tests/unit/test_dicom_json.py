@@ -69,10 +69,7 @@ def _eligible() -> list[Any]:
         if expected is None:
             continue
         name = str(path.relative_to(DATA_ROOT))
-        marks = []
-        if path.name == "chrX1.dcm":  # PN "Wang^XiaoDong=王^小東=": see test_pn_trailing_empty_group
-            marks.append(pytest.mark.xfail(strict=True, reason="bug: lean PN keeps a trailing empty group"))
-        params.append(pytest.param(path, expected, id=name, marks=marks))
+        params.append(pytest.param(path, expected, id=name))
     return params
 
 
@@ -148,7 +145,24 @@ def test_sequence_item_character_set(name: str) -> None:
     assert ours == _pydicom_json(path)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: lean PN keeps a trailing empty component group as ''")
+def test_sequence_item_inherits_iso_2022_from_its_parent() -> None:
+    """ISO 2022 IR 87 text is 7-bit: decoding it as ASCII would succeed and return escape sequences."""
+    name = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    item = Dataset()
+    item.PatientName = name
+    item.CodeMeaning = "山田"
+    ds = _with_uids(SpecificCharacterSet=["", "ISO 2022 IR 87"], ConceptNameCodeSequence=[item])
+    raw = _roundtrip(ds)
+    assert max(raw.ConceptNameCodeSequence[0].get_item(0x00100010).value) < 0x80
+    ours = _ours(raw)
+    nested = ours["0040A043"]["Value"][0]
+    assert nested["00100010"]["Value"] == [
+        {"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}
+    ]
+    assert nested["00080104"] == {"vr": "LO", "Value": ["山田"]}
+    assert ours == _normalise(_reference(_roundtrip(ds)))
+
+
 def test_pn_trailing_empty_group() -> None:
     ours = _ours(_read(charset_file("chrX1.dcm")))
     assert ours["00100010"] == {
@@ -279,9 +293,8 @@ def _raw(*elements: bytes) -> Dataset:
     return read_dataset(io.BytesIO(b"".join(elements)), False, True)
 
 
-def _case(tag: int, vr: str, value: bytes, expected: list[Any] | None, bug: str | None = None) -> Any:
-    marks = [pytest.mark.xfail(strict=True, reason=f"bug: {bug}")] if bug else []
-    return pytest.param(tag, vr, value, expected, id=f"{vr}-{value!r}", marks=marks)
+def _case(tag: int, vr: str, value: bytes, expected: list[Any] | None) -> Any:
+    return pytest.param(tag, vr, value, expected, id=f"{vr}-{value!r}")
 
 
 @pytest.mark.parametrize(
@@ -322,9 +335,8 @@ def _case(tag: int, vr: str, value: bytes, expected: list[Any] | None, bug: str 
             "PN",
             b"Doe^John=",
             [{"Alphabetic": "Doe^John"}],
-            "lean PN keeps a trailing empty group",
         ),
-        _case(0x00100010, "PN", b" ", None, "lean PN of only padding is [{'Alphabetic': ''}], not empty"),
+        _case(0x00100010, "PN", b" ", None),
     ],
 )
 def test_raw_values_equal_pydicom(tag: int, vr: str, value: bytes, expected: list[Any] | None) -> None:

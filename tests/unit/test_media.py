@@ -92,16 +92,10 @@ def test_unacceptable(accept: str) -> None:
     assert "application/dicom" in info.value.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a q=0 range is skipped instead of excluding what it names, so a wildcard brings it back "
-    "(RFC 9110 §12.5.1: the most specific range decides)",
-)
 def test_q_zero_excludes_a_type_even_when_a_wildcard_accepts() -> None:
     assert negotiate("multipart/related; type=application/dicom; q=0, */*", INSTANCE).offer == BARE_DICOM
 
 
-@pytest.mark.xfail(strict=True, reason="bug: q=0 on application/dicom is overridden by application/*")
 def test_q_zero_with_only_a_broader_range_left_is_not_acceptable() -> None:
     with pytest.raises(NotAcceptable):
         negotiate("application/dicom; q=0, application/*", INSTANCE)
