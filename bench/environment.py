@@ -69,6 +69,9 @@ def describe(args: argparse.Namespace, corpora: dict[str, Corpus], big_gib: floa
         f"sequential ({probe >> 20} MiB + fsync)",
         "Mode": "quick (smoke run)" if args.quick else "full",
         "Client concurrency": str(args.concurrency),
+        "Rounds": f"{args.rounds} (each target started fresh per round; tables show the median round)"
+        if args.rounds > 1
+        else "1",
     }
     for name, corpus in corpora.items():
         env[f"Corpus {name}"] = _corpus_text(corpus)

@@ -4,29 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from bench.outcome import Outcomes
 from bench.sampling import MIB
 from bench.workloads import WORKLOADS, Result
-
-
-@dataclass
-class Outcome:
-    target: str
-    results: dict[str, Result] = field(default_factory=dict)
-    skipped: str | None = None
-    stored_check: str = "n/a"
-    stored_ok: bool = True
-    notes: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0  # start to stop, waiting for a quiet machine excluded
-    waited: float = 0.0
-
-    def valid(self, workload: str) -> Result | None:
-        result = self.results.get(workload)
-        return result if result is not None and not result.errors and self.stored_ok else None
-
-
-Outcomes = dict[str, Outcome]
 
 
 @dataclass(frozen=True)
@@ -165,7 +147,7 @@ def disturbed(outcomes: Outcomes) -> list[str]:
         f"{o.target} {r.workload} ({r.proc.foreign_cpu:.0%})"
         for o in outcomes.values()
         for r in o.results.values()
-        if r.proc.foreign_cpu > NOISY
+        if r.proc.foreign_cpu > NOISY and r.proc.wall >= 0.5  # shorter windows are below tick resolution
     ]
 
 
@@ -219,6 +201,11 @@ def markdown(env: dict[str, str], outcomes: Outcomes, details: list[str]) -> str
             f"- **{o.target}**: stored-instance check: {o.stored_check}; {o.seconds:.0f} s"
             + (f"; {notes}" if notes else "")
         )
+        for key, per_round in o.rounds.items():
+            if len(per_round) > 1:
+                out.append(
+                    f"  - {key}: inst/s per round {', '.join(f'{v:.1f}' for v in per_round)} (median shown)"
+                )
         for result in o.results.values():
             out += [f"  - {result.workload} error: {e}" for e in result.errors[:5]]
             out += [f"  - {result.workload} warning: {w}" for w in result.warnings[:3]]

@@ -22,8 +22,9 @@ import httpx
 
 from bench import environment
 from bench.corpus import CT_FULL, CT_QUICK, SMALL_FULL, SMALL_QUICK, load_corpus
+from bench.outcome import Outcome, Outcomes, merge_rounds
 from bench.procs import TargetUnavailable, log_tail
-from bench.report import Outcome, Outcomes, console_table, markdown
+from bench.report import console_table, markdown
 from bench.sampling import wait_until_quiet
 from bench.servers import REPO, TARGET_NAMES, make_target
 from bench.target import Endpoint, disk_usage
@@ -45,6 +46,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--big-gib", type=float, default=None, help="size of the big-body request (default 2, quick 0.25)"
     )
     p.add_argument("--skip-big", action="store_true", help="skip the big-body scenario")
+    p.add_argument(
+        "--rounds", type=int, default=1, help="run every target N times (fresh each time); report the median"
+    )
     p.add_argument("--concurrency", type=int, default=2, help="requests in flight (default %(default)s)")
     p.add_argument(
         "--pg-index-connections",
@@ -190,13 +194,17 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = args.cache_dir / "logs" / time.strftime("%Y%m%d-%H%M%S")
     env = environment.describe(args, corpora, big_gib)
 
-    outcomes: Outcomes = {}
+    rounds: dict[str, list[Outcome]] = {name: [] for name in targets}
     try:
-        for name in targets:
-            outcomes[name] = bench_target(name, args, ctx, log_dir, workloads)
+        for number in range(1, args.rounds + 1):  # interleaved, so slow drifts hit every target alike
+            for name in targets:
+                if args.rounds > 1:
+                    print(f"[{name}] round {number}/{args.rounds}", flush=True)
+                rounds[name].append(bench_target(name, args, ctx, log_dir, workloads))
     except KeyboardInterrupt:
         print(f"\ninterrupted; servers stopped; logs in {log_dir}", flush=True)
         return 130
+    outcomes: Outcomes = {name: merge_rounds(per_target) for name, per_target in rounds.items()}
 
     waited = sum(o.waited for o in outcomes.values())
     env["Run time"] = (

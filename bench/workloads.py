@@ -1,7 +1,10 @@
 """Workloads: each one runs against a started target and returns a Result.
 
 To add a scenario (QIDO searches, WADO retrieves, ...) write an async function with the
-``WorkloadFn`` signature and append a ``Workload`` to ``WORKLOADS``.
+``WorkloadFn`` signature and append a ``Workload`` to ``WORKLOADS`` (a goal on it goes in
+``report.GOALS``). Workloads run in ``WORKLOADS`` order on one fresh server per target, so a
+retrieve workload can use what ``stow-ct512`` stored (``ctx.corpora`` holds every UID); build URLs
+from ``endpoint.dicomweb_root``, and wrap the measured part in ``ProcessSampler`` as below.
 """
 
 from __future__ import annotations

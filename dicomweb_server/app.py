@@ -9,6 +9,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 from starlette.applications import Starlette
@@ -18,15 +19,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import db, logs, stow, sweep, wado
+from . import db, logs, qido, stow, sweep, wado
 from .errors import DicomWebError, ServiceUnavailable, StorageError
+from .query import Level, PageCache, Resource
 from .settings import Settings
 from .storage import open_store
 
 log = logging.getLogger("dicomweb_server.access")
 
 STUDY = "/dicomweb/studies/{study}"
-INSTANCE = STUDY + "/series/{series}/instances/{instance}"
+SERIES = STUDY + "/series/{series}"
+INSTANCE = SERIES + "/instances/{instance}"
 
 
 async def healthz(request: Request) -> Response:
@@ -45,11 +48,26 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
+def _search(level: Level, *accepts: Level) -> partial[Any]:
+    return partial(qido.search, resource=Resource(level, frozenset(accepts)))
+
+
+# PS3.18 Table 10.6.1-4: which IE levels each search resource matches on.
 ROUTES = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/dicomweb/studies", stow.store_instances, methods=["POST"]),
     Route(STUDY, stow.store_instances, methods=["POST"]),
+    Route("/dicomweb/studies", _search(Level.STUDY, Level.STUDY), methods=["GET"]),
+    Route("/dicomweb/series", _search(Level.SERIES, Level.STUDY, Level.SERIES), methods=["GET"]),
+    Route(
+        "/dicomweb/instances",
+        _search(Level.INSTANCE, Level.STUDY, Level.SERIES, Level.INSTANCE),
+        methods=["GET"],
+    ),
+    Route(STUDY + "/series", _search(Level.SERIES, Level.SERIES), methods=["GET"]),
+    Route(STUDY + "/instances", _search(Level.INSTANCE, Level.SERIES, Level.INSTANCE), methods=["GET"]),
+    Route(SERIES + "/instances", _search(Level.INSTANCE, Level.INSTANCE), methods=["GET"]),
     Route(INSTANCE, wado.retrieve_instance, methods=["GET"]),
 ]
 
@@ -74,6 +92,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         raise RuntimeError("DATABASE_URL is not set; `dicomweb-server serve` starts an embedded PostgreSQL")
     app.state.pool = await db.create_pool(settings.database_url, settings.db_pool_size)
     app.state.store = await open_store(settings.storage_path, settings.s3)
+    app.state.page_cache = PageCache()
     sweeper = asyncio.create_task(_sweep_forever(app)) if settings.gc_interval_seconds > 0 else None
     try:
         yield
@@ -127,7 +146,7 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            endpoint = scope.get("endpoint")
+            endpoint = getattr(scope.get("endpoint"), "func", scope.get("endpoint"))
             log.info(
                 "request",
                 extra={

@@ -379,3 +379,14 @@ async def referenced_keys(pool: asyncpg.Pool, keys: Sequence[str]) -> set[str]:
             "SELECT object_key FROM instance WHERE object_key = ANY($1::text[])", list(keys)
         )
     return {row["object_key"] for row in rows}
+
+
+async def search(pool: asyncpg.Pool, statements: Any, limit: int) -> tuple[list[dict[str, Any]], int | None]:
+    """A QIDO page, and the total count when more rows remain than the page holds."""
+    async with connection(pool) as conn:
+        rows = await conn.fetch(statements.page, *statements.page_args)
+        total = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            total = await conn.fetchval(statements.count, *statements.count_args)
+    return [dict(r) for r in rows], total

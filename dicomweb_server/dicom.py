@@ -289,6 +289,33 @@ SERIES_TAGS = frozenset(
 )
 
 
+def normal_time(value: str, *, upper: bool = False) -> str | None:
+    """TM as fixed-width HHMMSS.FFFFFF, which sorts correctly; a partial upper bound covers its span.
+
+    Also accepts the ACR-NEMA HH:MM:SS form.  None when the value is not a time.
+    """
+    m = re.fullmatch(r"(\d{2})(?::?(\d{2})(?::?(\d{2})(?:\.(\d{1,6}))?)?)?", value.strip())
+    if not m or int(m.group(1)) > 23 or int(m.group(2) or 0) > 59 or int(m.group(3) or 0) > 60:
+        return None
+    fill = "9" if upper else "0"
+    hh, mm, ss, frac = m.group(1), m.group(2), m.group(3), m.group(4)
+    mm = mm or ("59" if upper else "00")
+    ss = ss or ("59" if upper else "00")
+    return f"{hh}{mm}{ss}.{(frac or '').ljust(6, fill)}"
+
+
+def normal_date(value: str | None) -> str | None:
+    """DA as YYYYMMDD (also from the ACR-NEMA YYYY.MM.DD form); None when it is not a date."""
+    if not value:
+        return None
+    compact = value.replace(".", "") if re.fullmatch(r"\d{4}\.\d{2}\.\d{2}", value) else value
+    return compact if re.fullmatch(r"\d{8}", compact) else None
+
+
+def _time(value: Any) -> str | None:
+    return normal_time(value) if isinstance(value, str) and value else None
+
+
 def _int(value: Any) -> int | None:
     if isinstance(value, int) and -(2**31) <= value < 2**31:
         return value
@@ -304,15 +331,15 @@ def index_values(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], 
     patient = person_name(meta, "00100010")
     referring = person_name(meta, "00080090")
     study = {
-        "study_date": _str(first(meta, "00080020")),
-        "study_time": _str(first(meta, "00080030")),
+        "study_date": normal_date(_str(first(meta, "00080020"))),
+        "study_time": _time(first(meta, "00080030")),
         "accession_number": _str(first(meta, "00080050")),
         "referring_physician": referring,
         "referring_physician_folded": fold(referring),
         "patient_name": patient,
         "patient_name_folded": fold(patient),
         "patient_id": _str(first(meta, "00100020")),
-        "patient_birth_date": _str(first(meta, "00100030")),
+        "patient_birth_date": normal_date(_str(first(meta, "00100030"))),
         "patient_sex": _str(first(meta, "00100040")),
         "study_id": _str(first(meta, "00200010")),
         "study_description": _str(first(meta, "00081030")),
@@ -323,8 +350,8 @@ def index_values(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], 
         "modality": _str(first(meta, "00080060")),
         "series_number": _int(first(meta, "00200011")),
         "series_description": _str(first(meta, "0008103E")),
-        "pps_start_date": _str(first(meta, "00400244")),
-        "pps_start_time": _str(first(meta, "00400245")),
+        "pps_start_date": normal_date(_str(first(meta, "00400244"))),
+        "pps_start_time": _time(first(meta, "00400245")),
         "scheduled_step_ids": _json_list([_str(first(item, "00400009")) for item in requests]),
         "requested_procedure_ids": _json_list([_str(first(item, "00401001")) for item in requests]),
         "timezone_offset": _str(first(meta, "00080201")),

@@ -1,0 +1,57 @@
+"""QIDO-RS (PS3.18 §10.6): one search function for the six resources; the level comes from the route."""
+
+from __future__ import annotations
+
+import secrets
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from . import db
+from .dicom_xml import to_xml
+from .media import DICOM_JSON, MULTIPART, Offer, negotiate
+from .query import PageCache, Resource, parse_query, remaining_warning, result, signature, to_sql
+
+DICOM_XML = "application/dicom+xml"
+OFFERS = [Offer(DICOM_JSON), Offer("application/json"), Offer(MULTIPART, DICOM_XML)]
+
+
+async def search(request: Request, resource: Resource) -> Response:
+    """GET /studies, /series, /instances and their study/series-scoped forms."""
+    state = request.app.state
+    settings = state.settings
+    choice = negotiate(request.headers.get("accept"), OFFERS)
+    p = request.path_params
+    query = parse_query(
+        request.url.query,
+        resource,
+        study_uid=p.get("study"),
+        series_uid=p.get("series"),
+        max_limit=settings.qido_max_limit,
+        max_offset=settings.qido_max_offset,
+    )
+    tenant = request.state.tenant
+    cache: PageCache = state.page_cache
+    sig = signature(query, tenant)
+    statements = to_sql(query, tenant, after_pk=cache.get(sig, query.offset))
+    rows, total = await db.search(state.pool, statements, query.limit)
+    if rows:
+        cache.put(sig, query.offset + len(rows), rows[-1]["pk"])
+    base = settings.public_base_url or str(request.base_url).rstrip("/")
+    results = [result(query, row, base) for row in rows]
+    headers = {}
+    if total is not None:
+        headers["Warning"] = remaining_warning(base, total - query.offset - len(rows))
+    if choice.offer.media_type == MULTIPART:
+        boundary = secrets.token_hex(16)
+        body = (
+            b"".join(
+                f"--{boundary}\r\nContent-Type: {DICOM_XML}\r\n\r\n".encode() + to_xml(r) + b"\r\n"
+                for r in results
+            )
+            + f"--{boundary}--\r\n".encode()
+        )
+        ctype = f'multipart/related; type="{DICOM_XML}"; boundary={boundary}'
+        return Response(body, 200, headers, media_type=ctype)
+    return Response(orjson.dumps(results), 200, headers, media_type=choice.offer.media_type)

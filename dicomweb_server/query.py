@@ -1,0 +1,596 @@
+"""QIDO-RS queries (PS3.18 §10.6, PS3.4 C.2.2.2 matching): parse → typed query → SQL.  Pure.
+
+``parse_query`` turns a raw query string into a ``Query`` or raises ``BadRequest``
+with a readable message; ``to_sql`` turns a ``Query`` into one parameterised
+statement.  Column names come only from the ``ATTRIBUTES`` table; every value is
+a ``$n`` parameter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+
+from . import dicom
+from .dicom import fold, is_valid_uid
+from .errors import BadRequest
+
+
+class Level(IntEnum):
+    STUDY = 1
+    SERIES = 2
+    INSTANCE = 3
+
+
+@dataclass(frozen=True)
+class Attr:
+    """A matching attribute: its tag, VR, IE level and the index column that holds it."""
+
+    tag: str
+    keyword: str
+    vr: str
+    level: Level
+    column: str
+    array: bool = False  # the column is text[]: a value matches any element
+
+
+# PS3.18 Table 10.6.1-5 (required matching attributes) plus a few that integrators ask for.
+ATTRIBUTES = [
+    Attr("00080020", "StudyDate", "DA", Level.STUDY, "st.study_date"),
+    Attr("00080030", "StudyTime", "TM", Level.STUDY, "st.study_time"),
+    Attr("00080050", "AccessionNumber", "SH", Level.STUDY, "st.accession_number"),
+    Attr("00080061", "ModalitiesInStudy", "CS", Level.STUDY, "st.modalities", array=True),
+    Attr("00080090", "ReferringPhysicianName", "PN", Level.STUDY, "st.referring_physician_folded"),
+    Attr("00100010", "PatientName", "PN", Level.STUDY, "st.patient_name_folded"),
+    Attr("00100020", "PatientID", "LO", Level.STUDY, "st.patient_id"),
+    Attr("00100030", "PatientBirthDate", "DA", Level.STUDY, "st.patient_birth_date"),
+    Attr("00100040", "PatientSex", "CS", Level.STUDY, "st.patient_sex"),
+    Attr("0020000D", "StudyInstanceUID", "UI", Level.STUDY, "st.study_uid"),
+    Attr("00200010", "StudyID", "SH", Level.STUDY, "st.study_id"),
+    Attr("00081030", "StudyDescription", "LO", Level.STUDY, "st.study_description"),
+    Attr("00080060", "Modality", "CS", Level.SERIES, "se.modality"),
+    Attr("0020000E", "SeriesInstanceUID", "UI", Level.SERIES, "se.series_uid"),
+    Attr("00200011", "SeriesNumber", "IS", Level.SERIES, "se.series_number"),
+    Attr("0008103E", "SeriesDescription", "LO", Level.SERIES, "se.series_description"),
+    Attr("00400244", "PerformedProcedureStepStartDate", "DA", Level.SERIES, "se.pps_start_date"),
+    Attr("00400245", "PerformedProcedureStepStartTime", "TM", Level.SERIES, "se.pps_start_time"),
+    Attr("00080016", "SOPClassUID", "UI", Level.INSTANCE, "i.sop_class_uid"),
+    Attr("00080018", "SOPInstanceUID", "UI", Level.INSTANCE, "i.sop_uid"),
+    Attr("00200013", "InstanceNumber", "IS", Level.INSTANCE, "i.instance_number"),
+]
+# Sequence matching (PS3.4 C.2.2.2.6): RequestAttributesSequence items, one index array per key.
+SEQUENCE_ATTRIBUTES = {
+    ("00400275", "00400009"): Attr(
+        "00400009", "ScheduledProcedureStepID", "SH", Level.SERIES, "se.scheduled_step_ids", array=True
+    ),
+    ("00400275", "00401001"): Attr(
+        "00401001", "RequestedProcedureID", "SH", Level.SERIES, "se.requested_procedure_ids", array=True
+    ),
+}
+_BY_TAG = {a.tag: a for a in ATTRIBUTES}
+RESERVED = {"limit", "offset", "fuzzymatching", "includefield"}
+_NO_WILDCARD = {"UI", "DA", "TM", "DT", "IS", "DS"}
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A QIDO resource: the level it returns and the IE levels it accepts for matching (Table 10.6.1-4)."""
+
+    level: Level
+    accepts: frozenset[Level]
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One matching key.  kind: single | list | wildcard | range | fuzzy."""
+
+    attr: Attr
+    kind: str
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Query:
+    level: Level
+    study_uid: str | None = None
+    series_uid: str | None = None
+    conditions: tuple[Condition, ...] = ()
+    returned: frozenset[str] = frozenset()  # tags asked for by a matching key or includefield
+    include_all: bool = False
+    limit: int = 100
+    offset: int = 0
+    fuzzy: bool = False
+
+
+def _pairs(raw: str) -> list[tuple[str, str]]:
+    """Split a raw query string; percent-decode as UTF-8 (``+`` is a literal, not a space)."""
+    out = []
+    for item in raw.split("&"):
+        if not item:
+            continue
+        key, _, value = item.partition("=")
+        try:
+            out.append((unquote(key, errors="strict"), unquote(value, errors="strict")))
+        except UnicodeDecodeError:
+            raise BadRequest(f"Query parameter {key!r} is not valid percent-encoded UTF-8") from None
+    return out
+
+
+def resolve(attribute_id: str) -> str:
+    """A keyword or an 8-hex-digit tag → the tag, or BadRequest."""
+    if re.fullmatch(r"[0-9A-Fa-f]{8}", attribute_id):
+        tag = attribute_id.upper()
+        if keyword_for_tag(int(tag, 16)) or int(tag[:4], 16) % 2:
+            return tag
+        raise BadRequest(f"Unknown attribute tag {attribute_id}")
+    tag_int = tag_for_keyword(attribute_id)
+    if tag_int is None:
+        raise BadRequest(f"Unknown attribute {attribute_id!r}: use a DICOM keyword or an 8-digit hex tag")
+    return f"{tag_int:08X}"
+
+
+def _integer(name: str, value: str, default: int, cap: int | None = None) -> int:
+    if value == "":
+        return default
+    if not value.isdigit():
+        raise BadRequest(f"{name} must be a non-negative integer, got {value!r}")
+    number = int(value)
+    if cap is not None and number > cap:
+        raise BadRequest(f"{name} must be at most {cap}, got {number}")
+    return number
+
+
+def parse_query(
+    raw: str,
+    resource: Resource,
+    *,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    max_limit: int = 1000,
+    max_offset: int = 1_000_000,
+    max_uids: int = 1000,
+) -> Query:
+    """Parse a QIDO query string for ``resource``; any problem is a 400 with a readable message."""
+    conditions: list[Condition] = []
+    returned: set[str] = set()
+    include_all = fuzzy = False
+    limit, offset = max_limit, 0
+    seen: set[str] = set()
+    for key, value in _pairs(raw):
+        name = key.strip()
+        if name == "limit":
+            limit = _integer("limit", value, max_limit, max_limit)
+            if limit == 0:
+                raise BadRequest("limit must be at least 1")
+        elif name == "offset":
+            offset = _integer("offset", value, 0, max_offset)
+        elif name == "fuzzymatching":
+            if value not in ("true", "false"):
+                raise BadRequest("fuzzymatching must be 'true' or 'false'")
+            fuzzy = value == "true"
+        elif name == "includefield":
+            for item in (v.strip() for v in value.split(",")):
+                if item == "all":
+                    include_all = True
+                elif item:
+                    returned.add(_include_tag(item))
+                else:
+                    raise BadRequest("includefield has an empty attribute")
+        else:
+            if name in seen:
+                raise BadRequest(f"Attribute {name} is given more than once")
+            seen.add(name)
+            attr, tags = _match_attribute(name, resource)
+            returned.update(tags)
+            condition = _condition(attr, value, max_uids)
+            if condition is not None:
+                conditions.append(condition)
+    if fuzzy:
+        conditions = [
+            Condition(c.attr, "fuzzy", c.values) if c.attr.vr == "PN" and c.kind == "single" else c
+            for c in conditions
+        ]
+    return Query(
+        level=resource.level,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        conditions=tuple(_combine_datetime(conditions)),
+        returned=frozenset(returned),
+        include_all=include_all,
+        limit=limit,
+        offset=offset,
+        fuzzy=fuzzy,
+    )
+
+
+def _include_tag(item: str) -> str:
+    """includefield may name a sequence path; the whole top-level attribute is returned."""
+    tags = [resolve(part) for part in item.split(".")]
+    return tags[0]
+
+
+def _match_attribute(name: str, resource: Resource) -> tuple[Attr, list[str]]:
+    parts = name.split(".")
+    if len(parts) == 2:
+        path = (resolve(parts[0]), resolve(parts[1]))
+        attr = SEQUENCE_ATTRIBUTES.get(path)
+        if attr is None:
+            raise BadRequest(f"Sequence matching on {name} is not supported")
+        tags = [path[0]]
+    elif len(parts) == 1:
+        tag = resolve(name)
+        attr = _BY_TAG.get(tag)
+        if attr is None:
+            raise BadRequest(
+                f"Matching on {name} is not supported; see CONFORMANCE.md for the attribute list"
+            )
+        tags = [tag]
+    else:
+        raise BadRequest(f"Attribute path {name} is too deep")
+    if attr.level not in resource.accepts and attr.level > min(resource.accepts):
+        level = attr.level.name.lower()
+        searched = {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "instances"}[resource.level]
+        raise BadRequest(
+            f"{attr.keyword} is {'an' if level[0] == 'i' else 'a'} {level}-level attribute; "
+            f"this resource searches {searched} and cannot match on it"
+        )
+    return attr, tags
+
+
+def _condition(attr: Attr, value: str, max_uids: int) -> Condition | None:
+    """PS3.4 C.2.2.2: which kind of matching a value asks for."""
+    if value == "" or value == "*":
+        return None  # universal matching: a return key only
+    if attr.vr == "UI":
+        uids = [u.strip() for u in re.split(r"[,\\]", value)]
+        if len(uids) > max_uids:
+            raise BadRequest(f"At most {max_uids} UIDs may be listed")
+        for uid in uids:
+            if not is_valid_uid(uid):
+                raise BadRequest(f"{attr.keyword}: {uid!r} is not a valid UID")
+        return Condition(attr, "list" if len(uids) > 1 else "single", tuple(uids))
+    if attr.vr in ("DA", "TM"):
+        if "-" in value:
+            low, _, high = value.partition("-")
+            if not low and not high:
+                raise BadRequest(f"{attr.keyword}: a range needs at least one end")
+            return Condition(attr, "range", (_normal(attr, low), _normal(attr, high, upper=True)))
+        return Condition(attr, "single", (_normal(attr, value),))
+    if attr.vr == "IS":
+        if not re.fullmatch(r"[+-]?\d{1,10}", value.strip()):
+            raise BadRequest(f"{attr.keyword} must be an integer, got {value!r}")
+        return Condition(attr, "single", (str(int(value)),))
+    if attr.array and attr.vr == "CS" and ("\\" in value or "," in value):
+        return Condition(attr, "list", tuple(v for v in re.split(r"[,\\]", value) if v))
+    text = fold(value) if attr.vr == "PN" else value
+    assert text is not None
+    if "*" in text or "?" in text:
+        return Condition(attr, "wildcard", (text,))
+    return Condition(attr, "single", (text,))
+
+
+def _normal(attr: Attr, value: str, *, upper: bool = False) -> str:
+    """DA → YYYYMMDD; TM → HHMMSS.FFFFFF (an open range end stays empty)."""
+    value = value.strip()
+    if value == "":
+        return ""
+    if attr.vr == "DA":
+        compact = value.replace(".", "") if re.fullmatch(r"\d{4}\.\d{2}\.\d{2}", value) else value
+        try:
+            dt.datetime.strptime(compact, "%Y%m%d")
+        except ValueError:
+            raise BadRequest(f"{attr.keyword}: {value!r} is not a date (YYYYMMDD)") from None
+        return compact
+    return normal_time(value, upper=upper, name=attr.keyword)
+
+
+def normal_time(value: str, *, upper: bool = False, name: str = "time") -> str:
+    normal = dicom.normal_time(value, upper=upper)
+    if normal is None:
+        raise BadRequest(f"{name}: {value!r} is not a time (HHMMSS.FFFFFF)")
+    return normal
+
+
+def _combine_datetime(conditions: list[Condition]) -> list[Condition]:
+    """PS3.4 C.2.2.2.5.1: a date range plus a time range on one pair match as one date-time range."""
+    pairs = {"00080020": "00080030", "00400244": "00400245"}
+    by_tag = {c.attr.tag: c for c in conditions}
+    out = list(conditions)
+    for date_tag, time_tag in pairs.items():
+        d, t = by_tag.get(date_tag), by_tag.get(time_tag)
+        if d and t and d.kind == "range" and t.kind == "range":
+            out.remove(d)
+            out.remove(t)
+            out.append(
+                Condition(
+                    d.attr, "datetime", (d.values[0], t.values[0], d.values[1], t.values[1], t.attr.column)
+                )
+            )
+    return out
+
+
+# ---------------------------------------------------------------------------
+# SQL
+
+
+def _like(pattern: str) -> str:
+    """DICOM wildcards → LIKE, with LIKE's own metacharacters escaped first."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+class _Args:
+    def __init__(self, first: object):
+        self.values: list[object] = [first]
+
+    def add(self, value: object) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+
+def _where(c: Condition, args: _Args) -> str:
+    col, a = c.attr.column, c.attr
+    if c.kind == "single":
+        return (
+            f"{args.add(c.values[0])} = ANY({col})"
+            if a.array
+            else f"{col} = {args.add(_typed(a, c.values[0]))}"
+        )
+    if c.kind == "list":
+        values = list(c.values)
+        return (
+            f"{col} && {args.add(values)}::text[]" if a.array else f"{col} = ANY({args.add(values)}::text[])"
+        )
+    if c.kind == "wildcard":
+        pattern = args.add(_like(c.values[0]))
+        if a.array:
+            return f"EXISTS (SELECT 1 FROM unnest({col}) AS v WHERE v LIKE {pattern})"
+        return f"{col} LIKE {pattern}"
+    if c.kind == "fuzzy":
+        # Every word of the query starts some component of the name (case and accents folded).
+        words = [w for w in re.split(r"[\s^=,]+", c.values[0]) if w]
+        return " AND ".join(f"{col} ~ {args.add(_WORD_START + re.escape(w))}" for w in words) or "TRUE"
+    if c.kind == "range":
+        low, high = c.values
+        parts = []
+        if low:
+            parts.append(f"{col} >= {args.add(low)}")
+        if high:
+            parts.append(f"{col} <= {args.add(high)}")
+        return " AND ".join(parts)
+    if c.kind == "datetime":
+        d_low, t_low, d_high, t_high, time_col = c.values
+        stamp = f"({col} || coalesce({time_col}, ''))"
+        parts = []
+        if d_low:
+            parts.append(f"{stamp} >= {args.add(d_low + (t_low or '000000.000000'))}")
+        if d_high:
+            parts.append(f"{stamp} <= {args.add(d_high + (t_high or '235959.999999'))}")
+        return " AND ".join(parts) or "TRUE"
+    raise AssertionError(c.kind)
+
+
+_WORD_START = r"(^|[\^= ])"  # a PN component starts at the beginning, after ^ or =, or after a space
+
+
+def _typed(attr: Attr, value: str) -> object:
+    return int(value) if attr.vr == "IS" else value
+
+
+_SELECT = {
+    Level.STUDY: "st.pk, st.study_uid, st.attrs::text AS study_attrs, st.modalities, st.num_series, "
+    "st.num_instances AS study_instances",
+    Level.SERIES: "se.pk, st.study_uid, st.attrs::text AS study_attrs, st.modalities, st.num_series, "
+    "st.num_instances AS study_instances, se.series_uid, se.attrs::text AS series_attrs, se.num_instances",
+    Level.INSTANCE: "i.pk, st.study_uid, st.attrs::text AS study_attrs, st.modalities, st.num_series, "
+    "st.num_instances AS study_instances, se.series_uid, se.attrs::text AS series_attrs, "
+    "se.num_instances, i.sop_uid, i.transfer_syntax_uid, {metadata} AS metadata",
+}
+_FROM = {
+    Level.STUDY: "study st",
+    Level.SERIES: "series se JOIN study st ON st.pk = se.study_pk",
+    Level.INSTANCE: "instance i JOIN series se ON se.pk = i.series_pk JOIN study st ON st.pk = i.study_pk",
+}
+_KEY = {Level.STUDY: "st", Level.SERIES: "se", Level.INSTANCE: "i"}
+
+
+@dataclass(frozen=True)
+class Statements:
+    page: str
+    page_args: list[object]
+    count: str
+    count_args: list[object]
+
+
+def to_sql(query: Query, tenant: str, *, after_pk: int | None = None) -> Statements:
+    """The page statement (one row more than the limit) and the count statement for ``query``.
+
+    ``after_pk`` turns the offset into a keyset condition (deep paging stays an index range scan).
+    """
+    args = _Args(tenant)
+    key = _KEY[query.level]
+    where = [f"{key}.tenant = $1"]
+    if query.level == Level.STUDY:
+        where.append("st.num_instances > 0")
+    if query.study_uid is not None:
+        scope = f"(SELECT pk FROM study WHERE tenant = $1 AND study_uid = {args.add(query.study_uid)})"
+        where.append(f"{'se' if query.level == Level.SERIES else 'i'}.study_pk = {scope}")
+    if query.series_uid is not None:
+        scope = f"(SELECT pk FROM series WHERE tenant = $1 AND series_uid = {args.add(query.series_uid)})"
+        where.append(f"i.series_pk = {scope}")
+    where += [_where(c, args) for c in query.conditions]
+    filters = " AND ".join(where)
+    count = Statements(
+        "", [], f"SELECT count(*) FROM {_FROM[query.level]} WHERE {filters}", list(args.values)
+    )
+    metadata = "i.metadata::text"
+    if query.level == Level.INSTANCE and not query.include_all:
+        wanted = sorted(INSTANCE_RETURN | query.returned)
+        metadata = (
+            "(SELECT jsonb_object_agg(k, v) FROM jsonb_each(i.metadata) AS m(k, v) "
+            f"WHERE k = ANY({args.add(wanted)}::text[]))::text"
+        )
+    page_filters = filters
+    offset = query.offset
+    if after_pk is not None:
+        page_filters += f" AND {key}.pk > {args.add(after_pk)}"
+        offset = 0
+    select = _SELECT[query.level].format(metadata=metadata)
+    sql = (
+        f"SELECT {select} FROM {_FROM[query.level]} WHERE {page_filters} "
+        f"ORDER BY {key}.pk LIMIT {args.add(query.limit + 1)} OFFSET {args.add(offset)}"
+    )
+    return Statements(sql, args.values, count.count, count.count_args)
+
+
+# PS3.18 Tables 10.6.3-3/-4/-5: attributes every result carries (empty when unknown).
+STUDY_RETURN = {
+    "00080020": "DA",
+    "00080030": "TM",
+    "00080050": "SH",
+    "00080056": "CS",
+    "00080061": "CS",
+    "00080090": "PN",
+    "00081190": "UR",
+    "00100010": "PN",
+    "00100020": "LO",
+    "00100030": "DA",
+    "00100040": "CS",
+    "0020000D": "UI",
+    "00200010": "SH",
+    "00201206": "IS",
+    "00201208": "IS",
+}
+SERIES_RETURN = {
+    "00080060": "CS",
+    "00081190": "UR",
+    "0020000E": "UI",
+    "00200011": "IS",
+    "00201209": "IS",
+}
+INSTANCE_RETURN = frozenset(
+    {
+        "00080016",
+        "00080018",
+        "00080056",
+        "00080201",
+        "00081190",
+        "00200013",
+        "00280010",
+        "00280011",
+        "00280100",
+        "00280008",
+        "00080005",
+    }
+)
+_INSTANCE_RETURN_VR = {"00080016": "UI", "00080018": "UI", "00200013": "IS", "00081190": "UR"}
+CONDITIONAL = {
+    "00080005",
+    "00080201",
+    "0008103E",
+    "00400244",
+    "00400245",
+    "00400275",
+    "00280010",
+    "00280011",
+    "00280100",
+    "00280008",
+}
+
+
+def vr_of(tag: str) -> str:
+    try:
+        vr = str(dictionary_VR(int(tag, 16)))
+    except KeyError:
+        return "UN"
+    return vr.split(" or ")[0]
+
+
+# ---------------------------------------------------------------------------
+# Results (PS3.18 §10.6.3.3): built from the index, never from objects.
+
+
+def _value(vr: str, values: list[object]) -> dict[str, object]:
+    return {"vr": vr, "Value": values} if values else {"vr": vr}
+
+
+def _pick(attrs: dict[str, object], wanted: set[str] | None) -> dict[str, object]:
+    return {k: v for k, v in attrs.items() if wanted is None or k in wanted}
+
+
+def result(query: Query, row: dict[str, Any], base: str) -> dict[str, object]:
+    """One DICOM JSON result object for ``row`` of ``to_sql``'s page statement."""
+    wanted = None if query.include_all else set(query.returned) | CONDITIONAL
+    study_url = f"{base}/dicomweb/studies/{row['study_uid']}"
+    out: dict[str, object] = {tag: {"vr": vr} for tag, vr in STUDY_RETURN.items()}
+    out.update(
+        _pick(orjson.loads(row["study_attrs"]), None if wanted is None else wanted | set(STUDY_RETURN))
+    )
+    modalities = list(row["modalities"] or [])
+    out["00080061"] = _value("CS", modalities)
+    out["00201206"] = _value("IS", [row["num_series"]])
+    out["00201208"] = _value("IS", [row["study_instances"]])
+    out["00080056"] = _value("CS", ["ONLINE"])
+    out["00081190"] = _value("UR", [study_url])
+    if query.level >= Level.SERIES:
+        series_url = f"{study_url}/series/{row['series_uid']}"
+        out.update({tag: {"vr": vr} for tag, vr in SERIES_RETURN.items()})
+        out.update(
+            _pick(orjson.loads(row["series_attrs"]), None if wanted is None else wanted | set(SERIES_RETURN))
+        )
+        out["00201209"] = _value("IS", [row["num_instances"]])
+        out["00081190"] = _value("UR", [series_url])
+        if query.level == Level.INSTANCE:
+            out.update({tag: {"vr": vr} for tag, vr in _INSTANCE_RETURN_VR.items()})
+            metadata = orjson.loads(row["metadata"] or "{}")
+            out.update({k: v for k, v in metadata.items() if "BulkDataURI" not in v})
+            out["00080056"] = _value("CS", ["ONLINE"])
+            out["00083002"] = _value("UI", [row["transfer_syntax_uid"]])
+            out["00081190"] = _value("UR", [f"{series_url}/instances/{row['sop_uid']}"])
+    return dict(sorted(out.items()))
+
+
+def remaining_warning(base: str, remaining: int) -> str:
+    """PS3.18 §8.3.4.4 Warning header (RFC 7234 §5.5 form, quoted text)."""
+    return f'299 {base}: "There are {remaining} additional results that can be requested"'
+
+
+def signature(query: Query, tenant: str) -> tuple[object, ...]:
+    """What identifies a result list apart from its page: the key of the keyset cache."""
+    return (tenant, query.level, query.study_uid, query.series_uid, query.conditions)
+
+
+class PageCache:
+    """Where earlier pages of a result list ended: ``offset`` → last primary key (an LRU).
+
+    QIDO pages by offset; a client paging through a long list asks for offset
+    0, L, 2L, … and each later page starts right after the previous one's last
+    row, so the offset becomes an index range condition instead of a scan.
+    """
+
+    def __init__(self, size: int = 10_000):
+        self.size = size
+        self._entries: dict[tuple[object, ...], int] = {}
+
+    def get(self, sig: tuple[object, ...], offset: int) -> int | None:
+        key = (*sig, offset)
+        pk = self._entries.pop(key, None)
+        if pk is not None:
+            self._entries[key] = pk  # most recently used last
+        return pk
+
+    def put(self, sig: tuple[object, ...], offset: int, pk: int) -> None:
+        self._entries[(*sig, offset)] = pk
+        while len(self._entries) > self.size:
+            del self._entries[next(iter(self._entries))]
+
+    def clear(self) -> None:
+        """Deletes shift offsets: forget every boundary."""
+        self._entries.clear()
