@@ -11,7 +11,8 @@ from starlette.responses import Response
 from . import db
 from .dicom_xml import to_xml
 from .media import DICOM_JSON, MULTIPART, Offer, negotiate
-from .query import PageCache, Resource, parse_query, remaining_warning, result, signature, to_sql
+from .query import PageCache, Resource, parse_query, signature, to_sql
+from .results import remaining_warning, result
 
 DICOM_XML = "application/dicom+xml"
 OFFERS = [Offer(DICOM_JSON), Offer("application/json"), Offer(MULTIPART, DICOM_XML)]

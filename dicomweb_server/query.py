@@ -12,11 +12,9 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
 from urllib.parse import unquote
 
-import orjson
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from . import dicom
 from .dicom import fold, is_valid_uid
@@ -236,7 +234,9 @@ def _match_attribute(name: str, resource: Resource) -> tuple[Attr, list[str]]:
         raise BadRequest(f"Attribute path {name} is too deep")
     if attr.level not in resource.accepts and attr.level > min(resource.accepts):
         level = attr.level.name.lower()
-        searched = {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "instances"}[resource.level]
+        searched = {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "instances"}[
+            resource.level
+        ]
         raise BadRequest(
             f"{attr.keyword} is {'an' if level[0] == 'i' else 'a'} {level}-level attribute; "
             f"this resource searches {searched} and cannot match on it"
@@ -318,6 +318,23 @@ def _combine_datetime(conditions: list[Condition]) -> list[Condition]:
 
 # ---------------------------------------------------------------------------
 # SQL
+
+# PS3.18 Table 10.6.3-5: instance attributes every result carries, read from the stored metadata.
+INSTANCE_RETURN = frozenset(
+    {
+        "00080016",
+        "00080018",
+        "00080056",
+        "00080201",
+        "00081190",
+        "00200013",
+        "00280010",
+        "00280011",
+        "00280100",
+        "00280008",
+        "00080005",
+    }
+)
 
 
 def _like(pattern: str) -> str:
@@ -448,118 +465,6 @@ def to_sql(query: Query, tenant: str, *, after_pk: int | None = None) -> Stateme
         f"ORDER BY {key}.pk LIMIT {args.add(query.limit + 1)} OFFSET {args.add(offset)}"
     )
     return Statements(sql, args.values, count.count, count.count_args)
-
-
-# PS3.18 Tables 10.6.3-3/-4/-5: attributes every result carries (empty when unknown).
-STUDY_RETURN = {
-    "00080020": "DA",
-    "00080030": "TM",
-    "00080050": "SH",
-    "00080056": "CS",
-    "00080061": "CS",
-    "00080090": "PN",
-    "00081190": "UR",
-    "00100010": "PN",
-    "00100020": "LO",
-    "00100030": "DA",
-    "00100040": "CS",
-    "0020000D": "UI",
-    "00200010": "SH",
-    "00201206": "IS",
-    "00201208": "IS",
-}
-SERIES_RETURN = {
-    "00080060": "CS",
-    "00081190": "UR",
-    "0020000E": "UI",
-    "00200011": "IS",
-    "00201209": "IS",
-}
-INSTANCE_RETURN = frozenset(
-    {
-        "00080016",
-        "00080018",
-        "00080056",
-        "00080201",
-        "00081190",
-        "00200013",
-        "00280010",
-        "00280011",
-        "00280100",
-        "00280008",
-        "00080005",
-    }
-)
-_INSTANCE_RETURN_VR = {"00080016": "UI", "00080018": "UI", "00200013": "IS", "00081190": "UR"}
-CONDITIONAL = {
-    "00080005",
-    "00080201",
-    "0008103E",
-    "00400244",
-    "00400245",
-    "00400275",
-    "00280010",
-    "00280011",
-    "00280100",
-    "00280008",
-}
-
-
-def vr_of(tag: str) -> str:
-    try:
-        vr = str(dictionary_VR(int(tag, 16)))
-    except KeyError:
-        return "UN"
-    return vr.split(" or ")[0]
-
-
-# ---------------------------------------------------------------------------
-# Results (PS3.18 §10.6.3.3): built from the index, never from objects.
-
-
-def _value(vr: str, values: list[object]) -> dict[str, object]:
-    return {"vr": vr, "Value": values} if values else {"vr": vr}
-
-
-def _pick(attrs: dict[str, object], wanted: set[str] | None) -> dict[str, object]:
-    return {k: v for k, v in attrs.items() if wanted is None or k in wanted}
-
-
-def result(query: Query, row: dict[str, Any], base: str) -> dict[str, object]:
-    """One DICOM JSON result object for ``row`` of ``to_sql``'s page statement."""
-    wanted = None if query.include_all else set(query.returned) | CONDITIONAL
-    study_url = f"{base}/dicomweb/studies/{row['study_uid']}"
-    out: dict[str, object] = {tag: {"vr": vr} for tag, vr in STUDY_RETURN.items()}
-    out.update(
-        _pick(orjson.loads(row["study_attrs"]), None if wanted is None else wanted | set(STUDY_RETURN))
-    )
-    modalities = list(row["modalities"] or [])
-    out["00080061"] = _value("CS", modalities)
-    out["00201206"] = _value("IS", [row["num_series"]])
-    out["00201208"] = _value("IS", [row["study_instances"]])
-    out["00080056"] = _value("CS", ["ONLINE"])
-    out["00081190"] = _value("UR", [study_url])
-    if query.level >= Level.SERIES:
-        series_url = f"{study_url}/series/{row['series_uid']}"
-        out.update({tag: {"vr": vr} for tag, vr in SERIES_RETURN.items()})
-        out.update(
-            _pick(orjson.loads(row["series_attrs"]), None if wanted is None else wanted | set(SERIES_RETURN))
-        )
-        out["00201209"] = _value("IS", [row["num_instances"]])
-        out["00081190"] = _value("UR", [series_url])
-        if query.level == Level.INSTANCE:
-            out.update({tag: {"vr": vr} for tag, vr in _INSTANCE_RETURN_VR.items()})
-            metadata = orjson.loads(row["metadata"] or "{}")
-            out.update({k: v for k, v in metadata.items() if "BulkDataURI" not in v})
-            out["00080056"] = _value("CS", ["ONLINE"])
-            out["00083002"] = _value("UI", [row["transfer_syntax_uid"]])
-            out["00081190"] = _value("UR", [f"{series_url}/instances/{row['sop_uid']}"])
-    return dict(sorted(out.items()))
-
-
-def remaining_warning(base: str, remaining: int) -> str:
-    """PS3.18 §8.3.4.4 Warning header (RFC 7234 §5.5 form, quoted text)."""
-    return f'299 {base}: "There are {remaining} additional results that can be requested"'
 
 
 def signature(query: Query, tenant: str) -> tuple[object, ...]:
