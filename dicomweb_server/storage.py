@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import errno
 import os
+import random
 import re
-import uuid
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,17 +25,23 @@ from .settings import S3Settings
 
 READ_CHUNK = 1024 * 1024
 CONTENT_TYPE = "application/dicom"
-_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,62}/[0-9a-f]{2}/[0-9a-f]{32}")
+_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,62}/\d{8}/\d{4}/[0-9a-f]{32}")
 
 
 class StorageFull(StorageError):
     """No space left for the object (STOW FailureReason 0xA700)."""
 
 
-def new_key(tenant: str) -> str:
-    """A fresh object key under the tenant's prefix: ``tenant/ab/ab12…`` (uuid4 hex)."""
-    u = uuid.uuid4().hex
-    key = f"{tenant}/{u[:2]}/{u}"
+def new_key(tenant: str, now: float | None = None) -> str:
+    """A fresh object key: ``tenant/YYYYMMDD/HHMM/<128 random bits>`` (UTC).
+
+    Objects written in the same minute share a directory, so one directory fsync
+    covers a whole request; the date prefix also tells an operator an object's age.
+    The random part comes from a per-process generator seeded by the OS: keys must
+    be unique, not secret (they never leave the server), and a unique index backs it.
+    """
+    stamp = time.strftime("%Y%m%d/%H%M", time.gmtime(now))
+    key = f"{tenant}/{stamp}/{random.getrandbits(128):032x}"
     _check_key(key)
     return key
 
@@ -90,13 +97,32 @@ class FileStore:
         self.root = root.resolve()
         self.staging = self.root / ".staging"
         self.staging.mkdir(parents=True, exist_ok=True)
+        self._dir_syncs: dict[Path, _DirSync] = {}
 
     def path(self, key: str) -> Path:
         _check_key(key)
         return self.root / key
 
     def writer(self, key: str) -> _FileWriter:
-        return _FileWriter(self.path(key), self.staging / f"{key.rsplit('/', 1)[-1]}.part")
+        return _FileWriter(self, self.path(key), self.staging / f"{key.rsplit('/', 1)[-1]}.part")
+
+    async def sync_dir(self, path: Path) -> None:
+        """Make renames into ``path`` durable.  Concurrent commits into one directory share
+        an fsync that had not started when their rename finished (group commit)."""
+        state = self._dir_syncs.get(path)
+        if state is None or state.started:
+            state = _DirSync()
+            self._dir_syncs[path] = state
+            state.task = asyncio.ensure_future(self._run_dir_sync(path, state))
+        assert state.task is not None
+        await asyncio.shield(state.task)
+
+    async def _run_dir_sync(self, path: Path, state: _DirSync) -> None:
+        await asyncio.sleep(0)  # let the renames finishing now join this fsync
+        state.started = True
+        if self._dir_syncs.get(path) is state:
+            del self._dir_syncs[path]
+        await asyncio.to_thread(_fsync_dir, path)
 
     async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         try:
@@ -160,66 +186,92 @@ class FileStore:
 
 
 class _FileWriter:
-    """Small objects stay in memory until commit, which writes them in a worker thread in one go;
-    larger ones spill to the temp file as they stream (page-cache writes, fsync'd at commit)."""
+    """Small objects stay in memory (as the received chunks, no copy) until commit, which
+    writes them in a worker thread in one go; larger ones spill to the temp file as they
+    stream (page-cache writes, fsync'd at commit)."""
 
     SPILL = 1024 * 1024
 
-    def __init__(self, final: Path, temp: Path):
+    def __init__(self, store: FileStore, final: Path, temp: Path):
+        self.store = store
         self.final = final
         self.temp = temp
         self.fd: int | None = None
-        self.pending = bytearray()
+        self.pending: list[bytes | memoryview] = []
+        self.pending_size = 0
 
     async def write(self, data: bytes | memoryview) -> None:
-        if self.fd is None and len(self.pending) + len(data) <= self.SPILL:
-            self.pending += data
+        if self.fd is None and self.pending_size + len(data) <= self.SPILL:
+            self.pending.append(data)
+            self.pending_size += len(data)
             return
         try:
             if self.fd is None:
-                self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-                self._write_all(self.pending)
-                self.pending = bytearray()
-            self._write_all(data)
+                self._open_and_flush()
+            self._write_all([data])
         except OSError as exc:
             raise _os_error(exc) from None
 
-    def _write_all(self, data: bytes | bytearray | memoryview) -> None:
+    def _open_and_flush(self) -> None:
+        self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        self._write_all(self.pending)
+        self.pending, self.pending_size = [], 0
+
+    def _write_all(self, chunks: list[bytes | memoryview]) -> None:
         assert self.fd is not None
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
+        views = [memoryview(c) for c in chunks if len(c)]
+        while views:
+            written = os.writev(self.fd, views[:1024])
+            while written and views:
+                if written >= len(views[0]):
+                    written -= len(views.pop(0))
+                else:
+                    views[0], written = views[0][written:], 0
 
     async def commit(self) -> None:
         try:
             await asyncio.to_thread(self._commit)
+            await self.store.sync_dir(self.final.parent)
         except OSError as exc:
             await self.abort()
             raise _os_error(exc) from None
 
     def _commit(self) -> None:
         if self.fd is None:
-            self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            self._write_all(self.pending)
-            self.pending = bytearray()
+            self._open_and_flush()
+        assert self.fd is not None
         os.fsync(self.fd)
         os.close(self.fd)
         self.fd = None
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(self.temp, self.final)
-        dfd = os.open(self.final.parent, os.O_RDONLY)
         try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            os.rename(self.temp, self.final)
+        except FileNotFoundError:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(self.temp, self.final)
 
     async def abort(self) -> None:
-        self.pending = bytearray()
+        self.pending, self.pending_size = [], 0
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.temp)
+
+
+class _DirSync:
+    """One directory fsync that renames finished before it starts can share."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.task: asyncio.Future[None] | None = None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _os_error(exc: OSError) -> StorageError:

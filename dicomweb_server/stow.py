@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.requests import Request
@@ -47,16 +47,42 @@ class _Part:
     sha: Any = field(default_factory=hashlib.sha256)
 
 
+class Stored(Protocol):
+    """What the response names of a stored instance."""
+
+    @property
+    def sop_class_uid(self) -> str: ...
+    @property
+    def sop_uid(self) -> str: ...
+    @property
+    def study_uid(self) -> str: ...
+    @property
+    def series_uid(self) -> str: ...
+
+
 @dataclass
 class _Done:
-    """A part whose object is being made durable."""
+    """A part whose object is being made durable: only its compact index record is kept
+    (the parsed header is dropped), so memory stays flat however many parts a body has."""
 
-    header: Header
-    meta: dict[str, Any]
-    key: str
-    size: int
-    sha256: bytes
-    commit: asyncio.Task[None]
+    record: db.Record
+    commit: asyncio.Future[None]
+
+    @property
+    def sop_class_uid(self) -> str:
+        return str(self.record.instance["sop_class_uid"])
+
+    @property
+    def sop_uid(self) -> str:
+        return self.record.sop_uid
+
+    @property
+    def study_uid(self) -> str:
+        return self.record.study_uid
+
+    @property
+    def series_uid(self) -> str:
+        return self.record.series_uid
 
 
 class Ingest:
@@ -231,7 +257,8 @@ class Ingest:
         if len(pending) >= MAX_PENDING_COMMITS:
             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         task = asyncio.ensure_future(part.writer.commit())
-        self.done.append(_Done(part.header, part.meta, part.key, part.size, part.sha.digest(), task))
+        record = _record(part.header, part.meta, part.key, part.size, part.sha.digest())
+        self.done.append(_Done(record, task))
 
     # -- commit -------------------------------------------------------------------
     async def _finish(self) -> Response:
@@ -244,8 +271,8 @@ class Ingest:
                     Failure(
                         dicom.REFUSED_OUT_OF_RESOURCES,
                         "Out of storage space",
-                        d.header.sop_class_uid,
-                        d.header.sop_uid,
+                        d.sop_class_uid,
+                        d.sop_uid,
                     )
                 )
             elif exc is not None:
@@ -257,7 +284,7 @@ class Ingest:
             outcome = await db.store_batch(
                 self.pool,
                 self.tenant,
-                [_record(d) for d in durable],
+                [d.record for d in durable],
                 overwrite=self.settings.duplicate_policy == "overwrite",
             )
         self.keys = []  # committed: from here on, only explicitly unreferenced objects are removed
@@ -265,10 +292,8 @@ class Ingest:
         return self._response(durable, outcome)
 
     def _response(self, durable: list[_Done], outcome: db.BatchOutcome) -> Response:
-        referenced = [d.header for d in durable if d.header.sop_uid in outcome.stored]
-        failed = self.failed + [
-            outcome.failed[d.header.sop_uid] for d in durable if d.header.sop_uid in outcome.failed
-        ]
+        referenced = [d for d in durable if d.sop_uid in outcome.stored]
+        failed = self.failed + [outcome.failed[d.sop_uid] for d in durable if d.sop_uid in outcome.failed]
         studies = {h.study_uid for h in referenced} or ({self.study_uid} if self.study_uid else set())
         study_url = f"{self.base}/dicomweb/studies/{next(iter(studies))}" if len(studies) == 1 else None
         body = store_response(self.base, study_url, referenced, failed)
@@ -296,23 +321,23 @@ class Ingest:
                 )
 
 
-def _record(d: _Done) -> db.Record:
-    study, series, instance = dicom.index_values(d.meta)
-    instance["sop_class_uid"] = d.header.sop_class_uid
-    instance["transfer_syntax_uid"] = d.header.transfer_syntax_uid
+def _record(header: Header, meta: dict[str, Any], key: str, size: int, sha256: bytes) -> db.Record:
+    study, series, instance = dicom.index_values(meta)
+    instance["sop_class_uid"] = header.sop_class_uid
+    instance["transfer_syntax_uid"] = header.transfer_syntax_uid
     return db.Record(
-        study_uid=d.header.study_uid,
-        series_uid=d.header.series_uid,
-        sop_uid=d.header.sop_uid,
+        study_uid=header.study_uid,
+        series_uid=header.series_uid,
+        sop_uid=header.sop_uid,
         study=study,
         series=series,
         instance=instance,
-        study_attrs=orjson.dumps(dicom.subset(d.meta, dicom.STUDY_TAGS)).decode(),
-        series_attrs=orjson.dumps(dicom.subset(d.meta, dicom.SERIES_TAGS)).decode(),
-        metadata=orjson.dumps(d.meta).decode(),
-        object_key=d.key,
-        size=d.size,
-        sha256=d.sha256,
+        study_attrs=orjson.dumps(dicom.subset(meta, dicom.STUDY_TAGS)).decode(),
+        series_attrs=orjson.dumps(dicom.subset(meta, dicom.SERIES_TAGS)).decode(),
+        metadata=orjson.dumps(meta).decode(),
+        object_key=key,
+        size=size,
+        sha256=sha256,
     )
 
 
@@ -321,7 +346,7 @@ def base_url(request: Request) -> str:
 
 
 def store_response(
-    base: str, study_url: str | None, stored: list[Header], failed: list[Failure]
+    base: str, study_url: str | None, stored: Sequence[Stored], failed: list[Failure]
 ) -> dict[str, Any]:
     """PS3.18 Table I.1-1 Store Instances Response Module; empty sequences are left out."""
     body: dict[str, Any] = {"00081190": {"vr": "UR", "Value": [study_url]} if study_url else {"vr": "UR"}}

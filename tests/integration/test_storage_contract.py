@@ -94,7 +94,7 @@ async def test_unfinished_writes_are_removed_after_grace(store: ObjectStore) -> 
 
 async def test_keys_are_server_derived_and_checked(store: ObjectStore) -> None:
     assert new_key("t1") != new_key("t1")
-    for bad in ("../../etc/passwd", "t1/../x", "T1/ab/" + "0" * 32, "/abs"):
+    for bad in ("../../etc/passwd", "t1/../x", "T1/20260101/1200/" + "0" * 32, "t1/ab/" + "0" * 32, "/abs"):
         with pytest.raises(StorageError):
             store.writer(bad)
     with pytest.raises(StorageError):

@@ -480,7 +480,7 @@ def test_index_values() -> None:
     study, series, instance = index_values(_meta())
     assert study == {
         "study_date": "20240131",
-        "study_time": "101112.5",
+        "study_time": "101112.500000",  # normalised: fixed width sorts correctly
         "accession_number": "ACC-1",
         "referring_physician": "Dr^Who",
         "referring_physician_folded": "DR^WHO",
@@ -498,7 +498,7 @@ def test_index_values() -> None:
         "series_number": 7,
         "series_description": "Axial",
         "pps_start_date": "20240130",
-        "pps_start_time": "0900",
+        "pps_start_time": "090000.000000",
         "scheduled_step_ids": '["SPS-1"]',
         "requested_procedure_ids": '["RP-1","RP-2"]',
         "timezone_offset": "+0100",
