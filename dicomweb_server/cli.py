@@ -77,6 +77,9 @@ def serve(args: argparse.Namespace) -> None:
     settings = Settings.from_env()
     url, server = _database(settings)
     os.environ["DATABASE_URL"] = url  # workers build their settings from the environment
+    # libuv accepts one connection per loop turn, so simultaneous connections spread over the
+    # worker processes instead of all landing on whichever woke first.
+    os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
     migrate(url)
     base = settings.public_base_url or f"http://{args.host}:{args.port}"
     print(_banner(base), file=sys.stderr, flush=True)

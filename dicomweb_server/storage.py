@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import os
 import random
 import re
@@ -61,8 +62,11 @@ class StoredObject:
 class ObjectWriter(Protocol):
     async def write(self, data: bytes | memoryview) -> None: ...
 
-    async def commit(self) -> None:
-        """Make the object durable at its key; after this returns it survives a crash."""
+    async def commit(self) -> bytes:
+        """Make the object durable at its key and return the SHA-256 of its bytes.
+
+        After this returns the object survives a crash.  Hashing here lets the file
+        backend hash small objects in its worker thread, off the event loop."""
 
     async def abort(self) -> None:
         """Discard everything written; safe to call more than once."""
@@ -199,6 +203,7 @@ class _FileWriter:
         self.fd: int | None = None
         self.pending: list[bytes | memoryview] = []
         self.pending_size = 0
+        self.sha = hashlib.sha256()
 
     async def write(self, data: bytes | memoryview) -> None:
         if self.fd is None and self.pending_size + len(data) <= self.SPILL:
@@ -220,6 +225,8 @@ class _FileWriter:
     def _write_all(self, chunks: list[bytes | memoryview]) -> None:
         assert self.fd is not None
         views = [memoryview(c) for c in chunks if len(c)]
+        for view in views:
+            self.sha.update(view)
         while views:
             written = os.writev(self.fd, views[:1024])
             while written and views:
@@ -228,13 +235,14 @@ class _FileWriter:
                 else:
                     views[0], written = views[0][written:], 0
 
-    async def commit(self) -> None:
+    async def commit(self) -> bytes:
         try:
             await asyncio.to_thread(self._commit)
             await self.store.sync_dir(self.final.parent)
         except OSError as exc:
             await self.abort()
             raise _os_error(exc) from None
+        return self.sha.digest()
 
     def _commit(self) -> None:
         if self.fd is None:
@@ -369,9 +377,11 @@ class _S3Writer:
         self.buffer = bytearray()
         self.upload_id: str | None = None
         self.parts: list[dict[str, Any]] = []
+        self.sha = hashlib.sha256()
 
     async def write(self, data: bytes | memoryview) -> None:
         self.buffer += data
+        self.sha.update(data)
         size = self.store.settings.part_size
         while len(self.buffer) >= size * 2:  # keep a full part back so the last part is never tiny
             await self._upload_part(bytes(self.buffer[:size]))
@@ -389,7 +399,7 @@ class _S3Writer:
             )
             self.parts.append({"PartNumber": number, "ETag": resp["ETag"]})
 
-    async def commit(self) -> None:
+    async def commit(self) -> bytes:
         s3, bucket = self.store.client, self.store.settings.bucket
         if self.upload_id is None:
             async with _s3_errors(self):
@@ -406,6 +416,7 @@ class _S3Writer:
                     MultipartUpload={"Parts": self.parts},
                 )
         self.buffer = bytearray()
+        return self.sha.digest()
 
     async def abort(self) -> None:
         self.buffer = bytearray()

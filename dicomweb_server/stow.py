@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import orjson
@@ -31,7 +30,7 @@ log = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
 HEADER_PROBE = 16 * 1024  # first try at the header; each retry waits for 16x more, up to the budget
-MAX_PENDING_COMMITS = 8
+MAX_PENDING_COMMITS = 16
 
 
 @dataclass
@@ -44,7 +43,6 @@ class _Part:
     meta: dict[str, Any] | None = None
     key: str | None = None
     writer: ObjectWriter | None = None
-    sha: Any = field(default_factory=hashlib.sha256)
 
 
 class Stored(Protocol):
@@ -66,7 +64,7 @@ class _Done:
     (the parsed header is dropped), so memory stays flat however many parts a body has."""
 
     record: db.Record
-    commit: asyncio.Future[None]
+    commit: asyncio.Future[bytes]
 
     @property
     def sop_class_uid(self) -> str:
@@ -175,7 +173,6 @@ class Ingest:
             if part.skip:
                 return
             if part.writer is not None:
-                part.sha.update(event.data)
                 await part.writer.write(event.data)
                 return
             assert part.prefix is not None
@@ -232,7 +229,6 @@ class Ingest:
         part.writer = self.store.writer(part.key)
         prefix, part.prefix = part.prefix, None
         prefix[: dicom.PREAMBLE] = bytes(dicom.PREAMBLE)  # PS3.10 §7.5: never keep a foreign preamble
-        part.sha.update(prefix)
         await part.writer.write(bytes(prefix))
 
     def _fail(self, part: _Part, failure: Failure) -> None:
@@ -257,7 +253,7 @@ class Ingest:
         if len(pending) >= MAX_PENDING_COMMITS:
             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         task = asyncio.ensure_future(part.writer.commit())
-        record = _record(part.header, part.meta, part.key, part.size, part.sha.digest())
+        record = _record(part.header, part.meta, part.key, part.size)
         self.done.append(_Done(record, task))
 
     # -- commit -------------------------------------------------------------------
@@ -284,7 +280,7 @@ class Ingest:
             outcome = await db.store_batch(
                 self.pool,
                 self.tenant,
-                [d.record for d in durable],
+                [replace(d.record, sha256=d.commit.result()) for d in durable],
                 overwrite=self.settings.duplicate_policy == "overwrite",
             )
         self.keys = []  # committed: from here on, only explicitly unreferenced objects are removed
@@ -321,7 +317,8 @@ class Ingest:
                 )
 
 
-def _record(header: Header, meta: dict[str, Any], key: str, size: int, sha256: bytes) -> db.Record:
+def _record(header: Header, meta: dict[str, Any], key: str, size: int) -> db.Record:
+    """The index record; its SHA-256 is filled in when the object's commit returns it."""
     study, series, instance = dicom.index_values(meta)
     instance["sop_class_uid"] = header.sop_class_uid
     instance["transfer_syntax_uid"] = header.transfer_syntax_uid
@@ -337,7 +334,7 @@ def _record(header: Header, meta: dict[str, Any], key: str, size: int, sha256: b
         metadata=orjson.dumps(meta).decode(),
         object_key=key,
         size=size,
-        sha256=sha256,
+        sha256=b"",
     )
 
 

@@ -29,12 +29,12 @@ class FailingCommits(FileStore):
             async def write(self, data: bytes | memoryview) -> None:
                 await inner.write(data)
 
-            async def commit(self) -> None:
+            async def commit(self) -> bytes:
                 store.commits += 1
                 if store.commits == store.fail_on:
                     await inner.abort()
                     raise store.error
-                await inner.commit()
+                return await inner.commit()
 
             async def abort(self) -> None:
                 await inner.abort()

@@ -39,7 +39,7 @@ async def put(store: ObjectStore, key: str, data: bytes, chunk: int = 65536) -> 
     writer = store.writer(key)
     for i in range(0, len(data), chunk):
         await writer.write(data[i : i + chunk])
-    await writer.commit()
+    assert await writer.commit() == hashlib.sha256(data).digest()  # the digest of what was stored
 
 
 async def keys(store: ObjectStore) -> set[str]:

@@ -28,7 +28,9 @@ async def test_orphans_go_after_grace_referenced_objects_stay(
         )
         assert r.status_code == 200
         (kept,) = await keys(store)
-        orphan = "default/20260101/1200/" + "ab" * 16  # what a crash between object write and index commit leaves
+        orphan = (
+            "default/20260101/1200/" + "ab" * 16
+        )  # what a crash between object write and index commit leaves
         await put(store, orphan, b"orphan")
         unfinished = store.writer("default/20260101/1200/" + "cd" * 16)
         await unfinished.write(b"x" * (12 * 1024 * 1024))  # an upload that never finished
