@@ -13,7 +13,7 @@ from bench.procs import ManagedProcess, TargetUnavailable, free_port, http_ok, t
 from bench.target import Endpoint, Target
 
 REPO = Path(__file__).resolve().parent.parent
-WORKERS = 2
+WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))  # uvicorn worker processes, ours and sink alike
 UVICORN_FLAGS = ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
 
 

@@ -12,7 +12,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 from enum import IntEnum
-from urllib.parse import unquote
+from urllib.parse import unquote_plus
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
@@ -73,6 +73,7 @@ SEQUENCE_ATTRIBUTES = {
     ),
 }
 _BY_TAG = {a.tag: a for a in ATTRIBUTES}
+REQUEST_ATTRIBUTES = "00400275"
 RESERVED = {"limit", "offset", "fuzzymatching", "includefield"}
 _NO_WILDCARD = {"UI", "DA", "TM", "DT", "IS", "DS"}
 
@@ -108,14 +109,18 @@ class Query:
 
 
 def _pairs(raw: str) -> list[tuple[str, str]]:
-    """Split a raw query string; percent-decode as UTF-8 (``+`` is a literal, not a space)."""
+    """Split a raw query string; percent-decode as UTF-8.
+
+    ``+`` decodes to a space, as HTML forms and dicomweb-client (quote_plus) send it;
+    a literal plus travels as ``%2B``.
+    """
     out = []
     for item in raw.split("&"):
         if not item:
             continue
         key, _, value = item.partition("=")
         try:
-            out.append((unquote(key, errors="strict"), unquote(value, errors="strict")))
+            out.append((unquote_plus(key, errors="strict"), unquote_plus(value, errors="strict")))
         except UnicodeDecodeError:
             raise BadRequest(f"Query parameter {key!r} is not valid percent-encoded UTF-8") from None
     return out
@@ -137,7 +142,7 @@ def resolve(attribute_id: str) -> str:
 def _integer(name: str, value: str, default: int, cap: int | None = None) -> int:
     if value == "":
         return default
-    if not value.isdigit():
+    if not re.fullmatch(r"[0-9]{1,12}", value):
         raise BadRequest(f"{name} must be a non-negative integer, got {value!r}")
     number = int(value)
     if cap is not None and number > cap:
@@ -182,9 +187,18 @@ def parse_query(
                 else:
                     raise BadRequest("includefield has an empty attribute")
         else:
-            if name in seen:
+            path = ".".join(resolve(part) for part in name.split("."))
+            if path in seen:
                 raise BadRequest(f"Attribute {name} is given more than once")
-            seen.add(name)
+            seen.add(path)
+            if path == REQUEST_ATTRIBUTES:
+                if value:
+                    raise BadRequest(
+                        "Match on RequestAttributesSequence items, e.g. "
+                        "RequestAttributesSequence.RequestedProcedureID=value"
+                    )
+                returned.add(path)  # universal matching on the sequence: a return key
+                continue
             attr, tags = _match_attribute(name, resource)
             returned.update(tags)
             condition = _condition(attr, value, max_uids)
@@ -264,8 +278,8 @@ def _condition(attr: Attr, value: str, max_uids: int) -> Condition | None:
             return Condition(attr, "range", (_normal(attr, low), _normal(attr, high, upper=True)))
         return Condition(attr, "single", (_normal(attr, value),))
     if attr.vr == "IS":
-        if not re.fullmatch(r"[+-]?\d{1,10}", value.strip()):
-            raise BadRequest(f"{attr.keyword} must be an integer, got {value!r}")
+        if not re.fullmatch(r"[+-]?\d{1,10}", value.strip()) or not -(2**31) <= int(value) < 2**31:
+            raise BadRequest(f"{attr.keyword} must be an integer (32-bit), got {value!r}")
         return Condition(attr, "single", (str(int(value)),))
     if attr.array and attr.vr == "CS" and ("\\" in value or "," in value):
         return Condition(attr, "list", tuple(v for v in re.split(r"[,\\]", value) if v))
@@ -282,11 +296,12 @@ def _normal(attr: Attr, value: str, *, upper: bool = False) -> str:
     if value == "":
         return ""
     if attr.vr == "DA":
-        compact = value.replace(".", "") if re.fullmatch(r"\d{4}\.\d{2}\.\d{2}", value) else value
+        compact = dicom.normal_date(value)
         try:
-            dt.datetime.strptime(compact, "%Y%m%d")
+            dt.datetime.strptime(compact or "", "%Y%m%d")
         except ValueError:
             raise BadRequest(f"{attr.keyword}: {value!r} is not a date (YYYYMMDD)") from None
+        assert compact is not None
         return compact
     return normal_time(value, upper=upper, name=attr.keyword)
 
@@ -354,6 +369,12 @@ class _Args:
 
 def _where(c: Condition, args: _Args) -> str:
     col, a = c.attr.column, c.attr
+    if a.vr == "PN" and c.kind in ("single", "wildcard") and "=" not in c.values[0]:
+        # A name without '=' matches any one of its component groups (alphabetic, ideographic,
+        # phonetic); a single value has no wildcard, so its LIKE pattern is the escaped literal.
+        p = args.add(_like(c.values[0]))
+        groups = (p, f"{p} || '=%'", f"'%=' || {p}", f"'%=' || {p} || '=%'")
+        return "(" + " OR ".join(f"{col} LIKE {g}" for g in groups) + ")"
     if c.kind == "single":
         return (
             f"{args.add(c.values[0])} = ANY({col})"

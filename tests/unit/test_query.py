@@ -1,0 +1,817 @@
+"""query.py: QIDO query strings → typed conditions (PS3.4 C.2.2.2) → parameterised SQL; the keyset cache."""
+
+from __future__ import annotations
+
+import re
+from functools import partial
+from typing import Any
+
+import pytest
+
+from dicomweb_server.app import ROUTES
+from dicomweb_server.errors import BadRequest
+from dicomweb_server.query import (
+    ATTRIBUTES,
+    INSTANCE_RETURN,
+    SEQUENCE_ATTRIBUTES,
+    Condition,
+    Level,
+    PageCache,
+    Query,
+    Resource,
+    parse_query,
+    signature,
+    to_sql,
+)
+
+STUDIES = Resource(Level.STUDY, frozenset({Level.STUDY}))
+SERIES = Resource(Level.SERIES, frozenset({Level.STUDY, Level.SERIES}))
+INSTANCES = Resource(Level.INSTANCE, frozenset({Level.STUDY, Level.SERIES, Level.INSTANCE}))
+STUDY_SERIES = Resource(Level.SERIES, frozenset({Level.SERIES}))
+STUDY_INSTANCES = Resource(Level.INSTANCE, frozenset({Level.SERIES, Level.INSTANCE}))
+SERIES_INSTANCES = Resource(Level.INSTANCE, frozenset({Level.INSTANCE}))
+
+UID1, UID2, UID3 = "1.2.840.10008.1", "1.2.826.0.1.3680043.2", "2.25.12345"
+
+
+def conditions(raw: str, resource: Resource = INSTANCES, **kw: Any) -> dict[str, Condition]:
+    """The parsed conditions by keyword."""
+    return {c.attr.keyword: c for c in parse_query(raw, resource, **kw).conditions}
+
+
+def one(raw: str, resource: Resource = INSTANCES) -> Condition:
+    (condition,) = parse_query(raw, resource).conditions
+    return condition
+
+
+def bad(raw: str, resource: Resource = INSTANCES, **kw: Any) -> str:
+    with pytest.raises(BadRequest) as info:
+        parse_query(raw, resource, **kw)
+    assert info.value.status == 400
+    return info.value.message
+
+
+# ---------------------------------------------------------------------------
+# The routes and the attribute table
+
+
+def test_routes_accept_the_levels_of_table_10_6_1_4() -> None:
+    searches = {
+        route.path: route.endpoint.keywords["resource"]
+        for route in ROUTES
+        if isinstance(route.endpoint, partial) and "GET" in (route.methods or ())
+    }
+    assert searches == {
+        "/dicomweb/studies": STUDIES,
+        "/dicomweb/series": SERIES,
+        "/dicomweb/instances": INSTANCES,
+        "/dicomweb/studies/{study}/series": STUDY_SERIES,
+        "/dicomweb/studies/{study}/instances": STUDY_INSTANCES,
+        "/dicomweb/studies/{study}/series/{series}/instances": SERIES_INSTANCES,
+    }
+
+
+def test_every_required_matching_attribute_of_table_10_6_1_5_is_in_the_table() -> None:
+    by_keyword = {a.keyword: a for a in ATTRIBUTES}
+    required = {
+        Level.STUDY: [
+            "StudyDate",
+            "StudyTime",
+            "AccessionNumber",
+            "ModalitiesInStudy",
+            "ReferringPhysicianName",
+            "PatientName",
+            "PatientID",
+            "StudyInstanceUID",
+            "StudyID",
+        ],
+        Level.SERIES: [
+            "Modality",
+            "SeriesInstanceUID",
+            "SeriesNumber",
+            "PerformedProcedureStepStartDate",
+            "PerformedProcedureStepStartTime",
+        ],
+        Level.INSTANCE: ["SOPClassUID", "SOPInstanceUID", "InstanceNumber"],
+    }
+    for level, keywords in required.items():
+        for keyword in keywords:
+            assert by_keyword[keyword].level == level, keyword
+    assert {a.keyword for a in SEQUENCE_ATTRIBUTES.values()} == {
+        "ScheduledProcedureStepID",
+        "RequestedProcedureID",
+    }
+    # Column names go into SQL text: they must be plain qualified identifiers.
+    for attr in [*ATTRIBUTES, *SEQUENCE_ATTRIBUTES.values()]:
+        assert re.fullmatch(r"(st|se|i)\.[a-z_]+", attr.column), attr
+
+
+# ---------------------------------------------------------------------------
+# parse_query: matching kinds (PS3.4 C.2.2.2)
+
+
+def test_single_value_matching() -> None:
+    c = one("AccessionNumber=ACC-1")
+    assert (c.attr.keyword, c.kind, c.values) == ("AccessionNumber", "single", ("ACC-1",))
+    assert one("PatientID=pid 7").values == ("pid 7",)  # LO matching keeps case and spaces
+    assert one("Modality=MR").kind == "single"
+
+
+@pytest.mark.parametrize("value", ["", "*"])
+def test_universal_matching_is_a_return_key_only(value: str) -> None:
+    q = parse_query(f"PatientName={value}&StudyDate={value}&StudyInstanceUID={value}", INSTANCES)
+    assert q.conditions == ()
+    assert {"00100010", "00080020", "0020000D"} <= q.returned
+
+
+def test_wildcard_percent_2a_is_universal_alone_and_a_wildcard_in_a_value() -> None:
+    assert parse_query("PatientName=%2A", STUDIES).conditions == ()
+    c = one("PatientName=Doe%2A", STUDIES)
+    assert (c.kind, c.values) == ("wildcard", ("DOE*",))
+
+
+@pytest.mark.parametrize(
+    ("raw", "values"),
+    [
+        ("AccessionNumber=AC*", ("AC*",)),
+        ("AccessionNumber=A?C", ("A?C",)),
+        ("AccessionNumber=*1*", ("*1*",)),
+        ("StudyID=s?d*", ("s?d*",)),  # SH keeps case
+        ("PatientName=doe*", ("DOE*",)),  # PN is folded: upper case ...
+        ("PatientName=m%C3%BCller^J%C3%BC*", ("MULLER^JU*",)),  # ... and accent-free
+        ("ReferringPhysicianName=*jos%C3%A9", ("*JOSE",)),
+        ("PatientName=*%E5%B1%B1%E7%94%B0*", ("*山田*",)),  # ideographic passes through
+    ],
+)
+def test_wildcard_matching(raw: str, values: tuple[str, ...]) -> None:
+    c = one(raw)
+    assert (c.kind, c.values) == ("wildcard", values)
+
+
+def test_pn_single_value_is_folded_too() -> None:
+    c = one("PatientName=M%C3%BCller%5EJ%C3%BCrgen")
+    assert (c.kind, c.values) == ("single", ("MULLER^JURGEN",))
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind", "values"),
+    [
+        (f"StudyInstanceUID={UID1}", "single", (UID1,)),
+        (f"StudyInstanceUID={UID1},{UID2}", "list", (UID1, UID2)),
+        (f"StudyInstanceUID={UID1}%5C{UID2}%5C{UID3}", "list", (UID1, UID2, UID3)),
+        (f"SeriesInstanceUID={UID1}%2C{UID2}", "list", (UID1, UID2)),
+        (f"SOPInstanceUID={UID1},%20{UID2}", "list", (UID1, UID2)),  # blanks around items
+        (f"SOPClassUID={UID3}", "single", (UID3,)),
+    ],
+)
+def test_uid_list_matching(raw: str, kind: str, values: tuple[str, ...]) -> None:
+    c = one(raw)
+    assert (c.kind, c.values) == (kind, values)
+
+
+def test_uid_list_is_capped() -> None:
+    assert "At most 2 UIDs" in bad(f"StudyInstanceUID={UID1},{UID2},{UID3}", max_uids=2)
+    assert one(f"StudyInstanceUID={UID1},{UID2}").kind == "list"
+
+
+def test_modalities_in_study_takes_a_list_and_wildcards() -> None:
+    assert one("ModalitiesInStudy=CT").kind == "single"
+    c = one("ModalitiesInStudy=CT,MR")
+    assert (c.kind, c.values) == ("list", ("CT", "MR"))
+    assert one("ModalitiesInStudy=CT%5CMR").values == ("CT", "MR")
+    assert one("ModalitiesInStudy=C?").kind == "wildcard"
+
+
+@pytest.mark.parametrize(
+    ("raw", "values"),
+    [
+        ("StudyDate=20240101", ("20240101",)),
+        ("StudyDate=2024.01.01", ("20240101",)),  # ACR-NEMA form
+        ("PatientBirthDate=19800229", ("19800229",)),
+        ("StudyTime=101112", ("101112.000000",)),
+        ("StudyTime=101112.5", ("101112.500000",)),
+        ("StudyTime=10:11:12", ("101112.000000",)),
+        ("StudyTime=1011", ("101100.000000",)),
+        ("PerformedProcedureStepStartTime=07", ("070000.000000",)),
+    ],
+)
+def test_date_and_time_single_values_are_normalised(raw: str, values: tuple[str, ...]) -> None:
+    c = one(raw)
+    assert (c.kind, c.values) == ("single", values)
+
+
+@pytest.mark.parametrize(
+    ("raw", "values"),
+    [
+        ("StudyDate=20240101-20240131", ("20240101", "20240131")),
+        ("StudyDate=20240101-", ("20240101", "")),
+        ("StudyDate=-20240131", ("", "20240131")),
+        ("PerformedProcedureStepStartDate=2024.01.01-2024.02.01", ("20240101", "20240201")),
+        ("StudyTime=0800-1700", ("080000.000000", "170059.999999")),  # partial upper end covers its span
+        ("StudyTime=08-17", ("080000.000000", "175959.999999")),
+        ("StudyTime=083015.25-", ("083015.250000", "")),
+        ("StudyTime=-120000", ("", "120000.999999")),
+        ("PerformedProcedureStepStartTime=10:00-11:30", ("100000.000000", "113059.999999")),
+    ],
+)
+def test_range_matching(raw: str, values: tuple[str, str]) -> None:
+    c = one(raw)
+    assert (c.kind, c.values) == ("range", values)
+
+
+def test_date_range_and_time_range_combine_into_one_datetime_condition() -> None:
+    q = parse_query("StudyDate=20240101-20240131&StudyTime=0800-1700&Modality=CT", INSTANCES)
+    assert [c.kind for c in q.conditions] == ["single", "datetime"]
+    (dt,) = [c for c in q.conditions if c.kind == "datetime"]
+    assert dt.attr.keyword == "StudyDate"
+    assert dt.values == ("20240101", "080000.000000", "20240131", "170059.999999", "st.study_time")
+    # the performed procedure step pair combines the same way
+    (pps,) = parse_query(
+        "PerformedProcedureStepStartDate=-20240131&PerformedProcedureStepStartTime=-1200", SERIES
+    ).conditions
+    assert pps.kind == "datetime"
+    assert pps.values == ("", "", "20240131", "120059.999999", "se.pps_start_time")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "StudyDate=20240101&StudyTime=0800-1700",  # a single date is not a range
+        "StudyDate=20240101-20240131&StudyTime=0800",
+        "StudyDate=20240101-&PerformedProcedureStepStartTime=0800-",  # not a pair
+    ],
+)
+def test_only_a_date_range_with_its_time_range_combines(raw: str) -> None:
+    assert "datetime" not in [c.kind for c in parse_query(raw, INSTANCES).conditions]
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        ("SeriesNumber=7", 7),
+        ("SeriesNumber=+7", 7),
+        ("InstanceNumber=-3", -3),
+        ("InstanceNumber=007", 7),
+        ("InstanceNumber=%207%20", 7),
+    ],
+)
+def test_integer_string_matching(raw: str, value: int) -> None:
+    c = one(raw)
+    assert (c.kind, c.values) == ("single", (str(value),))
+
+
+@pytest.mark.parametrize("value", ["1.5", "1e3", "7*", "1,2", "abc", "12345678901"])
+def test_integer_string_must_be_an_integer(value: str) -> None:
+    assert "must be an integer" in bad(f"SeriesNumber={value}")
+
+
+def test_integer_string_beyond_the_column_range_is_a_400() -> None:
+    assert "SeriesNumber" in bad("SeriesNumber=9999999999")
+
+
+@pytest.mark.parametrize(
+    ("raw", "requested", "scheduled"),
+    [
+        ("RequestAttributesSequence.RequestedProcedureID=RP1", "RP1", None),
+        ("00400275.00401001=RP1", "RP1", None),
+        ("00400275.RequestedProcedureID=RP1", "RP1", None),
+        ("RequestAttributesSequence.ScheduledProcedureStepID=SPS*", None, "SPS*"),
+        ("00400275.00400009=SPS*", None, "SPS*"),
+    ],
+)
+def test_sequence_matching_paths(raw: str, requested: str | None, scheduled: str | None) -> None:
+    q = parse_query(raw, SERIES)
+    (c,) = q.conditions
+    if requested:
+        assert (c.attr.keyword, c.attr.column, c.values) == (
+            "RequestedProcedureID",
+            "se.requested_procedure_ids",
+            (requested,),
+        )
+    else:
+        assert (c.attr.keyword, c.kind, c.values) == ("ScheduledProcedureStepID", "wildcard", (scheduled,))
+    assert c.attr.array
+    assert q.returned == {"00400275"}  # the whole sequence is returned
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "RequestAttributesSequence.PatientName=x",
+        "ReferencedSeriesSequence.ReferencedSOPInstanceUID=1.2",
+    ],
+)
+def test_other_sequence_paths_are_not_supported(raw: str) -> None:
+    assert "Sequence matching on" in bad(raw)
+
+
+def test_sequence_paths_are_two_levels_deep_at_most() -> None:
+    assert "too deep" in bad("00400275.00400275.00401001=x")
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["PatientName", "00100010", "0010%30010", "Patient%4Eame"],
+)
+def test_keyword_and_tag_name_the_same_attribute(key: str) -> None:
+    c = one(f"{key}=Doe")
+    assert (c.attr.tag, c.values) == ("00100010", ("DOE",))
+
+
+def test_hex_tags_are_case_insensitive() -> None:
+    assert one(f"0020000d={UID1}").attr.keyword == "StudyInstanceUID"
+    assert one(f"0020000D={UID1}").attr.keyword == "StudyInstanceUID"
+
+
+# ---------------------------------------------------------------------------
+# Percent-decoding
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind", "values"),
+    [
+        ("PatientName=Doe%5EJane", "single", ("DOE^JANE",)),
+        ("PatientName=Doe^Jane", "single", ("DOE^JANE",)),
+        ("PatientName=M%C3%BCller*", "wildcard", ("MULLER*",)),
+        ("AccessionNumber=A+1", "single", ("A 1",)),  # '+' is a space (form encoding, dicomweb-client)
+        ("AccessionNumber=A%2B1", "single", ("A+1",)),
+        ("AccessionNumber=A%201", "single", ("A 1",)),
+        ("AccessionNumber=A%26B%3DC%23", "single", ("A&B=C#",)),  # reserved characters, encoded
+        ("AccessionNumber=100%25", "single", ("100%",)),
+        ("PatientName=Yamada^Tarou=%E5%B1%B1%E7%94%B0", "single", ("YAMADA^TAROU=山田",)),  # '=' in a value
+    ],
+)
+def test_percent_decoding(raw: str, kind: str, values: tuple[str, ...]) -> None:
+    c = one(raw)
+    assert (c.kind, c.values) == (kind, values)
+
+
+@pytest.mark.parametrize("raw", ["PatientName=%FF", "PatientName=M%C3%28ller", "Patient%FFName=x"])
+def test_invalid_utf8_percent_encoding_is_a_400(raw: str) -> None:
+    assert "not valid percent-encoded UTF-8" in bad(raw)
+
+
+def test_empty_query_and_stray_ampersands() -> None:
+    q = parse_query("", STUDIES, max_limit=50)
+    assert (q.conditions, q.returned, q.include_all, q.limit, q.offset, q.fuzzy) == (
+        (),
+        frozenset(),
+        False,
+        50,
+        0,
+        False,
+    )
+    assert parse_query("&&PatientName=x&", STUDIES).conditions == (one("PatientName=x", STUDIES),)
+
+
+# ---------------------------------------------------------------------------
+# includefield
+
+
+@pytest.mark.parametrize(
+    ("raw", "returned"),
+    [
+        ("includefield=StudyDescription", {"00081030"}),
+        ("includefield=00081030", {"00081030"}),
+        ("includefield=0008103e", {"0008103E"}),
+        ("includefield=StudyDescription,00101010", {"00081030", "00101010"}),
+        ("includefield=StudyDescription%2C00101010", {"00081030", "00101010"}),
+        ("includefield=StudyDescription&includefield=PatientAge", {"00081030", "00101010"}),
+        ("includefield=StudyDescription,%20PatientAge", {"00081030", "00101010"}),
+        ("includefield=RequestAttributesSequence.RequestedProcedureID", {"00400275"}),
+        ("includefield=00091010", {"00091010"}),  # a private tag may be asked for
+        ("includefield=StudyDescription&PatientName=Doe", {"00081030", "00100010"}),
+    ],
+)
+def test_includefield(raw: str, returned: set[str]) -> None:
+    q = parse_query(raw, INSTANCES)
+    assert q.returned == returned
+    assert not q.include_all
+
+
+def test_includefield_all() -> None:
+    assert parse_query("includefield=all", STUDIES).include_all
+    assert parse_query("includefield=PatientAge&includefield=all", STUDIES).include_all
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("includefield=NoSuchKeyword", "Unknown attribute 'NoSuchKeyword'"),
+        ("includefield=12345678", "Unknown attribute tag 12345678"),
+        ("includefield=PatientAge,", "includefield has an empty attribute"),
+        ("includefield=", "includefield has an empty attribute"),
+    ],
+)
+def test_includefield_errors(raw: str, message: str) -> None:
+    assert message in bad(raw)
+
+
+# ---------------------------------------------------------------------------
+# limit, offset, fuzzymatching
+
+
+def test_limit_and_offset_defaults() -> None:
+    q = parse_query("", STUDIES)
+    assert (q.limit, q.offset) == (1000, 0)
+    q = parse_query("limit=&offset=", STUDIES, max_limit=20)
+    assert (q.limit, q.offset) == (20, 0)
+
+
+def test_limit_and_offset_values() -> None:
+    q = parse_query("limit=25&offset=50", STUDIES)
+    assert (q.limit, q.offset) == (25, 50)
+    q = parse_query("limit=100&offset=1000", STUDIES, max_limit=100, max_offset=1000)
+    assert (q.limit, q.offset) == (100, 1000)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("limit=101", "limit must be at most 100"),
+        ("offset=1001", "offset must be at most 1000"),
+        ("limit=0", "limit must be at least 1"),
+        ("limit=-1", "limit must be a non-negative integer, got '-1'"),
+        ("limit=+5", "limit must be a non-negative integer"),
+        ("limit=ten", "limit must be a non-negative integer, got 'ten'"),
+        ("limit=1.5", "limit must be a non-negative integer"),
+        ("offset=-1", "offset must be a non-negative integer"),
+        ("offset=abc", "offset must be a non-negative integer"),
+        ("limit=%201", "limit must be a non-negative integer"),
+    ],
+)
+def test_limit_and_offset_errors(raw: str, message: str) -> None:
+    assert message in bad(raw, max_limit=100, max_offset=1000)
+
+
+def test_limit_with_a_superscript_digit_is_a_400() -> None:
+    assert "limit" in bad("limit=%C2%B2")
+
+
+def test_fuzzymatching_turns_pn_single_values_into_fuzzy_conditions_only() -> None:
+    q = parse_query(
+        "PatientName=jo&ReferringPhysicianName=House*&AccessionNumber=A1&fuzzymatching=true", STUDIES
+    )
+    kinds = {c.attr.keyword: (c.kind, c.values) for c in q.conditions}
+    assert kinds == {
+        "PatientName": ("fuzzy", ("JO",)),
+        "ReferringPhysicianName": ("wildcard", ("HOUSE*",)),
+        "AccessionNumber": ("single", ("A1",)),
+    }
+    assert q.fuzzy
+    # the order of the parameters does not matter
+    assert parse_query("fuzzymatching=true&PatientName=jo", STUDIES).conditions[0].kind == "fuzzy"
+    q = parse_query("PatientName=jo&fuzzymatching=false", STUDIES)
+    assert (q.fuzzy, q.conditions[0].kind) == (False, "single")
+
+
+@pytest.mark.parametrize("value", ["TRUE", "yes", "1", ""])
+def test_fuzzymatching_is_true_or_false(value: str) -> None:
+    assert "fuzzymatching must be 'true' or 'false'" in bad(f"fuzzymatching={value}")
+
+
+# ---------------------------------------------------------------------------
+# Errors: each a 400 with a readable message
+
+
+@pytest.mark.parametrize(
+    ("raw", "resource", "message"),
+    [
+        ("Foo=bar", STUDIES, "Unknown attribute 'Foo': use a DICOM keyword or an 8-digit hex tag"),
+        ("patientname=x", STUDIES, "Unknown attribute 'patientname'"),  # keywords are case-sensitive
+        ("12345678=x", STUDIES, "Unknown attribute tag 12345678"),
+        ("0010001=x", STUDIES, "Unknown attribute '0010001'"),
+        ("=x", STUDIES, "is not supported"),  # an empty name
+        ("BodyPartExamined=HEAD", SERIES, "Matching on BodyPartExamined is not supported"),
+        ("00180015=HEAD", SERIES, "Matching on 00180015 is not supported"),
+        ("00091010=x", STUDIES, "Matching on 00091010 is not supported"),  # private
+        ("PatientName=a&PatientName=b", STUDIES, "Attribute PatientName is given more than once"),
+        ("PatientName=&PatientName=b", STUDIES, "more than once"),
+        (f"SOPInstanceUID={UID1}", STUDIES, "SOPInstanceUID is an instance-level attribute"),
+        ("Modality=CT", STUDIES, "Modality is a series-level attribute"),
+        ("InstanceNumber=1", SERIES, "this resource searches series and cannot match on it"),
+        ("InstanceNumber=1", STUDY_SERIES, "InstanceNumber is an instance-level attribute"),
+        (
+            "RequestAttributesSequence.RequestedProcedureID=x",
+            STUDIES,
+            "RequestedProcedureID is a series-level attribute; this resource searches studies",
+        ),
+        ("StudyDate=20241301", STUDIES, "StudyDate: '20241301' is not a date (YYYYMMDD)"),
+        ("StudyDate=2024-01-01", STUDIES, "is not a date"),
+        ("StudyDate=yesterday", STUDIES, "StudyDate: 'yesterday' is not a date"),
+        ("StudyDate=2024*", STUDIES, "is not a date"),  # no wildcards on DA
+        ("PatientBirthDate=20230229", STUDIES, "is not a date"),
+        ("StudyDate=-", STUDIES, "StudyDate: a range needs at least one end"),
+        ("StudyTime=-", STUDIES, "a range needs at least one end"),
+        ("StudyDate=--", STUDIES, "is not a date"),
+        ("StudyTime=2400", STUDIES, "StudyTime: '2400' is not a time (HHMMSS.FFFFFF)"),
+        ("StudyTime=1260", STUDIES, "is not a time"),
+        ("StudyTime=1", STUDIES, "is not a time"),
+        ("StudyTime=10*", STUDIES, "is not a time"),
+        ("StudyTime=0800-25", STUDIES, "StudyTime: '25' is not a time"),
+        ("StudyTime=101112.1234567", STUDIES, "is not a time"),
+        ("StudyInstanceUID=1.02.3", STUDIES, "StudyInstanceUID: '1.02.3' is not a valid UID"),
+        ("StudyInstanceUID=1.2.*", STUDIES, "is not a valid UID"),  # no wildcards on UI
+        (f"StudyInstanceUID={UID1},", STUDIES, "StudyInstanceUID: '' is not a valid UID"),
+        (f"SOPClassUID={'1.' * 32}1", INSTANCES, "is not a valid UID"),  # 65 characters
+        ("PatientName=%C3", STUDIES, "not valid percent-encoded UTF-8"),
+    ],
+)
+def test_errors_are_400_with_a_readable_message(raw: str, resource: Resource, message: str) -> None:
+    assert message in bad(raw, resource)
+
+
+def test_the_same_attribute_by_keyword_and_by_tag_is_a_repeat() -> None:
+    assert "more than once" in bad("PatientName=a*&00100010=b*", STUDIES)
+
+
+@pytest.mark.parametrize("value", ["202611", "2024115", "2024115-", "-202611"])
+def test_dates_must_have_eight_digits(value: str) -> None:
+    assert "is not a date" in bad(f"StudyDate={value}", STUDIES)
+
+
+def test_universal_matching_on_request_attributes_sequence() -> None:
+    q = parse_query("RequestAttributesSequence=", SERIES)
+    assert (q.conditions, q.returned) == ((), {"00400275"})
+
+
+@pytest.mark.parametrize(
+    ("raw", "resource"),
+    [
+        ("PatientName=x", SERIES),  # study attributes on the all-series and all-instances resources
+        ("PatientName=x", INSTANCES),
+        ("Modality=MR", INSTANCES),
+        ("Modality=MR", STUDY_SERIES),
+        ("Modality=MR", STUDY_INSTANCES),
+        ("InstanceNumber=1", STUDY_INSTANCES),
+        ("InstanceNumber=1", SERIES_INSTANCES),
+        ("RequestAttributesSequence.RequestedProcedureID=x", SERIES),
+    ],
+)
+def test_levels_each_resource_accepts(raw: str, resource: Resource) -> None:
+    (c,) = parse_query(raw, resource).conditions
+    assert c.attr.level in resource.accepts
+
+
+def test_query_carries_the_scope_and_level() -> None:
+    q = parse_query("", SERIES_INSTANCES, study_uid=UID1, series_uid=UID2)
+    assert (q.level, q.study_uid, q.series_uid) == (Level.INSTANCE, UID1, UID2)
+
+
+# ---------------------------------------------------------------------------
+# to_sql
+
+PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+def placeholders(sql: str) -> set[int]:
+    return {int(n) for n in PLACEHOLDER.findall(sql)}
+
+
+def check_parameters(sql: str, args: list[object]) -> None:
+    """Every argument is used and every placeholder has an argument."""
+    assert placeholders(sql) == set(range(1, len(args) + 1)), (sql, args)
+
+
+def sql_for(
+    raw: str, resource: Resource = INSTANCES, tenant: str = "t", after_pk: int | None = None, **kw: Any
+) -> Any:
+    statements = to_sql(parse_query(raw, resource, **kw), tenant, after_pk=after_pk)
+    check_parameters(statements.page, statements.page_args)
+    check_parameters(statements.count, statements.count_args)
+    assert statements.count_args == statements.page_args[: len(statements.count_args)]
+    return statements
+
+
+MARK = "zqxj%27%20OR%20%271%27%3D%271%27%3B%20DROP%20TABLE%20study%3B--"  # zqxj' OR '1'='1'; DROP ...
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        f"PatientName={MARK}",
+        f"PatientName={MARK}*",
+        f"PatientName={MARK}&fuzzymatching=true",
+        f"AccessionNumber={MARK}",
+        f"AccessionNumber=*{MARK}?",
+        f"PatientID={MARK}",
+        f"StudyID={MARK}",
+        f"ModalitiesInStudy={MARK}",
+        f"ModalitiesInStudy=CT,{MARK}",
+        f"ModalitiesInStudy={MARK}*",
+        f"RequestAttributesSequence.RequestedProcedureID={MARK}",
+        f"00400275.00400009={MARK}*",
+    ],
+)
+def test_user_values_never_reach_the_sql_text(raw: str) -> None:
+    s = sql_for(raw, study_uid=UID1, series_uid=UID2)
+    for text in (s.page, s.count):
+        assert "ZQXJ" not in text.upper()
+        assert "DROP" not in text
+        # the only quoted literal in the generated SQL is the empty string of the datetime stamp
+        assert "'" not in text.replace("''", "")
+    assert any("ZQXJ" in str(a).upper() for a in s.page_args)
+
+
+def test_every_matching_kind_is_parameterised() -> None:
+    raw = (
+        f"StudyInstanceUID={UID1},{UID2}&SOPClassUID={UID3}&PatientName=Doe*&PatientID=P1"
+        "&ModalitiesInStudy=CT&Modality=MR&SeriesNumber=3&InstanceNumber=4"
+        "&StudyDate=20240101-20240131&StudyTime=0800-1700"
+        "&PerformedProcedureStepStartDate=20240101-&PerformedProcedureStepStartTime=-1000"
+        "&RequestAttributesSequence.RequestedProcedureID=RP*&00400275.00400009=S1"
+        "&ReferringPhysicianName=house&fuzzymatching=true&limit=10&offset=20"
+    )
+    s = sql_for(raw, INSTANCES, study_uid=UID1, series_uid=UID2)
+    args = s.page_args
+    assert args[0] == "t"
+    assert [UID1, UID2] in args
+    for value in ("DOE%", "P1", "CT", "MR", 3, 4, "RP%", "S1", "20240101080000.000000"):
+        assert value in args, value
+    assert "20240131170059.999999" in args
+    assert "20240101000000.000000" in args  # an open time end of a combined range
+    assert "(^|[\\^= ])HOUSE" in args
+    assert args[-2:] == [11, 20]  # one row more than the limit, then the offset
+    for literal in (UID1, UID2, UID3, "DOE", "P1", "'CT'", "RP", "HOUSE", "2024"):
+        assert literal not in s.page and literal not in s.count
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment", "arg"),
+    [
+        ("AccessionNumber=A1", "st.accession_number = $2", "A1"),
+        ("SeriesNumber=3", "se.series_number = $2", 3),
+        (f"StudyInstanceUID={UID1},{UID2}", "st.study_uid = ANY($2::text[])", [UID1, UID2]),
+        ("ModalitiesInStudy=CT", "$2 = ANY(st.modalities)", "CT"),
+        ("ModalitiesInStudy=CT,MR", "st.modalities && $2::text[]", ["CT", "MR"]),
+        (
+            "ModalitiesInStudy=C*",
+            "EXISTS (SELECT 1 FROM unnest(st.modalities) AS v WHERE v LIKE $2)",
+            "C%",
+        ),
+        ("PatientName=Doe?Jane*", "st.patient_name_folded LIKE $2", "DOE_JANE%"),
+        ("StudyDate=20240101", "st.study_date = $2", "20240101"),
+        ("StudyTime=1011", "st.study_time = $2", "101100.000000"),
+        ("StudyDate=20240101-", "st.study_date >= $2", "20240101"),
+        ("StudyDate=-20240101", "st.study_date <= $2", "20240101"),
+        ("PatientName=jo&fuzzymatching=true", "st.patient_name_folded ~ $2", "(^|[\\^= ])JO"),
+        (
+            "RequestAttributesSequence.RequestedProcedureID=RP1",
+            "$2 = ANY(se.requested_procedure_ids)",
+            "RP1",
+        ),
+    ],
+)
+def test_sql_per_matching_kind(raw: str, fragment: str, arg: object) -> None:
+    s = sql_for(raw)
+    assert fragment in s.page and fragment in s.count
+    assert s.page_args[1] == arg
+
+
+def test_closed_range_has_both_bounds() -> None:
+    s = sql_for("StudyDate=20240101-20240131")
+    assert "st.study_date >= $2 AND st.study_date <= $3" in s.page
+    assert s.page_args[1:3] == ["20240101", "20240131"]
+
+
+def test_combined_datetime_range_compares_date_and_time_together() -> None:
+    s = sql_for("StudyDate=20240101-20240131&StudyTime=0800-1700")
+    stamp = "(st.study_date || coalesce(st.study_time, ''))"
+    assert f"{stamp} >= $2 AND {stamp} <= $3" in s.page
+    assert s.page_args[1:3] == ["20240101080000.000000", "20240131170059.999999"]
+    s = sql_for("StudyDate=-20240131&StudyTime=0800-")  # time bounds without their date are dropped
+    assert f"{stamp} <= $2" in s.page and ">=" not in s.page
+    assert s.page_args[1] == "20240131235959.999999"
+
+
+def test_fuzzy_matching_makes_one_regex_per_word_with_the_word_escaped() -> None:
+    s = sql_for("PatientName=o.brien%20jo%5Eann&fuzzymatching=true")
+    assert s.page.count("st.patient_name_folded ~ $") == 3
+    assert s.page_args[1:4] == ["(^|[\\^= ])O\\.BRIEN", "(^|[\\^= ])JO", "(^|[\\^= ])ANN"]
+
+
+@pytest.mark.parametrize(
+    ("value", "pattern"),
+    [
+        ("100%25*", "100\\%%"),  # % is literal
+        ("a_b*", "a\\_b%"),  # _ is literal
+        ("a%5Cb?", "a\\\\b_"),  # \ is literal
+        ("*%25_%5C?*", "%\\%\\_\\\\_%"),
+        ("**", "%%"),
+    ],
+)
+def test_like_metacharacters_are_escaped_before_wildcards_are_translated(value: str, pattern: str) -> None:
+    s = sql_for(f"AccessionNumber={value}")
+    assert "st.accession_number LIKE $2" in s.page
+    assert s.page_args[1] == pattern
+
+
+def test_single_values_with_like_metacharacters_use_equality_unescaped() -> None:
+    s = sql_for("AccessionNumber=100%25_a")
+    assert "st.accession_number = $2" in s.page and "LIKE" not in s.page
+    assert s.page_args[1] == "100%_a"
+
+
+def test_study_level_statement() -> None:
+    s = sql_for("PatientID=P1&limit=5&offset=10", STUDIES, tenant="acme")
+    assert s.page.startswith("SELECT st.pk, st.study_uid, st.attrs::text AS study_attrs")
+    assert "FROM study st WHERE st.tenant = $1 AND st.num_instances > 0 AND st.patient_id = $2" in s.page
+    assert s.page.endswith("ORDER BY st.pk LIMIT $3 OFFSET $4")
+    assert s.page_args == ["acme", "P1", 6, 10]
+    assert s.count == (
+        "SELECT count(*) FROM study st WHERE st.tenant = $1 AND st.num_instances > 0 AND st.patient_id = $2"
+    )
+    assert s.count_args == ["acme", "P1"]
+
+
+def test_series_level_statement_scoped_to_a_study() -> None:
+    s = sql_for("Modality=MR", STUDY_SERIES, study_uid=UID1)
+    assert "FROM series se JOIN study st ON st.pk = se.study_pk" in s.page
+    assert "se.study_pk = (SELECT pk FROM study WHERE tenant = $1 AND study_uid = $2)" in s.page
+    assert "ORDER BY se.pk" in s.page
+    assert s.count_args == ["t", UID1, "MR"]
+
+
+def test_instance_level_statement_scoped_to_a_series() -> None:
+    s = sql_for("InstanceNumber=2", SERIES_INSTANCES, study_uid=UID1, series_uid=UID2)
+    assert "i.study_pk = (SELECT pk FROM study WHERE tenant = $1 AND study_uid = $2)" in s.page
+    assert "i.series_pk = (SELECT pk FROM series WHERE tenant = $1 AND series_uid = $3)" in s.page
+    assert "i.instance_number = $4" in s.page
+    assert s.count_args == ["t", UID1, UID2, 2]
+
+
+def test_instance_metadata_is_narrowed_to_the_returned_attributes() -> None:
+    s = sql_for("PatientName=x&includefield=00280004", INSTANCES)
+    assert "jsonb_each(i.metadata)" in s.page
+    (wanted,) = [a for a in s.page_args if isinstance(a, list)]
+    assert wanted == sorted(INSTANCE_RETURN | {"00100010", "00280004"})
+    assert "jsonb_each" not in s.count
+    s = sql_for("includefield=all", INSTANCES)
+    assert "i.metadata::text AS metadata" in s.page
+    assert not any(isinstance(a, list) for a in s.page_args)
+
+
+@pytest.mark.parametrize(("resource", "key"), [(STUDIES, "st"), (SERIES, "se"), (INSTANCES, "i")])
+def test_keyset_after_pk_replaces_the_offset(resource: Resource, key: str) -> None:
+    plain = sql_for("limit=10&offset=40", resource)
+    assert plain.page_args[-2:] == [11, 40]
+    keyset = sql_for("limit=10&offset=40", resource, after_pk=12345)
+    n = keyset.page_args.index(12345) + 1
+    assert f"AND {key}.pk > ${n} ORDER BY {key}.pk" in keyset.page
+    assert keyset.page_args[-2:] == [11, 0]
+    assert keyset.count == plain.count and keyset.count_args == plain.count_args
+    assert f"{key}.pk >" not in keyset.count
+
+
+# ---------------------------------------------------------------------------
+# signature and PageCache
+
+
+def test_signature_ignores_paging_and_return_keys_but_not_the_conditions() -> None:
+    base = signature(parse_query("PatientName=Doe*", STUDIES), "t")
+    assert signature(parse_query("PatientName=Doe*&limit=5&offset=10&includefield=all", STUDIES), "t") == base
+    assert signature(parse_query("PatientName=Doe*", STUDIES), "other") != base
+    assert signature(parse_query("PatientName=Roe*", STUDIES), "t") != base
+    assert signature(parse_query("PatientName=Doe*", SERIES), "t") != base
+    assert signature(parse_query("PatientName=Doe*", SERIES, study_uid=UID1), "t") != signature(
+        parse_query("PatientName=Doe*", SERIES), "t"
+    )
+    assert signature(parse_query("PatientName=Doe&fuzzymatching=true", STUDIES), "t") != signature(
+        parse_query("PatientName=Doe", STUDIES), "t"
+    )
+
+
+def test_page_cache_is_keyed_by_signature_and_offset() -> None:
+    cache = PageCache()
+    a, b = ("t", 1, "a"), ("t", 1, "b")
+    assert cache.get(a, 10) is None
+    cache.put(a, 10, 100)
+    cache.put(a, 20, 200)
+    cache.put(b, 10, 999)
+    assert (cache.get(a, 10), cache.get(a, 20), cache.get(b, 10), cache.get(a, 30)) == (100, 200, 999, None)
+    cache.put(a, 10, 101)  # a later boundary for the same offset replaces the earlier one
+    assert cache.get(a, 10) == 101
+
+
+def test_page_cache_evicts_the_least_recently_used_entry() -> None:
+    cache = PageCache(size=2)
+    sig = ("t", 1)
+    cache.put(sig, 1, 10)
+    cache.put(sig, 2, 20)
+    assert cache.get(sig, 1) == 10  # 1 is now the most recently used
+    cache.put(sig, 3, 30)  # evicts 2
+    assert (cache.get(sig, 1), cache.get(sig, 2), cache.get(sig, 3)) == (10, None, 30)
+    cache.put(sig, 4, 40)  # evicts 1 (3 was used after it)
+    assert (cache.get(sig, 1), cache.get(sig, 3), cache.get(sig, 4)) == (None, 30, 40)
+
+
+def test_page_cache_clear() -> None:
+    cache = PageCache()
+    cache.put(("t",), 5, 50)
+    cache.clear()
+    assert cache.get(("t",), 5) is None
+
+
+def test_query_defaults() -> None:
+    q = Query(Level.STUDY)
+    assert (q.conditions, q.include_all, q.offset, q.fuzzy) == ((), False, 0, False)
