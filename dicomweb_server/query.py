@@ -376,11 +376,9 @@ def _where(c: Condition, args: _Args) -> str:
         groups = (p, f"{p} || '=%'", f"'%=' || {p}", f"'%=' || {p} || '=%'")
         return "(" + " OR ".join(f"{col} LIKE {g}" for g in groups) + ")"
     if c.kind == "single":
-        return (
-            f"{args.add(c.values[0])} = ANY({col})"
-            if a.array
-            else f"{col} = {args.add(_typed(a, c.values[0]))}"
-        )
+        if a.array:  # containment can use the GIN index
+            return f"{col} @> ARRAY[{args.add(c.values[0])}]::text[]"
+        return f"{col} = {args.add(_typed(a, c.values[0]))}"
     if c.kind == "list":
         values = list(c.values)
         return (
@@ -447,6 +445,16 @@ class Statements:
     count_args: list[object]
 
 
+def _count_from(level: Level, filters: str) -> str:
+    """The count joins only the tables its conditions name (the page joins all, for the results)."""
+    tables = [{Level.STUDY: "study st", Level.SERIES: "series se", Level.INSTANCE: "instance i"}[level]]
+    if level == Level.INSTANCE and "se." in filters:
+        tables.append("JOIN series se ON se.pk = i.series_pk")
+    if level > Level.STUDY and "st." in filters:
+        tables.append(f"JOIN study st ON st.pk = {'se' if level == Level.SERIES else 'i'}.study_pk")
+    return " ".join(tables)
+
+
 def to_sql(query: Query, tenant: str, *, after_pk: int | None = None) -> Statements:
     """The page statement (one row more than the limit) and the count statement for ``query``.
 
@@ -466,7 +474,7 @@ def to_sql(query: Query, tenant: str, *, after_pk: int | None = None) -> Stateme
     where += [_where(c, args) for c in query.conditions]
     filters = " AND ".join(where)
     count = Statements(
-        "", [], f"SELECT count(*) FROM {_FROM[query.level]} WHERE {filters}", list(args.values)
+        "", [], f"SELECT count(*) FROM {_count_from(query.level, filters)} WHERE {filters}", list(args.values)
     )
     metadata = "i.metadata::text"
     if query.level == Level.INSTANCE and not query.include_all:

@@ -642,7 +642,7 @@ def test_every_matching_kind_is_parameterised() -> None:
         ("AccessionNumber=A1", "st.accession_number = $2", "A1"),
         ("SeriesNumber=3", "se.series_number = $2", 3),
         (f"StudyInstanceUID={UID1},{UID2}", "st.study_uid = ANY($2::text[])", [UID1, UID2]),
-        ("ModalitiesInStudy=CT", "$2 = ANY(st.modalities)", "CT"),
+        ("ModalitiesInStudy=CT", "st.modalities @> ARRAY[$2]::text[]", "CT"),
         ("ModalitiesInStudy=CT,MR", "st.modalities && $2::text[]", ["CT", "MR"]),
         (
             "ModalitiesInStudy=C*",
@@ -657,7 +657,7 @@ def test_every_matching_kind_is_parameterised() -> None:
         ("PatientName=jo&fuzzymatching=true", "st.patient_name_folded ~ $2", "(^|[\\^= ])JO"),
         (
             "RequestAttributesSequence.RequestedProcedureID=RP1",
-            "$2 = ANY(se.requested_procedure_ids)",
+            "se.requested_procedure_ids @> ARRAY[$2]::text[]",
             "RP1",
         ),
     ],
