@@ -57,9 +57,12 @@ Store a file with curl, then fetch it back:
        --data-binary @{path}
   curl -sS -H 'Accept: application/dicom' -o back.dcm \\
        {url}
+Search for it:
+  curl -sS '{base}/dicomweb/studies?PatientID={ds.PatientID}'
+  curl -sS '{base}/dicomweb/studies/{uids[0]}/instances?includefield=all'
 
 The same with dicomweb-client (pip install dicomweb-client):
-  python - <<'PY'
+  {sys.executable} - <<'PY'
   import pydicom
   from dicomweb_client.api import DICOMwebClient
   client = DICOMwebClient(url="{base}/dicomweb")
@@ -67,6 +70,7 @@ The same with dicomweb-client (pip install dicomweb-client):
   print(client.store_instances(datasets=[ds]))
   back = client.retrieve_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
   print("round trip ok:", back.PixelData == ds.PixelData)
+  print(client.search_for_studies(search_filters={{"PatientID": ds.PatientID}}))
   PY
 """
 
