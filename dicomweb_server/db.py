@@ -79,7 +79,10 @@ class Record:
 class BatchOutcome:
     """What ``store_batch`` did with each record, and which objects are now unreferenced."""
 
-    stored: set[str] = field(default_factory=set)  # SOP Instance UIDs now indexed (new, same or replaced)
+    # Both keyed by the record's object key: one request may carry the same SOP Instance UID twice.
+    stored: set[str] = field(
+        default_factory=set
+    )  # records whose instance is now indexed (new, same, replaced)
     failed: dict[str, Failure] = field(default_factory=dict)
     unreferenced_keys: list[str] = field(default_factory=list)  # delete after commit
 
@@ -129,7 +132,7 @@ _INSERT_INSTANCES = (
     f"SELECT $1, {', '.join('u.metadata::jsonb' if c == 'metadata' else 'u.' + c for c in _INSTANCE_COLS)} "
     f"FROM unnest({', '.join(f'${i + 2}::{t}[]' for i, t in enumerate(_INSTANCE_TYPES))}) "
     f"AS u({', '.join(_INSTANCE_COLS)}) ORDER BY u.sop_uid "
-    "ON CONFLICT (tenant, sop_uid) DO NOTHING RETURNING sop_uid"
+    "ON CONFLICT (tenant, sop_uid) DO NOTHING RETURNING object_key"
 )
 _OVERWRITE_COLS = [c for c in _INSTANCE_COLS if c not in ("study_pk", "series_pk", "sop_uid")]
 
@@ -213,7 +216,7 @@ async def _store_batch(
     candidates = []
     for r in records:
         if series_study[r.series_uid] != study_pk[r.study_uid]:
-            out.failed[r.sop_uid] = Failure(
+            out.failed[r.object_key] = Failure(
                 DATASET_DOES_NOT_MATCH_SOP_CLASS,
                 "Series Instance UID already belongs to another study",
                 r.instance["sop_class_uid"],
@@ -236,18 +239,19 @@ async def _store_batch(
         for r in candidates
     ]
     inserted = {
-        row["sop_uid"] for row in await conn.fetch(_INSERT_INSTANCES, tenant, *_columns(rows, _INSTANCE_COLS))
+        row["object_key"]
+        for row in await conn.fetch(_INSERT_INSTANCES, tenant, *_columns(rows, _INSTANCE_COLS))
     }
     out.stored |= inserted
     replaced = await _resolve_duplicates(
-        conn, tenant, [r for r in candidates if r.sop_uid not in inserted], series_pk, overwrite, out
+        conn, tenant, [r for r in candidates if r.object_key not in inserted], series_pk, overwrite, out
     )
 
     # Aggregates: only instances that are new to the index count.
     added: dict[int, int] = {}
     modality: dict[int, str | None] = {}
     for r in candidates:
-        if r.sop_uid in inserted:
+        if r.object_key in inserted:
             pk = series_pk[r.series_uid]
             added[pk] = added.get(pk, 0) + 1
             modality[pk] = r.series.get("modality")
@@ -313,14 +317,14 @@ async def _resolve_duplicates(
     for r in dups:
         row = existing.get(r.sop_uid)
         if row is not None and bytes(row["sha256"]) == r.sha256:
-            out.stored.add(r.sop_uid)  # a retry of an instance we already hold
+            out.stored.add(r.object_key)  # a retry of an instance we already hold
             out.unreferenced_keys.append(r.object_key)
         elif row is not None and overwrite and row["series_pk"] == series_pk[r.series_uid]:
             replace.append(r)
             old_keys.append(row["object_key"])
-            out.stored.add(r.sop_uid)
+            out.stored.add(r.object_key)
         else:
-            out.failed[r.sop_uid] = Failure(
+            out.failed[r.object_key] = Failure(
                 DUPLICATE_SOP_INSTANCE,
                 "An instance with this SOP Instance UID and different content is already stored"
                 if row is None or not overwrite

@@ -288,8 +288,10 @@ class Ingest:
         return self._response(durable, outcome)
 
     def _response(self, durable: list[_Done], outcome: db.BatchOutcome) -> Response:
-        referenced = [d for d in durable if d.sop_uid in outcome.stored]
-        failed = self.failed + [outcome.failed[d.sop_uid] for d in durable if d.sop_uid in outcome.failed]
+        referenced = [d for d in durable if d.record.object_key in outcome.stored]
+        failed = self.failed + [
+            outcome.failed[d.record.object_key] for d in durable if d.record.object_key in outcome.failed
+        ]
         studies = {h.study_uid for h in referenced} or ({self.study_uid} if self.study_uid else set())
         study_url = f"{self.base}/dicomweb/studies/{next(iter(studies))}" if len(studies) == 1 else None
         body = store_response(self.base, study_url, referenced, failed)

@@ -405,3 +405,23 @@ class TestLimits:
             )
             assert r.status_code == 202
             assert list(failed(r.json()).values()) == [dicom.REFUSED_OUT_OF_RESOURCES]
+
+
+async def test_same_instance_twice_in_one_request(app: App, db: asyncpg.Pool) -> None:
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    same = instance(study, series, sop, seed=1)
+    r = await app.client.post(
+        STUDIES, content=multipart([same, same]), headers={"Content-Type": content_type()}
+    )
+    assert r.status_code == 200
+    assert referenced(r.json()) == [sop, sop]
+    assert await count_rows(db) == (1, 1, 1)
+    assert len(objects(app)) == 1
+    other = instance(study, series, sop, seed=2)
+    r = await app.client.post(
+        STUDIES, content=multipart([other, same]), headers={"Content-Type": content_type()}
+    )
+    assert r.status_code == 202  # the stored copy stands; the one with different bytes fails
+    assert referenced(r.json()) == [sop]
+    assert failures(r.json()) == [(sop, dicom.DUPLICATE_SOP_INSTANCE)]
+    assert len(objects(app)) == 1
