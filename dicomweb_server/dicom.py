@@ -24,6 +24,8 @@ from pydicom.filereader import _read_file_meta_info, read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
+from . import dicom_json
+
 # PS3.18 Table I.2-2 Store Instances Response Failure Reason, plus the PS3.7 Annex C
 # general status we use for a conflicting duplicate.  Listed in CONFORMANCE.md.
 REFUSED_OUT_OF_RESOURCES = 0xA700
@@ -373,3 +375,62 @@ def _json_list(values: list[str | None]) -> str:
 
 def subset(meta: dict[str, Any], tags: frozenset[str]) -> dict[str, Any]:
     return {tag: value for tag, value in meta.items() if tag in tags}
+
+
+@dataclass(frozen=True)
+class Description:
+    """Everything the index needs from one instance's header: picklable, so it can be
+    computed in a worker process, and compact (no pydicom objects)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    study: dict[str, Any]
+    series: dict[str, Any]
+    instance: dict[str, Any]
+    study_attrs: str  # DICOM JSON text
+    series_attrs: str
+    metadata: str
+
+
+def bulkdata_base(study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """Where an instance's BulkDataURIs point (served by WADO-RS bulkdata retrieve)."""
+    return f"/dicomweb/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/bulkdata"
+
+
+def describe(prefix: bytes, *, complete: bool, budget: int, threshold: int) -> Description | Failure:
+    """Parse a part's header and compute its DICOM JSON and index values, once, at ingest."""
+    parsed = parse_header(prefix, complete=complete, budget=budget)
+    if isinstance(parsed, Failure):
+        return parsed
+    url = bulkdata_base(parsed.study_uid, parsed.series_uid, parsed.sop_uid)
+    try:
+        meta = dicom_json.to_json(parsed.dataset, lambda path: f"{url}/{'/'.join(path)}", threshold)
+        if parsed.pixel_data is not None:
+            tag, vr = parsed.pixel_data
+            meta[tag] = {"vr": vr, "BulkDataURI": f"{url}/{tag}"}
+        study, series, instance = index_values(meta)
+    except Exception as exc:  # a data set pydicom reads but cannot describe: that instance fails alone
+        return Failure(
+            PROCESSING_FAILURE,
+            f"Could not build the instance metadata: {type(exc).__name__}",
+            parsed.sop_class_uid,
+            parsed.sop_uid,
+        )
+    instance["sop_class_uid"] = parsed.sop_class_uid
+    instance["transfer_syntax_uid"] = parsed.transfer_syntax_uid
+    return Description(
+        study_uid=parsed.study_uid,
+        series_uid=parsed.series_uid,
+        sop_uid=parsed.sop_uid,
+        sop_class_uid=parsed.sop_class_uid,
+        transfer_syntax_uid=parsed.transfer_syntax_uid,
+        study=study,
+        series=series,
+        instance=instance,
+        study_attrs=orjson.dumps(subset(meta, STUDY_TAGS)).decode(),
+        series_attrs=orjson.dumps(subset(meta, SERIES_TAGS)).decode(),
+        metadata=orjson.dumps(meta).decode(),
+    )

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -19,8 +21,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import db, dicom, dicom_json
-from .dicom import Failure, Header
+from . import db, dicom
+from .dicom import Failure
 from .errors import BadRequest, PayloadTooLarge, ServiceUnavailable, StorageError, UnsupportedMediaType
 from .multipart import Event, MultipartReader, PartData, PartEnd, PartStart, parse_media_type
 from .settings import Settings
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 DICOM_JSON = "application/dicom+json"
 HEADER_PROBE = 16 * 1024  # first try at the header; each retry waits for 16x more, up to the budget
 MAX_PENDING_COMMITS = 16
+MAX_PENDING_PARTS = 8  # whole parts being described at once (bounded memory)
 
 
 @dataclass
@@ -39,8 +42,7 @@ class _Part:
     size: int = 0
     parse_at: int = HEADER_PROBE
     skip: bool = False
-    header: Header | None = None
-    meta: dict[str, Any] | None = None
+    desc: dicom.Description | None = None
     key: str | None = None
     writer: ObjectWriter | None = None
 
@@ -87,11 +89,19 @@ class Ingest:
     """One STOW request: parts in, a Store Instances Response out."""
 
     def __init__(
-        self, settings: Settings, store: ObjectStore, pool: Any, tenant: str, study_uid: str | None, base: str
+        self,
+        settings: Settings,
+        store: ObjectStore,
+        pool: Any,
+        tenant: str,
+        study_uid: str | None,
+        base: str,
+        parsers: Executor | None = None,
     ):
         self.settings = settings
         self.store = store
         self.pool = pool
+        self.parsers = parsers  # worker processes for header parsing; None parses inline
         self.tenant = tenant
         self.study_uid = study_uid
         self.base = base
@@ -99,6 +109,7 @@ class Ingest:
         self.body_bytes = 0
         self.part: _Part | None = None
         self.done: list[_Done] = []
+        self.small: list[asyncio.Future[None]] = []  # whole parts being described and written
         self.failed: list[Failure] = []
         self.keys: list[str] = []  # every object this request created, for clean-up on failure
 
@@ -181,49 +192,40 @@ class Ingest:
                 await self._parse(part, complete=False)
             return
         if not part.skip:
-            if part.writer is None:
-                await self._parse(part, complete=True)
             if part.writer is not None:
                 await self._close_part(part)
+            else:  # the whole part is in memory: describe and store it while the body goes on
+                assert part.prefix is not None
+                await self._limit(self.small, MAX_PENDING_PARTS)
+                self.small.append(asyncio.ensure_future(self._small_part(part)))
         self.part = None
 
+    async def _describe(self, prefix: bytes, *, complete: bool) -> dicom.Description | Failure:
+        budget, threshold = self.settings.header_budget_bytes, self.settings.bulk_data_threshold
+        call = functools.partial(
+            dicom.describe, prefix, complete=complete, budget=budget, threshold=threshold
+        )
+        if self.parsers is None:
+            return call()
+        return await asyncio.get_running_loop().run_in_executor(self.parsers, call)
+
     async def _parse(self, part: _Part, *, complete: bool) -> None:
+        """Describe a part from its prefix; on success open its object and write the prefix."""
         assert part.prefix is not None
         budget = self.settings.header_budget_bytes
         complete = complete and len(part.prefix) <= budget
-        parsed = dicom.parse_header(bytes(part.prefix[:budget]), complete=complete, budget=budget)
-        if isinstance(parsed, Failure):
-            if parsed.reason == dicom.REFUSED_OUT_OF_RESOURCES and part.parse_at < budget:
+        described = await self._describe(bytes(part.prefix[:budget]), complete=complete)
+        if isinstance(described, Failure):
+            if described.reason == dicom.REFUSED_OUT_OF_RESOURCES and part.parse_at < budget:
                 part.parse_at = min(budget, part.parse_at * 16)  # the header goes on: wait for more
                 return
-            self._fail(part, parsed)
+            self._fail(part, described)
             return
-        if self.study_uid is not None and parsed.study_uid != self.study_uid:
-            self._fail(
-                part,
-                Failure(
-                    dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                    "StudyInstanceUID does not match the study in the request URL",
-                    parsed.sop_class_uid,
-                    parsed.sop_uid,
-                ),
-            )
+        failure = self._out_of_scope(described)
+        if failure is not None:
+            self._fail(part, failure)
             return
-        try:
-            part.meta = self._metadata(parsed)
-        except Exception:  # a data set pydicom reads but cannot describe: that instance fails alone
-            log.warning("metadata extraction failed", extra={"event": "metadata_failed"}, exc_info=True)
-            self._fail(
-                part,
-                Failure(
-                    dicom.PROCESSING_FAILURE,
-                    "Could not build the instance metadata",
-                    parsed.sop_class_uid,
-                    parsed.sop_uid,
-                ),
-            )
-            return
-        part.header = parsed
+        part.desc = described
         part.key = new_key(self.tenant)
         self.keys.append(part.key)
         part.writer = self.store.writer(part.key)
@@ -231,33 +233,41 @@ class Ingest:
         prefix[: dicom.PREAMBLE] = bytes(dicom.PREAMBLE)  # PS3.10 §7.5: never keep a foreign preamble
         await part.writer.write(bytes(prefix))
 
+    async def _small_part(self, part: _Part) -> None:
+        await self._parse(part, complete=True)
+        if part.writer is not None:
+            await self._close_part(part)
+
+    def _out_of_scope(self, desc: dicom.Description) -> Failure | None:
+        if self.study_uid is None or desc.study_uid == self.study_uid:
+            return None
+        return Failure(
+            dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "StudyInstanceUID does not match the study in the request URL",
+            desc.sop_class_uid,
+            desc.sop_uid,
+        )
+
     def _fail(self, part: _Part, failure: Failure) -> None:
         part.skip = True
         part.prefix = None
         self.failed.append(failure)
 
-    def _metadata(self, header: Header) -> dict[str, Any]:
-        h = header
-        url = f"/dicomweb/studies/{h.study_uid}/series/{h.series_uid}/instances/{h.sop_uid}/bulkdata"
-        meta = dicom_json.to_json(
-            header.dataset, lambda path: f"{url}/{'/'.join(path)}", self.settings.bulk_data_threshold
-        )
-        if header.pixel_data is not None:
-            tag, vr = header.pixel_data
-            meta[tag] = {"vr": vr, "BulkDataURI": f"{url}/{tag}"}
-        return meta
-
     async def _close_part(self, part: _Part) -> None:
-        assert part.writer is not None and part.header and part.meta is not None and part.key
-        pending = [d.commit for d in self.done if not d.commit.done()]
-        if len(pending) >= MAX_PENDING_COMMITS:
-            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        assert part.writer is not None and part.desc is not None and part.key
+        await self._limit([d.commit for d in self.done], MAX_PENDING_COMMITS)
         task = asyncio.ensure_future(part.writer.commit())
-        record = _record(part.header, part.meta, part.key, part.size)
-        self.done.append(_Done(record, task))
+        self.done.append(_Done(_record(part.desc, part.key, part.size), task))
+
+    @staticmethod
+    async def _limit(futures: list[asyncio.Future[Any]], most: int) -> None:
+        """Backpressure: wait while ``most`` of ``futures`` are still running."""
+        while len(pending := [f for f in futures if not f.done()]) >= most:
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
 
     # -- commit -------------------------------------------------------------------
     async def _finish(self) -> Response:
+        await asyncio.gather(*self.small)  # a failure here is request-level: _discard cleans up
         await asyncio.gather(*(d.commit for d in self.done), return_exceptions=True)
         durable: list[_Done] = []
         for d in self.done:
@@ -301,6 +311,9 @@ class Ingest:
 
     async def _discard(self) -> None:
         """The request failed: remove every object it wrote (none is referenced by the index)."""
+        for task in self.small:
+            task.cancel()
+        await asyncio.gather(*self.small, return_exceptions=True)
         for d in self.done:
             d.commit.cancel()
         await asyncio.gather(*(d.commit for d in self.done), return_exceptions=True)
@@ -319,21 +332,18 @@ class Ingest:
                 )
 
 
-def _record(header: Header, meta: dict[str, Any], key: str, size: int) -> db.Record:
+def _record(desc: dicom.Description, key: str, size: int) -> db.Record:
     """The index record; its SHA-256 is filled in when the object's commit returns it."""
-    study, series, instance = dicom.index_values(meta)
-    instance["sop_class_uid"] = header.sop_class_uid
-    instance["transfer_syntax_uid"] = header.transfer_syntax_uid
     return db.Record(
-        study_uid=header.study_uid,
-        series_uid=header.series_uid,
-        sop_uid=header.sop_uid,
-        study=study,
-        series=series,
-        instance=instance,
-        study_attrs=orjson.dumps(dicom.subset(meta, dicom.STUDY_TAGS)).decode(),
-        series_attrs=orjson.dumps(dicom.subset(meta, dicom.SERIES_TAGS)).decode(),
-        metadata=orjson.dumps(meta).decode(),
+        study_uid=desc.study_uid,
+        series_uid=desc.series_uid,
+        sop_uid=desc.sop_uid,
+        study=desc.study,
+        series=desc.series,
+        instance=desc.instance,
+        study_attrs=desc.study_attrs,
+        series_attrs=desc.series_attrs,
+        metadata=desc.metadata,
         object_key=key,
         size=size,
         sha256=b"",
@@ -395,6 +405,7 @@ async def store_instances(request: Request) -> Response:
         request.state.tenant,
         request.path_params.get("study"),
         state.settings.public_base_url or base_url(request),
+        state.parsers,
     )
     return await ingest.run(
         request.headers.get("content-type"), request.headers.get("content-length"), request.stream()
