@@ -11,7 +11,9 @@ same strings go to every target. Ours must return exactly the count computed fro
 
 from __future__ import annotations
 
+import datetime as dt
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ import httpx
 import numpy as np
 import orjson
 
-from bench.qido_corpus import Population, QidoSpec, StowCorpus, fold, wildcard_regex
+from bench.qido_corpus import DAYS, FIRST_DAY, Population, QidoSpec, StowCorpus, fold, wildcard_regex
 from bench.sampling import ProcessSampler, settle
 from bench.target import Endpoint
 from bench.workloads import Context, Result, _post_all
@@ -30,7 +32,6 @@ from bench.workloads import Context, Result, _post_all
 ACCEPT = {"Accept": "application/dicom+json"}
 NAME_PREFIXES = ["Doe", "Smi", "John", "Garc", "Mul", "Nguy", "Wil", "Mart", "And", "Tay", "Dvo", "Lee"]
 NAME_INFIXES = ["oe", "mit", "arc", "ill", "son", "ue", "art", "ors", "ng", "vor"]
-DEEP_OFFSET_SPAN = (501, 599)  # cold offsets; a page of 100 ends 100 later, never on another cold offset
 WINDOW_DAYS = 7
 
 
@@ -120,12 +121,8 @@ def _name_probes(values: list[str], template: str, limit: int) -> Callable[..., 
 def _date_range(pop: Population, rng: random.Random, n: int) -> list[Probe]:
     m = model(pop)
     out = []
-    first = min(s.date for s in pop.studies)
-    import datetime as dt
-
-    day0 = dt.datetime.strptime(first, "%Y%m%d").date()
     for _ in range(n):
-        low = day0 + dt.timedelta(days=rng.randrange(731 - WINDOW_DAYS))
+        low = FIRST_DAY + dt.timedelta(days=rng.randrange(DAYS - WINDOW_DAYS))
         high = low + dt.timedelta(days=WINDOW_DAYS - 1)
         lo, hi = low.strftime("%Y%m%d"), high.strftime("%Y%m%d")
         total = int(((m.dates >= int(lo)) & (m.dates <= int(hi))).sum())
@@ -144,9 +141,15 @@ def _includefield(pop: Population, rng: random.Random, n: int) -> list[Probe]:
     ]
 
 
+def deep_offsets(total: int) -> tuple[int, int]:
+    """Cold offsets: within 98 of each other, so a page of 100 never ends on another one."""
+    lo = 501 if total >= 700 else max(1, total // 4) + 1
+    return lo, lo + 98
+
+
 def _deep_offset(pop: Population, rng: random.Random, n: int) -> list[Probe]:
     total = len(pop.studies)
-    lo, hi = DEEP_OFFSET_SPAN
+    lo, hi = deep_offsets(total)
     out = []
     for _ in range(n):
         offset = rng.randint(lo, hi)
@@ -301,8 +304,6 @@ class QidoDetail:
 def _remaining(header: str | None) -> int | None:
     if not header:
         return None
-    import re
-
     m = re.search(r"There are (\d+) additional results", header)
     return int(m.group(1)) if m else None
 

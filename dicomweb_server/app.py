@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
+import threading
 import re
 import time
 import uuid
@@ -101,7 +103,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
     finally:
         if app.state.parsers is not None:
-            app.state.parsers.shutdown(wait=False, cancel_futures=True)
+            await asyncio.to_thread(app.state.parsers.shutdown, True, cancel_futures=True)
         if sweeper is not None:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -114,11 +116,27 @@ async def _start_parsers(processes: int) -> ProcessPoolExecutor | None:
     """The header-parsing worker processes, started and warmed up before the first request."""
     if processes <= 0:
         return None
-    pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("forkserver"))
+    pool = ProcessPoolExecutor(
+        max_workers=processes,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_exit_with_parent,
+        initargs=(os.getpid(),),
+    )
     loop = asyncio.get_running_loop()
     warm = partial(dicom.describe, b"", complete=True, budget=1, threshold=1)
     await asyncio.gather(*(loop.run_in_executor(pool, warm) for _ in range(processes)))
     return pool
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a parser process: exit when the server process is gone, even after a kill -9."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 async def _sweep_forever(app: Starlette) -> None:
