@@ -7,8 +7,8 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import threading
 import re
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
