@@ -5,14 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
-import os
 import re
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -23,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import db, dicom, logs, qido, stow, sweep, wado
+from . import db, logs, qido, stow, sweep, wado
 from .errors import DicomWebError, ServiceUnavailable, StorageError
 from .query import Level, PageCache, Resource
 from .settings import Settings
@@ -97,46 +93,16 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.pool = await db.create_pool(settings.database_url, settings.db_pool_size)
     app.state.store = await open_store(settings.storage_path, settings.s3)
     app.state.page_cache = PageCache()
-    app.state.parsers = await _start_parsers(settings.parse_processes)
     sweeper = asyncio.create_task(_sweep_forever(app)) if settings.gc_interval_seconds > 0 else None
     try:
         yield
     finally:
-        if app.state.parsers is not None:
-            await asyncio.to_thread(app.state.parsers.shutdown, True, cancel_futures=True)
         if sweeper is not None:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
         await app.state.store.close()
         await app.state.pool.close()
-
-
-async def _start_parsers(processes: int) -> ProcessPoolExecutor | None:
-    """The header-parsing worker processes, started and warmed up before the first request."""
-    if processes <= 0:
-        return None
-    pool = ProcessPoolExecutor(
-        max_workers=processes,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_exit_with_parent,
-        initargs=(os.getpid(),),
-    )
-    loop = asyncio.get_running_loop()
-    warm = partial(dicom.describe, b"", complete=True, budget=1, threshold=1)
-    await asyncio.gather(*(loop.run_in_executor(pool, warm) for _ in range(processes)))
-    return pool
-
-
-def _exit_with_parent(parent: int) -> None:
-    """In a parser process: exit when the server process is gone, even after a kill -9."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1)
-        os._exit(0)
-
-    threading.Thread(target=watch, daemon=True).start()
 
 
 async def _sweep_forever(app: Starlette) -> None:

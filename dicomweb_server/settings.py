@@ -53,9 +53,6 @@ class Settings:
     gc_grace_seconds: int = 24 * 3600
     gc_interval_seconds: int = 3600  # 0 disables the in-process sweep (run `dicomweb-server gc` instead)
     db_pool_size: int = 10
-    # Worker processes that parse headers and build metadata, so one connection can use
-    # every core; 0 parses in the event loop (the library default; the server uses the CPU count).
-    parse_processes: int = 0
     # QIDO: a larger limit is a 400 (never a silent truncation); no limit means this many.
     qido_max_limit: int = 1000
     qido_max_offset: int = 10_000_000
@@ -93,7 +90,6 @@ class Settings:
             gc_grace_seconds=_int(e, "DICOMWEB_GC_GRACE_SECONDS", 24 * 3600),
             gc_interval_seconds=_int(e, "DICOMWEB_GC_INTERVAL_SECONDS", 3600),
             db_pool_size=_int(e, "DICOMWEB_DB_POOL_SIZE", 10),
-            parse_processes=_int(e, "DICOMWEB_PARSE_PROCESSES", os.cpu_count() or 1),
             qido_max_limit=_int(e, "DICOMWEB_QIDO_MAX_LIMIT", 1000),
             qido_max_offset=_int(e, "DICOMWEB_QIDO_MAX_OFFSET", 10_000_000),
         )

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -33,7 +31,6 @@ log = logging.getLogger(__name__)
 DICOM_JSON = "application/dicom+json"
 HEADER_PROBE = 16 * 1024  # first try at the header; each retry waits for 16x more, up to the budget
 MAX_PENDING_COMMITS = 16
-MAX_PENDING_PARTS = 8  # whole parts being described at once (bounded memory)
 
 
 @dataclass
@@ -96,12 +93,10 @@ class Ingest:
         tenant: str,
         study_uid: str | None,
         base: str,
-        parsers: Executor | None = None,
     ):
         self.settings = settings
         self.store = store
         self.pool = pool
-        self.parsers = parsers  # worker processes for header parsing; None parses inline
         self.tenant = tenant
         self.study_uid = study_uid
         self.base = base
@@ -109,7 +104,6 @@ class Ingest:
         self.body_bytes = 0
         self.part: _Part | None = None
         self.done: list[_Done] = []
-        self.small: list[asyncio.Future[None]] = []  # whole parts being described and written
         self.failed: list[Failure] = []
         self.keys: list[str] = []  # every object this request created, for clean-up on failure
 
@@ -192,29 +186,23 @@ class Ingest:
                 await self._parse(part, complete=False)
             return
         if not part.skip:
+            if part.writer is None:  # the whole part is in memory
+                await self._parse(part, complete=True)
             if part.writer is not None:
                 await self._close_part(part)
-            else:  # the whole part is in memory: describe and store it while the body goes on
-                assert part.prefix is not None
-                await self._limit(self.small, MAX_PENDING_PARTS)
-                self.small.append(asyncio.ensure_future(self._small_part(part)))
         self.part = None
-
-    async def _describe(self, prefix: bytes, *, complete: bool) -> dicom.Description | Failure:
-        budget, threshold = self.settings.header_budget_bytes, self.settings.bulk_data_threshold
-        call = functools.partial(
-            dicom.describe, prefix, complete=complete, budget=budget, threshold=threshold
-        )
-        if self.parsers is None:
-            return call()
-        return await asyncio.get_running_loop().run_in_executor(self.parsers, call)
 
     async def _parse(self, part: _Part, *, complete: bool) -> None:
         """Describe a part from its prefix; on success open its object and write the prefix."""
         assert part.prefix is not None
         budget = self.settings.header_budget_bytes
         complete = complete and len(part.prefix) <= budget
-        described = await self._describe(bytes(part.prefix[:budget]), complete=complete)
+        described = dicom.describe(
+            bytes(part.prefix[:budget]),
+            complete=complete,
+            budget=budget,
+            threshold=self.settings.bulk_data_threshold,
+        )
         if isinstance(described, Failure):
             if described.reason == dicom.REFUSED_OUT_OF_RESOURCES and part.parse_at < budget:
                 part.parse_at = min(budget, part.parse_at * 16)  # the header goes on: wait for more
@@ -232,11 +220,6 @@ class Ingest:
         prefix, part.prefix = part.prefix, None
         prefix[: dicom.PREAMBLE] = bytes(dicom.PREAMBLE)  # PS3.10 §7.5: never keep a foreign preamble
         await part.writer.write(bytes(prefix))
-
-    async def _small_part(self, part: _Part) -> None:
-        await self._parse(part, complete=True)
-        if part.writer is not None:
-            await self._close_part(part)
 
     def _out_of_scope(self, desc: dicom.Description) -> Failure | None:
         if self.study_uid is None or desc.study_uid == self.study_uid:
@@ -267,7 +250,6 @@ class Ingest:
 
     # -- commit -------------------------------------------------------------------
     async def _finish(self) -> Response:
-        await asyncio.gather(*self.small)  # a failure here is request-level: _discard cleans up
         await asyncio.gather(*(d.commit for d in self.done), return_exceptions=True)
         durable: list[_Done] = []
         for d in self.done:
@@ -311,9 +293,6 @@ class Ingest:
 
     async def _discard(self) -> None:
         """The request failed: remove every object it wrote (none is referenced by the index)."""
-        for task in self.small:
-            task.cancel()
-        await asyncio.gather(*self.small, return_exceptions=True)
         for d in self.done:
             d.commit.cancel()
         await asyncio.gather(*(d.commit for d in self.done), return_exceptions=True)
@@ -405,7 +384,6 @@ async def store_instances(request: Request) -> Response:
         request.state.tenant,
         request.path_params.get("study"),
         state.settings.public_base_url or base_url(request),
-        state.parsers,
     )
     return await ingest.run(
         request.headers.get("content-type"), request.headers.get("content-length"), request.stream()

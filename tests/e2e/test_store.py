@@ -425,26 +425,3 @@ async def test_same_instance_twice_in_one_request(app: App, db: asyncpg.Pool) ->
     assert referenced(r.json()) == [sop]
     assert failures(r.json()) == [(sop, dicom.DUPLICATE_SOP_INSTANCE)]
     assert len(objects(app)) == 1
-
-
-async def test_worker_processes_parse_the_same_way(
-    db: asyncpg.Pool, database_url: str, tmp_path: Path
-) -> None:
-    """With header parsing in worker processes, results and failures are those of the inline path."""
-    settings = make_settings(database_url, tmp_path / "objects", parse_processes=2)
-    async with running_app(settings) as app:
-        study = generate_uid()
-        good = [instance(study, seed=i) for i in range(6)]
-        bad = [instance(SOPInstanceUID=None), b"\0" * 128 + b"DICM" + b"\xff" * 40]
-        r = await app.client.post(
-            f"{STUDIES}/{study}",
-            content=multipart([*good, *bad, instance()]),
-            headers={"Content-Type": content_type()},
-        )
-        assert r.status_code == 202, r.text
-        assert len(referenced(r.json())) == 6
-        assert sorted(reason for _, reason in failures(r.json())) == sorted(
-            [dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS] * 2 + [dicom.CANNOT_UNDERSTAND]
-        )
-        assert await count_rows(db) == (1, 6, 6)  # each generated instance has its own series
-        assert len(objects(app)) == 6
