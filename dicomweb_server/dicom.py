@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import re
 import struct
+import time
 import unicodedata
 import warnings
 import zlib
@@ -69,13 +70,16 @@ class Header:
     pixel_data: tuple[str, str] | None  # (tag, VR) of the (Float/Double) Pixel Data element, if any
 
 
-def parse_header(prefix: bytes, *, complete: bool, budget: int = 16 * 1024 * 1024) -> Header | Failure:
+def parse_header(
+    prefix: bytes, *, complete: bool, budget: int = 16 * 1024 * 1024, deadline: float | None = None
+) -> Header | Failure:
     """Parse a Part 10 header from the first bytes of a part.
 
     ``complete`` says that ``prefix`` is the whole part; otherwise the header must
     end (at Pixel Data) within ``prefix``, and a header cut short is 0xA700 (the
     caller may retry with a longer prefix).  Deflated data sets are inflated up to
-    ``budget`` bytes.
+    ``budget`` bytes.  Past ``deadline`` (``time.monotonic()``) the parse stops with 0xA700:
+    a header of millions of tiny elements costs CPU out of proportion to its bytes.
     """
     if len(prefix) < PREAMBLE + 4 or prefix[PREAMBLE : PREAMBLE + 4] != b"DICM":
         return Failure(CANNOT_UNDERSTAND, "Not a DICOM PS3.10 file: no 'DICM' prefix after the preamble")
@@ -83,7 +87,12 @@ def parse_header(prefix: bytes, *, complete: bool, budget: int = 16 * 1024 * 102
     fp.seek(PREAMBLE + 4)
     stop: dict[str, str] = {}
 
+    seen = [0]
+
     def at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
+        seen[0] += 1
+        if deadline is not None and seen[0] % 256 == 0 and time.monotonic() > deadline:
+            raise ParseTimeout
         if tag in PIXEL_DATA_TAGS:
             stop["vr"] = vr or _IMPLICIT_PIXEL_VR[tag]
             stop["tag"] = f"{tag:08X}"
@@ -107,13 +116,15 @@ def parse_header(prefix: bytes, *, complete: bool, budget: int = 16 * 1024 * 102
                 complete = complete and not inflater.unconsumed_tail
             ds = read_dataset(body, uid.is_implicit_VR, uid.is_little_endian, stop_when=at_pixels)
             if "vr" not in stop and not complete:
-                return _OVER_BUDGET
+                return OVER_BUDGET
             if _truncated(ds):
                 return Failure(CANNOT_UNDERSTAND, "The DICOM data set is truncated")
             values = {kw: _text(ds, tag) for kw, tag in _REQUIRED.items()}
+    except ParseTimeout:
+        return _TOO_SLOW
     except Exception as exc:  # pydicom raises many types on malformed input
         if not complete:  # most likely a header cut short by the prefix
-            return _OVER_BUDGET
+            return OVER_BUDGET
         return Failure(CANNOT_UNDERSTAND, f"Unreadable DICOM header: {type(exc).__name__}")
     sop_class, sop_uid = values["SOPClassUID"], values["SOPInstanceUID"]
     for keyword, value in values.items():
@@ -137,7 +148,14 @@ def parse_header(prefix: bytes, *, complete: bool, budget: int = 16 * 1024 * 102
     )
 
 
-_OVER_BUDGET = Failure(REFUSED_OUT_OF_RESOURCES, "DICOM header exceeds the configured header budget")
+OVER_BUDGET = Failure(REFUSED_OUT_OF_RESOURCES, "DICOM header exceeds the configured header budget")
+_TOO_SLOW = Failure(REFUSED_OUT_OF_RESOURCES, "DICOM header exceeds the parse time budget")
+
+
+class ParseTimeout(Exception):
+    """The header parse ran past its deadline."""
+
+
 _IMPLICIT_PIXEL_VR = {0x7FE00008: "OF", 0x7FE00009: "OD", 0x7FE00010: "OW"}
 
 
@@ -400,18 +418,26 @@ def bulkdata_base(study_uid: str, series_uid: str, sop_uid: str) -> str:
     return f"/dicomweb/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/bulkdata"
 
 
-def describe(prefix: bytes, *, complete: bool, budget: int, threshold: int) -> Description | Failure:
-    """Parse a part's header and compute its DICOM JSON and index values, once, at ingest."""
-    parsed = parse_header(prefix, complete=complete, budget=budget)
+def describe(
+    prefix: bytes, *, complete: bool, budget: int, threshold: int, seconds: float = 2.0
+) -> Description | Failure:
+    """Parse a part's header and compute its DICOM JSON and index values, once, at ingest,
+    within ``budget`` bytes and ``seconds`` of CPU time."""
+    deadline = time.monotonic() + seconds
+    parsed = parse_header(prefix, complete=complete, budget=budget, deadline=deadline)
     if isinstance(parsed, Failure):
         return parsed
     url = bulkdata_base(parsed.study_uid, parsed.series_uid, parsed.sop_uid)
     try:
-        meta = dicom_json.to_json(parsed.dataset, lambda path: f"{url}/{'/'.join(path)}", threshold)
+        meta = dicom_json.to_json(
+            parsed.dataset, lambda path: f"{url}/{'/'.join(path)}", threshold, deadline=deadline
+        )
         if parsed.pixel_data is not None:
             tag, vr = parsed.pixel_data
             meta[tag] = {"vr": vr, "BulkDataURI": f"{url}/{tag}"}
         study, series, instance = index_values(meta)
+    except dicom_json.JsonTimeout:
+        return _TOO_SLOW
     except Exception as exc:  # a data set pydicom reads but cannot describe: that instance fails alone
         return Failure(
             PROCESSING_FAILURE,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import struct
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -102,19 +103,39 @@ def _codec(ds: Dataset, inherited: str | None) -> str | None:
     return _SIMPLE_CHARSETS.get(value.strip("\0 "))
 
 
-def to_json(ds: Dataset, bulk_uri: BulkURI, threshold: int = 1024) -> JSON:
-    """Encode ``ds`` as a DICOM JSON object; binary values past ``threshold`` become BulkDataURIs."""
+class JsonTimeout(Exception):
+    """Encoding ran past its deadline."""
+
+
+def to_json(ds: Dataset, bulk_uri: BulkURI, threshold: int = 1024, *, deadline: float | None = None) -> JSON:
+    """Encode ``ds`` as a DICOM JSON object; binary values past ``threshold`` become BulkDataURIs.
+
+    Past ``deadline`` (``time.monotonic()``) it raises ``JsonTimeout``.
+    """
+    clock = _Clock(deadline)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about invalid values it still decodes
-        return _to_json(ds, bulk_uri, threshold, (), "ascii")
+        return _to_json(ds, bulk_uri, threshold, (), "ascii", clock)
+
+
+class _Clock:
+    def __init__(self, deadline: float | None):
+        self.deadline = deadline
+        self.ticks = 0
+
+    def tick(self) -> None:
+        self.ticks += 1
+        if self.deadline is not None and self.ticks % 256 == 0 and time.monotonic() > self.deadline:
+            raise JsonTimeout
 
 
 def _to_json(
-    ds: Dataset, bulk_uri: BulkURI, threshold: int, path: tuple[str, ...], codec: str | None
+    ds: Dataset, bulk_uri: BulkURI, threshold: int, path: tuple[str, ...], codec: str | None, clock: _Clock
 ) -> JSON:
     codec = _codec(ds, codec)
     out: JSON = {}
     for elem in ds.elements():
+        clock.tick()
         tag = BaseTag(elem.tag)
         if tag.element == 0 or tag.group == 0x0002:
             continue  # group lengths and file meta are not part of the data set's JSON
@@ -136,7 +157,9 @@ def _to_json(
             except (_Fallback, UnicodeDecodeError):
                 pass
         try:
-            out[key] = _via_pydicom(ds[tag], bulk_uri, threshold, (*path, key), codec)
+            out[key] = _via_pydicom(ds[tag], bulk_uri, threshold, (*path, key), codec, clock)
+        except JsonTimeout:
+            raise
         except Exception:  # pydicom cannot decode the value: keep it visible as raw bytes
             out[key] = _binary("UN", _raw_bytes(elem), bulk_uri, (*path, key), threshold)
     return out
@@ -164,11 +187,17 @@ def _binary(vr: str, value: bytes, bulk_uri: BulkURI, path: tuple[str, ...], thr
 
 
 def _via_pydicom(
-    elem: DataElement, bulk_uri: BulkURI, threshold: int, path: tuple[str, ...], codec: str | None
+    elem: DataElement,
+    bulk_uri: BulkURI,
+    threshold: int,
+    path: tuple[str, ...],
+    codec: str | None,
+    clock: _Clock,
 ) -> JSON:
     if elem.VR == "SQ":
         items = [
-            _to_json(item, bulk_uri, threshold, (*path, str(i)), codec) for i, item in enumerate(elem.value)
+            _to_json(item, bulk_uri, threshold, (*path, str(i)), codec, clock)
+            for i, item in enumerate(elem.value)
         ]
         return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
     encoded: JSON = elem.to_json_dict(lambda _e: bulk_uri(path), threshold)

@@ -46,6 +46,8 @@ class Settings:
     max_parts: int = 10_000
     # Bytes of a part kept in memory to parse its DICOM header (everything before Pixel Data).
     header_budget_bytes: int = 16 * MiB
+    # CPU seconds one header may take to parse and describe (millions of tiny elements): 0xA700 past it.
+    header_seconds: float = 2.0
     # Values of binary VRs longer than this become a BulkDataURI in the stored DICOM JSON.
     bulk_data_threshold: int = 1024
     # "reject": same SOP Instance UID with different bytes fails with 0x0111; "overwrite" replaces it.
@@ -85,6 +87,7 @@ class Settings:
             max_part_bytes=_int(e, "DICOMWEB_MAX_PART_BYTES", 2 * GiB),
             max_parts=_int(e, "DICOMWEB_MAX_PARTS", 10_000),
             header_budget_bytes=_int(e, "DICOMWEB_HEADER_BUDGET_BYTES", 16 * MiB),
+            header_seconds=float(e.get("DICOMWEB_HEADER_SECONDS") or 2.0),
             bulk_data_threshold=_int(e, "DICOMWEB_BULK_DATA_THRESHOLD", 1024),
             duplicate_policy=policy,
             gc_grace_seconds=_int(e, "DICOMWEB_GC_GRACE_SECONDS", 24 * 3600),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 DICOM_JSON = "application/dicom+json"
 HEADER_PROBE = 16 * 1024  # first try at the header; each retry waits for 16x more, up to the budget
 MAX_PENDING_COMMITS = 16
+INLINE_PARSE = 256 * 1024  # larger prefixes are parsed in a worker thread
 
 
 @dataclass
@@ -188,6 +190,7 @@ class Ingest:
         if not part.skip:
             if part.writer is None:  # the whole part is in memory
                 await self._parse(part, complete=True)
+            assert part.writer is not None or part.skip  # stored or reported, never dropped
             if part.writer is not None:
                 await self._close_part(part)
         self.part = None
@@ -197,14 +200,19 @@ class Ingest:
         assert part.prefix is not None
         budget = self.settings.header_budget_bytes
         complete = complete and len(part.prefix) <= budget
-        described = dicom.describe(
+        describe = functools.partial(
+            dicom.describe,
             bytes(part.prefix[:budget]),
             complete=complete,
             budget=budget,
             threshold=self.settings.bulk_data_threshold,
+            seconds=self.settings.header_seconds,
         )
+        # A big header parses in a thread, so the event loop keeps serving other requests.
+        big = len(part.prefix) > INLINE_PARSE
+        described = await asyncio.to_thread(describe) if big else describe()
         if isinstance(described, Failure):
-            if described.reason == dicom.REFUSED_OUT_OF_RESOURCES and part.parse_at < budget:
+            if described is dicom.OVER_BUDGET and not complete and part.parse_at < budget:
                 part.parse_at = min(budget, part.parse_at * 16)  # the header goes on: wait for more
                 return
             self._fail(part, described)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -425,3 +426,34 @@ async def test_same_instance_twice_in_one_request(app: App, db: asyncpg.Pool) ->
     assert referenced(r.json()) == [sop]
     assert failures(r.json()) == [(sop, dicom.DUPLICATE_SOP_INSTANCE)]
     assert len(objects(app)) == 1
+
+
+def many_tiny_elements(count: int) -> bytes:
+    """A valid Part-10 file whose header holds ``count`` tiny private elements before Pixel Data."""
+    base = instance(size=2)
+    at = base.rindex(b"\xe0\x7f\x10\x00")
+    body = bytearray()
+    group, element = 0x0009, 0x1000
+    for _ in range(count):
+        body += struct.pack("<HH2sH", group, element, b"LO", 2) + b"ab"
+        element += 1
+        if element > 0xFFFE:
+            group, element = group + 2, 0x1000
+    return base[:at] + bytes(body) + base[at:]
+
+
+async def test_header_over_the_time_budget_is_a700(
+    db: asyncpg.Pool, database_url: str, tmp_path: Path
+) -> None:
+    """A header of tiny elements costs CPU out of proportion to its bytes: the parse stops in time."""
+    settings = make_settings(database_url, tmp_path / "objects", header_seconds=0.05)
+    async with running_app(settings) as app:
+        slow = many_tiny_elements(300_000)  # 3 MB, well inside the byte budget, seconds of CPU
+        started = asyncio.get_running_loop().time()
+        r = await app.client.post(
+            STUDIES, content=multipart([slow, instance()]), headers={"Content-Type": content_type()}
+        )
+        assert r.status_code == 202
+        assert [reason for _, reason in failures(r.json())] == [dicom.REFUSED_OUT_OF_RESOURCES]
+        assert "time budget" in r.json()["0008119A"]["Value"][0]["00000902"]["Value"][0]
+        assert asyncio.get_running_loop().time() - started < 5
