@@ -166,7 +166,7 @@ def _truncated(ds: Dataset) -> bool:
         and elem.length != 0xFFFFFFFF
         and elem.value is not None
         and len(elem.value) < elem.length
-        for elem in ds.elements()
+        for elem in dicom_json.raw_elements(ds)
     )
 
 

@@ -15,7 +15,7 @@ import base64
 import struct
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
@@ -134,7 +134,7 @@ def _to_json(
 ) -> JSON:
     codec = _codec(ds, codec)
     out: JSON = {}
-    for elem in ds.elements():
+    for elem in raw_elements(ds):
         clock.tick()
         tag = BaseTag(elem.tag)
         if tag.element == 0 or tag.group == 0x0002:
@@ -163,6 +163,16 @@ def _to_json(
         except Exception:  # pydicom cannot decode the value: keep it visible as raw bytes
             out[key] = _binary("UN", _raw_bytes(elem), bulk_uri, (*path, key), threshold)
     return out
+
+
+def raw_elements(ds: Dataset) -> Iterable[DataElement | RawDataElement]:
+    """The data set's elements as read, in file order, without conversion.
+
+    ``Dataset.elements()`` sorts the tags and looks each one up again, which is a
+    third of the encoding time for a small header; the element store is read directly.
+    """
+    store = getattr(ds, "_dict", None)
+    return store.values() if isinstance(store, dict) else ds.elements()
 
 
 def _raw_bytes(elem: DataElement | RawDataElement) -> bytes:

@@ -106,6 +106,7 @@ class Ingest:
         self.body_bytes = 0
         self.part: _Part | None = None
         self.done: list[_Done] = []
+        self.committing: set[asyncio.Future[bytes]] = set()
         self.failed: list[Failure] = []
         self.keys: list[str] = []  # every object this request created, for clean-up on failure
 
@@ -246,15 +247,13 @@ class Ingest:
 
     async def _close_part(self, part: _Part) -> None:
         assert part.writer is not None and part.desc is not None and part.key
-        await self._limit([d.commit for d in self.done], MAX_PENDING_COMMITS)
+        # Backpressure: at most MAX_PENDING_COMMITS objects being made durable at once.
+        self.committing = {f for f in self.committing if not f.done()}
+        while len(self.committing) >= MAX_PENDING_COMMITS:
+            _, self.committing = await asyncio.wait(self.committing, return_when=asyncio.FIRST_COMPLETED)
         task = asyncio.ensure_future(part.writer.commit())
+        self.committing.add(task)
         self.done.append(_Done(_record(part.desc, part.key, part.size), task))
-
-    @staticmethod
-    async def _limit(futures: list[asyncio.Future[Any]], most: int) -> None:
-        """Backpressure: wait while ``most`` of ``futures`` are still running."""
-        while len(pending := [f for f in futures if not f.done()]) >= most:
-            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
 
     # -- commit -------------------------------------------------------------------
     async def _finish(self) -> Response:
