@@ -151,7 +151,16 @@ _OVERWRITE = (
 
 async def create_pool(url: str, size: int) -> asyncpg.Pool:
     try:
-        return await asyncpg.create_pool(url, min_size=1, max_size=size, command_timeout=60)
+        return await asyncpg.create_pool(
+            url,
+            min_size=1,
+            max_size=size,
+            command_timeout=60,
+            # Statements are prepared once per connection; a generic plan chosen after five runs
+            # can ignore the selectivity of this run's values (54 ms instead of 0.1 ms measured),
+            # and JIT compilation costs more than it saves on index-sized queries.
+            server_settings={"plan_cache_mode": "force_custom_plan", "jit": "off"},
+        )
     except (OSError, asyncpg.PostgresError) as exc:
         raise ServiceUnavailable(f"database unavailable: {type(exc).__name__}") from None
 

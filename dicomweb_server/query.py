@@ -463,8 +463,6 @@ def to_sql(query: Query, tenant: str, *, after_pk: int | None = None) -> Stateme
     args = _Args(tenant)
     key = _KEY[query.level]
     where = [f"{key}.tenant = $1"]
-    if query.level == Level.STUDY:
-        where.append("st.num_instances > 0")
     if query.study_uid is not None:
         scope = f"(SELECT pk FROM study WHERE tenant = $1 AND study_uid = {args.add(query.study_uid)})"
         where.append(f"{'se' if query.level == Level.SERIES else 'i'}.study_pk = {scope}")

@@ -715,12 +715,10 @@ def test_single_values_with_like_metacharacters_use_equality_unescaped() -> None
 def test_study_level_statement() -> None:
     s = sql_for("PatientID=P1&limit=5&offset=10", STUDIES, tenant="acme")
     assert s.page.startswith("SELECT st.pk, st.study_uid, st.attrs::text AS study_attrs")
-    assert "FROM study st WHERE st.tenant = $1 AND st.num_instances > 0 AND st.patient_id = $2" in s.page
+    assert "FROM study st WHERE st.tenant = $1 AND st.patient_id = $2" in s.page
     assert s.page.endswith("ORDER BY st.pk LIMIT $3 OFFSET $4")
     assert s.page_args == ["acme", "P1", 6, 10]
-    assert s.count == (
-        "SELECT count(*) FROM study st WHERE st.tenant = $1 AND st.num_instances > 0 AND st.patient_id = $2"
-    )
+    assert s.count == ("SELECT count(*) FROM study st WHERE st.tenant = $1 AND st.patient_id = $2")
     assert s.count_args == ["acme", "P1"]
 
 
