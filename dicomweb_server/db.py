@@ -105,16 +105,45 @@ def _upsert_sql(table: str, key: str, columns: dict[str, str], parent: str | Non
     selects = ", ".join(
         "u.attrs::jsonb" if c == "attrs" else _select(t, c) for c, t in zip(cols, types, strict=True)
     )
-    returning = f"pk, {key}" + (f", {parent}" if parent else "") + ", (xmax = 0) AS created"
+    returning = f"pk, {key}" + (f", {parent}" if parent else "")
+    # DO NOTHING: an existing row is not rewritten (a no-op update would leave a dead tuple per request).
     return (
         f"INSERT INTO {table} (tenant, {', '.join(cols)}) "
         f"SELECT $1, {selects} FROM unnest({params}) AS u({', '.join(cols)}) ORDER BY u.{key} "
-        f"ON CONFLICT (tenant, {key}) DO UPDATE SET tenant = EXCLUDED.tenant RETURNING {returning}"
+        f"ON CONFLICT (tenant, {key}) DO NOTHING RETURNING {returning}"
     )
+
+
+def _existing_sql(table: str, key: str, parent: str | None) -> str:
+    returning = f"pk, {key}" + (f", {parent}" if parent else "")
+    return f"SELECT {returning} FROM {table} WHERE tenant = $1 AND {key} = ANY($2::text[])"
 
 
 _UPSERT_STUDIES = _upsert_sql("study", "study_uid", STUDY_COLUMNS, None)
 _UPSERT_SERIES = _upsert_sql("series", "series_uid", SERIES_COLUMNS, "study_pk")
+_EXISTING_STUDIES = _existing_sql("study", "study_uid", None)
+_EXISTING_SERIES = _existing_sql("series", "series_uid", "study_pk")
+
+
+class _Retry(Exception):
+    """A row another transaction was creating disappeared before we could read it: start over."""
+
+
+async def _upsert(
+    conn: asyncpg.Connection, insert: str, existing: str, key: str, tenant: str, columns: dict[str, list[Any]]
+) -> tuple[list[asyncpg.Record], list[int]]:
+    """Insert the new rows, read the existing ones; return all rows and the pks created here.
+
+    The read is a separate statement so that it sees rows a concurrent transaction
+    committed while our insert waited on them.
+    """
+    created = await conn.fetch(insert, tenant, *columns.values())
+    missing = sorted(set(columns[key]) - {row[key] for row in created})
+    found = await conn.fetch(existing, tenant, missing) if missing else []
+    if len(found) != len(missing):
+        raise _Retry
+    return [*created, *found], [row["pk"] for row in created]
+
 
 _INSTANCE_COLS = [
     "study_pk",
@@ -180,6 +209,10 @@ async def ping(pool: asyncpg.Pool) -> None:
         await conn.fetchval("SELECT 1")
 
 
+def _named(rows: Sequence[dict[str, Any]], columns: Iterable[str]) -> dict[str, list[Any]]:
+    return {c: [row[c] for row in rows] for c in columns}
+
+
 def _columns(rows: Sequence[dict[str, Any]], columns: Iterable[str]) -> list[list[Any]]:
     return [[row[c] for row in rows] for c in columns]
 
@@ -192,7 +225,7 @@ async def store_batch(
         try:
             async with connection(pool) as conn, conn.transaction():
                 return await _store_batch(conn, tenant, records, overwrite)
-        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, _Retry):
             if attempt == 2:
                 raise ServiceUnavailable("index busy, please retry") from None
     raise AssertionError("unreachable")
@@ -204,23 +237,31 @@ async def _store_batch(
     out = BatchOutcome()
     studies = {r.study_uid: r for r in records}  # first instance of a study provides its attributes
     study_rows = [{"study_uid": u, **r.study, "attrs": r.study_attrs} for u, r in sorted(studies.items())]
-    got = await conn.fetch(
-        _UPSERT_STUDIES, tenant, *_columns(study_rows, ["study_uid", *STUDY_COLUMNS, "attrs"])
+    got, created_studies = await _upsert(
+        conn,
+        _UPSERT_STUDIES,
+        _EXISTING_STUDIES,
+        "study_uid",
+        tenant,
+        _named(study_rows, ["study_uid", *STUDY_COLUMNS, "attrs"]),
     )
     study_pk = {row["study_uid"]: row["pk"] for row in got}
-    created_studies = [row["pk"] for row in got if row["created"]]
 
     series = {r.series_uid: r for r in records}
     series_rows = [
         {"study_pk": study_pk[r.study_uid], "series_uid": u, **r.series, "attrs": r.series_attrs}
         for u, r in sorted(series.items())
     ]
-    got = await conn.fetch(
-        _UPSERT_SERIES, tenant, *_columns(series_rows, ["study_pk", "series_uid", *SERIES_COLUMNS, "attrs"])
+    got, created_series = await _upsert(
+        conn,
+        _UPSERT_SERIES,
+        _EXISTING_SERIES,
+        "series_uid",
+        tenant,
+        _named(series_rows, ["study_pk", "series_uid", *SERIES_COLUMNS, "attrs"]),
     )
     series_pk = {row["series_uid"]: row["pk"] for row in got}
     series_study = {row["series_uid"]: row["study_pk"] for row in got}
-    created_series = [row["pk"] for row in got if row["created"]]
 
     candidates = []
     for r in records:
