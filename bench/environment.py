@@ -7,6 +7,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -54,7 +55,13 @@ def disk_write_mb_s(directory: Path, size: int) -> float:
         path.unlink(missing_ok=True)
 
 
-def describe(args: argparse.Namespace, corpora: dict[str, Corpus], big_gib: float) -> dict[str, str]:
+def describe(
+    args: argparse.Namespace,
+    corpora: dict[str, Corpus],
+    big_gib: float,
+    workloads: list[str] | None = None,
+    qido: Any = None,
+) -> dict[str, str]:
     load1, load5, _ = os.getloadavg()
     probe = (256 if args.quick else 1024) << 20
     env = {
@@ -73,13 +80,33 @@ def describe(args: argparse.Namespace, corpora: dict[str, Corpus], big_gib: floa
         if args.rounds > 1
         else "1",
     }
+    if workloads is not None:
+        env["Workloads"] = ", ".join(workloads)
     for name, corpus in corpora.items():
         env[f"Corpus {name}"] = _corpus_text(corpus)
-    env["Big body"] = "skipped" if args.skip_big else f"{big_gib:g} GiB in one request"
+    if workloads is None or "stow-big-body" in workloads:
+        env["Big body"] = "skipped" if args.skip_big else f"{big_gib:g} GiB in one request"
+    if qido is not None:
+        from bench.qido_report import corpus_lines
+
+        env.update(corpus_lines(qido, workloads or []))
     return env
 
 
-def method_notes(args: argparse.Namespace, big_gib: float) -> list[str]:
+def method_notes(
+    args: argparse.Namespace, big_gib: float, workloads: list[str] | None = None, qido: Any = None
+) -> list[str]:
+    notes = (
+        stow_notes(args, big_gib) if workloads is None or any(w.startswith("stow") for w in workloads) else []
+    )
+    if qido is not None:
+        from bench.qido_report import method_lines
+
+        notes += method_lines(qido, workloads or [])
+    return notes
+
+
+def stow_notes(args: argparse.Namespace, big_gib: float) -> list[str]:
     return [
         "- Everything runs inside a private network namespace (`unshare --net`, loopback only); "
         "client and servers share the same CPUs, so the client's own cost is part of every figure.",

@@ -12,6 +12,7 @@ same strings go to every target. Ours must return exactly the count computed fro
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import random
 import re
 import time
@@ -25,7 +26,7 @@ import numpy as np
 import orjson
 
 from bench.qido_corpus import DAYS, FIRST_DAY, Population, QidoSpec, StowCorpus, fold, wildcard_regex
-from bench.sampling import ProcessSampler, settle
+from bench.sampling import ProcessSampler, wait_until_quiet
 from bench.target import Endpoint
 from bench.workloads import Context, Result, _post_all
 
@@ -33,6 +34,8 @@ ACCEPT = {"Accept": "application/dicom+json"}
 NAME_PREFIXES = ["Doe", "Smi", "John", "Garc", "Mul", "Nguy", "Wil", "Mart", "And", "Tay", "Dvo", "Lee"]
 NAME_INFIXES = ["oe", "mit", "arc", "ill", "son", "ue", "art", "ors", "ng", "vor"]
 WINDOW_DAYS = 7
+BUDGET_SECONDS = 6.0  # per query type: measured requests stop after this long ...
+MIN_ITERATIONS = 10  # ... once at least this many were measured
 
 
 @dataclass(frozen=True)
@@ -136,9 +139,7 @@ def _modalities(pop: Population, rng: random.Random, n: int) -> list[Probe]:
 
 
 def _includefield(pop: Population, rng: random.Random, n: int) -> list[Probe]:
-    return [
-        Probe(p.path + "&includefield=all", p.expected, p.total) for p in _patient_id(pop, rng, n)
-    ]
+    return [Probe(p.path + "&includefield=all", p.expected, p.total) for p in _patient_id(pop, rng, n)]
 
 
 def deep_offsets(total: int) -> tuple[int, int]:
@@ -192,7 +193,9 @@ def _series_modality(pop: Population, rng: random.Random, n: int) -> list[Probe]
 QUERY_TYPES: tuple[QueryType, ...] = (
     QueryType("patient-id", "PatientID exact", "/studies?PatientID=MRN0000123", True, _patient_id),
     QueryType("study-uid", "StudyInstanceUID exact", "/studies?StudyInstanceUID={uid}", True, _study_uid),
-    QueryType("accession", "AccessionNumber exact", "/studies?AccessionNumber=ACC500000123", True, _accession),
+    QueryType(
+        "accession", "AccessionNumber exact", "/studies?AccessionNumber=ACC500000123", True, _accession
+    ),
     QueryType(
         "name-prefix",
         "PatientName prefix",
@@ -208,9 +211,15 @@ QUERY_TYPES: tuple[QueryType, ...] = (
         _name_probes(NAME_INFIXES, "*{}*", 100),
     ),
     QueryType(
-        "date-range", "StudyDate range (7 days)", "/studies?StudyDate=20250301-20250307&limit=100", False, _date_range
+        "date-range",
+        "StudyDate range (7 days)",
+        "/studies?StudyDate=20250301-20250307&limit=100",
+        False,
+        _date_range,
     ),
-    QueryType("modalities", "ModalitiesInStudy=MR", "/studies?ModalitiesInStudy=MR&limit=25", False, _modalities),
+    QueryType(
+        "modalities", "ModalitiesInStudy=MR", "/studies?ModalitiesInStudy=MR&limit=25", False, _modalities
+    ),
     QueryType(
         "includefield-all",
         "includefield=all + PatientID",
@@ -222,8 +231,10 @@ QUERY_TYPES: tuple[QueryType, ...] = (
     QueryType("offset-walk", "Offset walk (keyset)", "/studies?limit=100&offset=0,100,200,...", False, _walk),
     QueryType("study-series", "Series of a study", "/studies/{uid}/series", False, _study_series),
     QueryType("study-instances", "Instances of a study", "/studies/{uid}/instances", False, _study_instances),
-    QueryType("series-modality", "Series by Modality", "/series?Modality=CT&limit=50", False, _series_modality),
-)  # fmt: skip
+    QueryType(
+        "series-modality", "Series by Modality", "/series?Modality=CT&limit=50", False, _series_modality
+    ),
+)
 QUERY_KEYS = tuple(q.key for q in QUERY_TYPES)
 
 
@@ -255,6 +266,7 @@ class QueryStats:
     paths: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     warning_problems: list[str] = field(default_factory=list)  # ours: Warning header count wrong
+    capped: int = 0  # measured requests left out by the time budget
 
     def latency(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
@@ -298,6 +310,8 @@ class QidoDetail:
     load: LoadStats
     queries: dict[str, QueryStats]
     plans: dict[str, dict[str, str]] = field(default_factory=dict)  # key -> {"page": verdict, ...}
+    settled: dict[str, QueryStats] | None = None  # ours at 20k: the same queries after VACUUM ANALYZE
+    plan_doc: list[str] = field(default_factory=list)  # markdown section for docs/qido-plans.md
     plans_path: str | None = None
 
 
@@ -313,19 +327,46 @@ async def run_queries(
     endpoint: Endpoint,
     probes: dict[str, tuple[list[Probe], list[Probe]]],
     check_warning: bool,
+    budget: float = BUDGET_SECONDS,
 ) -> dict[str, QueryStats]:
-    """Every query type in turn: the warm-up probes, then the measured ones, one request at a time."""
+    """Every query type in turn: the warm-up probes, then the measured ones, one request at a time.
+
+    A slow target stops a query type's measured requests after ``budget`` seconds (at least
+    ``MIN_ITERATIONS`` requests), and its warm-up after half that.
+    """
+    gc.collect()
+    gc.disable()  # the client's own collector pauses must not count against a server
+    try:
+        return await _run_queries(client, endpoint, probes, check_warning, budget)
+    finally:
+        gc.enable()
+
+
+async def _run_queries(
+    client: httpx.AsyncClient,
+    endpoint: Endpoint,
+    probes: dict[str, tuple[list[Probe], list[Probe]]],
+    check_warning: bool,
+    budget: float,
+) -> dict[str, QueryStats]:
     out: dict[str, QueryStats] = {}
     root = endpoint.dicomweb_root
     for q in QUERY_TYPES:
         warm, measured = probes[q.key]
         stats = QueryStats(q.key, q.title, q.example)
+        started = time.perf_counter()
         for probe in warm:
+            if time.perf_counter() - started > budget / 2:
+                break
             try:
                 await client.get(root + probe.path, headers=ACCEPT)
             except httpx.HTTPError as exc:
                 stats.errors.append(f"warm-up {probe.path}: {type(exc).__name__}: {exc}")
-        for probe in measured:
+        started = time.perf_counter()
+        for n, probe in enumerate(measured):
+            if n >= MIN_ITERATIONS and time.perf_counter() - started > budget:
+                stats.capped = len(measured) - n
+                break
             t0 = time.perf_counter()
             try:
                 response = await client.get(root + probe.path, headers=ACCEPT)
@@ -345,7 +386,9 @@ async def run_queries(
                 remaining = _remaining(response.headers.get("warning"))
                 want = probe.total - probe.offset - len(body)
                 if (remaining or 0) != max(0, want) and not (remaining is None and want <= 0):
-                    stats.warning_problems.append(f"{probe.path}: Warning says {remaining} more, model {want}")
+                    stats.warning_problems.append(
+                        f"{probe.path}: Warning says {remaining} more, model {want}"
+                    )
         out[q.key] = stats
     return out
 
@@ -379,6 +422,25 @@ def big_spec(quick: bool, studies: int | None = None) -> QidoSpec:
     return QidoSpec("qido1m", studies or (2000 if quick else 40_000), series_per_study=4, seed=20251)
 
 
+def _quiet(endpoint: Endpoint) -> float:
+    """After a load: let the target finish its background work (autovacuum, Orthanc's jobs)."""
+    return wait_until_quiet(0.10, 30.0, endpoint.target)
+
+
+def _dump(opts: QidoOptions, target: str, workload: str, queries: dict[str, QueryStats]) -> None:
+    """Every measured request (path, ms, results) in the cache directory, for a closer look."""
+    path = opts.cache_dir / "qido-latencies" / f"{workload}-{target}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = {
+        key: [
+            {"path": p, "ms": round(ms * 1000, 3), "results": n, "expected": e}
+            for p, ms, n, e in zip(s.paths, s.latencies, s.counts, s.expected, strict=True)
+        ]
+        for key, s in queries.items()
+    }
+    path.write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
+
+
 def _all_errors(queries: dict[str, QueryStats]) -> list[str]:
     return [f"{s.key}: {e}" for s in queries.values() for e in s.errors]
 
@@ -410,15 +472,43 @@ async def run_small(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context)
     posted = await _post_all(client, endpoint, corpus.bodies, ctx.concurrency)
     load = LoadStats(f"STOW, {ctx.concurrency} requests in flight", pop.instance_count, posted.elapsed)
     print(f"[{endpoint.target}] qido-20k: loaded in {posted.elapsed:.1f} s ({load.inst_per_s:.0f} inst/s)")
-    settle(1.0)
+    load.notes.append(f"then waited {_quiet(endpoint):.0f} s for a quiet machine")
     probes = plan_probes(pop, opts.warmup, opts.iterations)
+    ours = endpoint.target == "ours"
+    if ours:  # black-box measurement, but say whether autovacuum had analyzed the tables yet
+        from bench import qido_load
+
+        dsn = qido_load.ours_dsn(endpoint.workdir)
+        load.notes.append(f"index before the queries: {await qido_load.table_state(dsn)}")
     aux = endpoint.aux_roots()
     async with query_client() as qclient:
         with ProcessSampler(lambda: [endpoint.app_pid], lambda: aux) as sampler:
             t0 = time.perf_counter()
-            queries = await run_queries(qclient, endpoint, probes, check_warning=endpoint.target == "ours")
+            queries = await run_queries(qclient, endpoint, probes, check_warning=ours)
             elapsed = time.perf_counter() - t0
-    detail = QidoDetail("20k", pop.spec, len(pop.studies), pop.series_count, pop.instance_count, load, queries)
+        detail = QidoDetail(
+            "20k", pop.spec, len(pop.studies), pop.series_count, pop.instance_count, load, queries
+        )
+        _dump(opts, endpoint.target, "qido-20k", queries)
+        if ours:  # plans as measured, then a diagnostic second pass as if autovacuum had run
+            print("[ours] qido-20k: EXPLAIN (ANALYZE, BUFFERS) of each query type ...", flush=True)
+            detail.plans, detail.plan_doc = await qido_load.explain_all(
+                dsn,
+                probes,
+                detail,
+                "Right after the STOW load, as the queries were measured (before the VACUUM ANALYZE of the "
+                "diagnostic second pass): "
+                + (
+                    "autovacuum had not analyzed the tables yet, so the planner has no statistics"
+                    if "never analyzed" in load.notes[-1]
+                    else "autovacuum had analyzed the tables"
+                )
+                + f" ({load.notes[-1].removeprefix('index before the queries: ')}).",
+            )
+            took = await qido_load.vacuum_analyze(dsn)
+            print(f"[ours] qido-20k: VACUUM ANALYZE ({took:.1f} s), then the same queries again", flush=True)
+            detail.settled = await run_queries(qclient, endpoint, probes, check_warning=True)
+            _dump(opts, endpoint.target, "qido-20k-vacuumed", detail.settled)
     latencies = [x for s in queries.values() for x in s.latencies]
     return Result(
         workload="qido-20k",
@@ -454,7 +544,7 @@ async def run_big(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context) -
         + ")",
         flush=True,
     )
-    settle(1.0)
+    _quiet(endpoint)
     probes = plan_probes(pop, opts.warmup, opts.iterations)
     aux = endpoint.aux_roots()
     async with query_client() as qclient:
@@ -463,8 +553,11 @@ async def run_big(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context) -
             queries = await run_queries(qclient, endpoint, probes, check_warning=True)
             elapsed = time.perf_counter() - t0
     detail = QidoDetail("1M", pop.spec, len(pop.studies), pop.series_count, pop.instance_count, load, queries)
+    _dump(opts, endpoint.target, "qido-1m", queries)
     print(f"[{endpoint.target}] qido-1m: EXPLAIN (ANALYZE, BUFFERS) of each query type ...", flush=True)
-    detail.plans = await qido_load.explain_all(dsn, pop, probes, opts.plans_out, detail)
+    detail.plans, detail.plan_doc = await qido_load.explain_all(
+        dsn, probes, detail, "Rows COPYed into the index, then VACUUM ANALYZE and CHECKPOINT."
+    )
     detail.plans_path = str(opts.plans_out)
     latencies = [x for s in queries.values() for x in s.latencies]
     return Result(

@@ -268,7 +268,9 @@ def bulk_base(study: StudyInfo, series: SeriesInfo, i: int) -> str:
 
 def instance_json(study: StudyInfo, series: SeriesInfo, i: int) -> dict[str, Any]:
     """The DICOM JSON that ingest stores for this instance (Pixel Data as a BulkDataURI)."""
-    meta = {tag: {"vr": vr, "Value": _json_values(vr, value)} for tag, vr, value in elements(study, series, i)}
+    meta = {
+        tag: {"vr": vr, "Value": _json_values(vr, value)} for tag, vr, value in elements(study, series, i)
+    }
     meta["7FE00010"] = {"vr": "OW", "BulkDataURI": f"{bulk_base(study, series, i)}/7FE00010"}
     return meta
 
@@ -349,7 +351,9 @@ def load_stow_corpus(spec: QidoSpec, cache_dir: Path) -> StowCorpus:
     pop = Population(spec)
     directory = cache_dir / "corpus" / spec.key
     if not (directory / "manifest.json").exists():
-        print(f"[corpus] generating {spec.name} ({spec.instances} instances) into {directory} ...", flush=True)
+        print(
+            f"[corpus] generating {spec.name} ({spec.instances} instances) into {directory} ...", flush=True
+        )
         _generate_bodies(pop, directory)
     names = json.loads((directory / "manifest.json").read_text())["bodies"]
     counts = [s.instances for study in pop.studies for s in study.series]
@@ -414,13 +418,16 @@ def check_against_ingest(pop: Population, samples: int = 6) -> None:
                     "metadata": fast,
                     "study": rows.study_values,
                     "series": rows.series_values[series.index],
-                    "instance": {**rows.instance_values(series, i), "transfer_syntax_uid": ExplicitVRLittleEndian},
+                    "instance": {
+                        **rows.instance_values(series, i),
+                        "transfer_syntax_uid": ExplicitVRLittleEndian,
+                    },
                     "study_attrs": json.loads(rows.study_attrs),
                     "series_attrs": json.loads(rows.series_attrs[series.index]),
                 }
                 bad = [k for k in want if want[k] != got[k]]
                 if bad:
-                    detail = {k: (got[k], want[k]) for k in bad if k != "metadata"}
+                    detail: dict[str, Any] = {k: (got[k], want[k]) for k in bad if k != "metadata"}
                     if "metadata" in bad:
                         m1, m2 = got["metadata"], want["metadata"]
                         detail["metadata"] = sorted(t for t in set(m1) | set(m2) if m1.get(t) != m2.get(t))
@@ -437,15 +444,14 @@ class StudyRows:
         self.series_json = [SeriesJson(study, s) for s in study.series]
         self.series_values: list[dict[str, Any]] = []
         self.series_attrs: list[str] = []
-        for sj in self.series_json:
-            study_values, series_values, _ = dicom.index_values(sj.base)
+        values = [dicom.index_values(sj.base) for sj in self.series_json]
+        for sj, (_, series_values, _) in zip(self.series_json, values, strict=True):
             self.series_values.append(series_values)
             self.series_attrs.append(orjson.dumps(dicom.subset(sj.base, dicom.SERIES_TAGS)).decode())
         first = self.series_json[0].base
-        self.study_values = dicom.index_values(first)[0]
+        self.study_values = values[0][0]
         self.study_attrs = orjson.dumps(dicom.subset(first, dicom.STUDY_TAGS)).decode()
-        sample = dicom.index_values(first)[2]
-        self._instance_const = {k: v for k, v in sample.items() if k != "instance_number"}
+        self._instance_const = {k: v for k, v in values[0][2].items() if k != "instance_number"}
 
     def instance_values(self, series: SeriesInfo, i: int) -> dict[str, Any]:
         return {**self._instance_const, "sop_class_uid": SOP_CLASS[series.modality], "instance_number": i + 1}

@@ -12,6 +12,7 @@ VACUUM ANALYZE and a CHECKPOINT, so the queries run on a settled database.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import re
@@ -19,7 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 TENANT = "default"
 TRANSFER_SYNTAX = "1.2.840.10008.1.2.1"
+COPY_STREAMS = 2
 
 
 def ours_dsn(workdir: Path) -> str:
@@ -44,7 +46,16 @@ def ours_dsn(workdir: Path) -> str:
 def _columns() -> tuple[list[str], list[str], list[str]]:
     from dicomweb_server import db
 
-    study = ["pk", "tenant", "study_uid", *db.STUDY_COLUMNS, "modalities", "num_series", "num_instances", "attrs"]
+    study = [
+        "pk",
+        "tenant",
+        "study_uid",
+        *db.STUDY_COLUMNS,
+        "modalities",
+        "num_series",
+        "num_instances",
+        "attrs",
+    ]
     series = ["pk", "tenant", "study_pk", "series_uid", *db.SERIES_COLUMNS, "num_instances", "attrs"]
     instance = [
         "pk", "tenant", "study_pk", "series_pk", "sop_uid", *db.INSTANCE_COLUMNS,
@@ -61,10 +72,14 @@ def _value(values: dict[str, Any], column: str, sql_type: str) -> Any:
 
 
 class Rows:
-    """Generates the instance rows and, as a side effect, the study and series rows."""
+    """Instance rows of studies ``[start, stop)``; the study and series rows are collected meanwhile."""
 
-    def __init__(self, pop: Population) -> None:
+    def __init__(self, pop: Population, start: int = 0, stop: int | None = None) -> None:
         self.pop = pop
+        self.start, self.stop = start, len(pop.studies) if stop is None else stop
+        before = pop.studies[:start]
+        self.first_series_pk = sum(len(s.series) for s in before)
+        self.first_instance_pk = sum(s.instances for s in before)
         self.studies: list[tuple[Any, ...]] = []
         self.series: list[tuple[Any, ...]] = []
         self.study_cols, self.series_cols, self.instance_cols = _columns()
@@ -72,10 +87,10 @@ class Rows:
     def instances(self) -> Iterator[tuple[Any, ...]]:
         from dicomweb_server import db
 
-        keys = random.Random(self.pop.spec.seed)
+        keys = random.Random(f"{self.pop.spec.seed}/{self.start}")
         dumps, sha = orjson.dumps, hashlib.sha256
-        instance_pk = series_pk = 0
-        for study in self.pop.studies:
+        instance_pk, series_pk = self.first_instance_pk, self.first_series_pk
+        for study in self.pop.studies[self.start : self.stop]:
             rows = StudyRows(study)
             study_pk = study.index + 1
             sv = rows.study_values
@@ -110,7 +125,9 @@ class Rows:
                     )  # fmt: skip
 
 
-async def _instance_index_defs(conn: asyncpg.Connection) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+async def _instance_index_defs(
+    conn: asyncpg.Connection,
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(unique constraints, plain indexes) of the instance table, as (name, definition)."""
     constraints = await conn.fetch(
         "SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint "
@@ -142,7 +159,9 @@ async def bulk_load(dsn: str, pop: Population) -> Any:
     try:
         existing = await conn.fetchval("SELECT count(*) FROM instance")
         if existing:
-            raise RuntimeError(f"the index already holds {existing} instances; the 1M load needs a fresh target")
+            raise RuntimeError(
+                f"the index already holds {existing} instances; the 1M load needs a fresh target"
+            )
         before = await _all_index_defs(conn)
         await conn.execute("SET session_replication_role = replica")  # FK triggers off, this session only
         await conn.execute("SET maintenance_work_mem = '1GB'")
@@ -152,13 +171,33 @@ async def bulk_load(dsn: str, pop: Population) -> Any:
         for name, _ in indexes:
             await conn.execute(f"DROP INDEX {name}")
 
-        rows = Rows(pop)
+        # Two COPY streams (two backends) over halves of the studies: PostgreSQL's side (jsonb input,
+        # compression, WAL) is the bottleneck, and this machine has two cores.
+        parts = [Rows(pop, len(pop.studies) * k // COPY_STREAMS, len(pop.studies) * (k + 1) // COPY_STREAMS)
+                 for k in range(COPY_STREAMS)]  # fmt: skip
+        extra = [await asyncpg.connect(dsn) for _ in parts[1:]]
+        try:
+            for c in extra:
+                await c.execute("SET session_replication_role = replica")
+            t = time.perf_counter()
+            await asyncio.gather(
+                *(
+                    c.copy_records_to_table("instance", records=r.instances(), columns=r.instance_cols)
+                    for c, r in zip([conn, *extra], parts, strict=True)
+                )
+            )
+            steps["COPY instances"] = time.perf_counter() - t
+        finally:
+            for c in extra:
+                await c.close()
         t = time.perf_counter()
-        await conn.copy_records_to_table("instance", records=rows.instances(), columns=rows.instance_cols)
-        steps["COPY instances"] = time.perf_counter() - t
-        t = time.perf_counter()
-        await conn.copy_records_to_table("study", records=rows.studies, columns=rows.study_cols)
-        await conn.copy_records_to_table("series", records=rows.series, columns=rows.series_cols)
+        cols = parts[0]
+        await conn.copy_records_to_table(
+            "study", records=[row for r in parts for row in r.studies], columns=cols.study_cols
+        )
+        await conn.copy_records_to_table(
+            "series", records=[row for r in parts for row in r.series], columns=cols.series_cols
+        )
         for table in ("study", "series", "instance"):
             await conn.execute(
                 f"SELECT setval(pg_get_serial_sequence('{table}', 'pk'), (SELECT max(pk) FROM {table}))"
@@ -182,13 +221,14 @@ async def bulk_load(dsn: str, pop: Population) -> Any:
         t = time.perf_counter()
         await conn.execute("CHECKPOINT")
         steps["CHECKPOINT"] = time.perf_counter() - t
-        sizes = await conn.fetchrow(
+        sizes: Any = await conn.fetchrow(
             "SELECT pg_total_relation_size('instance') AS inst, pg_total_relation_size('study') AS st, "
             "pg_total_relation_size('series') AS se, "
-            "(SELECT avg(pg_column_size(metadata)) FROM (SELECT metadata FROM instance LIMIT 1000) m) AS meta, "
-            "(SELECT avg(octet_length(metadata::text)) FROM (SELECT metadata FROM instance LIMIT 1000) m) AS text"
+            "(SELECT avg(pg_column_size(metadata)) FROM (SELECT metadata FROM instance LIMIT 1000) m) "
+            "AS meta, (SELECT avg(octet_length(metadata::text)) "
+            "FROM (SELECT metadata FROM instance LIMIT 1000) m) AS text"
         )
-        counts = await conn.fetchrow(
+        counts: Any = await conn.fetchrow(
             "SELECT (SELECT count(*) FROM study) AS st, (SELECT count(*) FROM series) AS se, "
             "(SELECT count(*) FROM instance) AS i"
         )
@@ -208,6 +248,34 @@ async def bulk_load(dsn: str, pop: Population) -> Any:
         steps,
         notes,
     )
+
+
+async def table_state(dsn: str) -> str:
+    """Live/dead tuples and whether the planner has statistics yet, per index table."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT relname, n_live_tup, n_dead_tup, "
+            "coalesce(last_analyze, last_autoanalyze) IS NOT NULL AS analyzed "
+            "FROM pg_stat_user_tables WHERE relname IN ('study', 'series', 'instance') ORDER BY relname"
+        )
+    finally:
+        await conn.close()
+    return ", ".join(
+        f"{r['relname']} {r['n_live_tup']} live / {r['n_dead_tup']} dead, "
+        f"{'analyzed' if r['analyzed'] else 'never analyzed'}"
+        for r in rows
+    )
+
+
+async def vacuum_analyze(dsn: str) -> float:
+    conn = await asyncpg.connect(dsn)
+    try:
+        t = time.perf_counter()
+        await conn.execute("VACUUM ANALYZE study, series, instance")
+        return time.perf_counter() - t
+    finally:
+        await conn.close()
 
 
 # ---------------------------------------------------------------------------
@@ -235,20 +303,20 @@ def build_sql(path: str, after_pk: int | None = None) -> Any:
     settings = Settings()
     parts = urlsplit(path)
     segments = parts.path.strip("/").split("/")
-    params: dict[str, str] = {}
+    study_uid: str | None = None
     if len(segments) == 1:
         template = f"/dicomweb/{segments[0]}"
     elif len(segments) == 3 and segments[0] == "studies":
-        template, params["study_uid"] = f"/dicomweb/studies/{{study}}/{segments[2]}", segments[1]
+        template, study_uid = f"/dicomweb/studies/{{study}}/{segments[2]}", segments[1]
     else:
         raise ValueError(f"no QIDO route for {path}")
     resource = _resources()[template]
     query = parse_query(
         parts.query,
         resource,
+        study_uid=study_uid,
         max_limit=settings.qido_max_limit,
         max_offset=settings.qido_max_offset,
-        **params,
     )
     statements = to_sql(query, TENANT, after_pk=after_pk) if after_pk is not None else to_sql(query, TENANT)
     return query, statements
@@ -261,20 +329,28 @@ _SCAN = re.compile(
 
 
 def verdict(plan: str) -> str:
-    """A one-line summary: seq scans (with rows read), index scans (which index), sorts, time."""
+    """A one-line summary: seq scans (rows read), index scans (which index), sorts, execution time."""
     parts: list[str] = []
-    for line in plan.splitlines():
+    lines = plan.splitlines()
+    for n, line in enumerate(lines):
         m = _SCAN.search(line)
         if m is None:
             continue
         kind, index, table = m.group(2), m.group(3), m.group(4)
         if kind == "Seq Scan":
-            rows = re.search(r"actual time=\S+ rows=(\d+) loops=(\d+)", line)
+            actual = re.search(r"actual time=\S+ rows=(\d+) loops=(\d+)", line)
             read = ""
-            if rows:
+            if actual:
+                loops = int(actual.group(2))
                 removed = 0
-                # "Rows Removed by Filter" is on a following line; the scan's own rows are a lower bound
-                read = f" ({int(rows.group(1)) * int(rows.group(2))} rows out)"
+                for follow in lines[n + 1 :]:
+                    if "->" in follow:
+                        break
+                    found = re.search(r"Rows Removed by Filter: (\d+)", follow)
+                    if found:
+                        removed = int(found.group(1))
+                        break
+                read = f" ({(int(actual.group(1)) + removed) * loops} rows read)"
             text = f"SEQ SCAN on {table}{read}"
         elif kind == "Bitmap Heap Scan":
             continue  # its Bitmap Index Scan child names the index
@@ -294,11 +370,9 @@ def verdict(plan: str) -> str:
 
 
 def kind_of(summary: str) -> str:
-    if "SEQ SCAN" in summary:
-        return "seq scan"
-    if "SORT" in summary:
-        return "sort"
-    return "index scan"
+    """index scan / index scan + sort / seq scan (+ sort)."""
+    kind = "seq scan" if "SEQ SCAN" in summary else "index scan"
+    return kind + (" + sort" if "SORT" in summary else "")
 
 
 async def _explain(conn: asyncpg.Connection, sql: str, args: list[object]) -> str:
@@ -332,23 +406,30 @@ def _literal(value: object) -> str:
 
 async def explain_all(
     dsn: str,
-    pop: Population,
     probes: dict[str, tuple[list[Probe], list[Probe]]],
-    out: Path,
     detail: QidoDetail,
-) -> dict[str, dict[str, str]]:
+    state: str,
+) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """Verdicts per query type, and a markdown section (summary table, then SQL and plans)."""
     from bench.qido import QUERY_TYPES
+    from dicomweb_server import db as server_db
 
-    conn = await asyncpg.connect(dsn)
+    # A connection from the server's own pool factory: the same session settings as its queries.
+    pool = await server_db.create_pool(dsn, 1)
+    conn = await pool.acquire()
     verdicts: dict[str, dict[str, str]] = {}
     doc: list[str] = []
+    level = "###"
     try:
         version = await conn.fetchval("SHOW server_version")
+        plan_mode = await conn.fetchval("SHOW plan_cache_mode")
+        jit = await conn.fetchval("SHOW jit")
         for q in QUERY_TYPES:
             probe = probes[q.key][1][0]
             after_pk = None
-            if q.key == "offset-walk":  # a page after the first: the keyset cache knows where it starts
-                probe = next((p for p in probes[q.key][1] if p.offset >= 500), probes[q.key][1][-1])
+            later = [p for p in probes[q.key][1] if p.offset > 0]
+            if q.key == "offset-walk" and later:  # a later page: the keyset cache knows where it starts
+                probe = next((p for p in later if p.offset >= 500), later[-1])
                 after_pk = await conn.fetchval(
                     "SELECT pk FROM study WHERE tenant = $1 AND num_instances > 0 ORDER BY pk "
                     "OFFSET $2 LIMIT 1",
@@ -363,9 +444,7 @@ async def explain_all(
             v = {"page": verdict(page), "generic": verdict(generic)}
             if count is not None:
                 v["count"] = verdict(count)
-            v["kind"] = ", ".join(
-                dict.fromkeys(kind_of(v[k]) for k in ("page", "generic", "count") if k in v)
-            )
+            v["kind"] = ", ".join(dict.fromkeys(kind_of(v[k]) for k in ("page", "count") if k in v))
             verdicts[q.key] = v
             stats = detail.queries.get(q.key)
             measured = (
@@ -374,13 +453,14 @@ async def explain_all(
                 else "not measured"
             )
             doc += [
-                f"## {q.title} [{q.key}]",
+                f"{level} {q.title} [{q.key}] at {detail.scale}",
                 "",
                 f"`GET /dicomweb{probe.path}`" + (f" (keyset: after pk {after_pk})" if after_pk else ""),
                 f"— {measured}; page of {probe.expected}, {probe.total} match.",
                 "",
                 f"- **Verdict (page, custom plan):** {v['page']}",
-                f"- **Generic plan** (what a prepared statement may switch to after 5 runs): {v['generic']}",
+                f"- Generic plan (a prepared statement's plan after 5 runs, unless plan_cache_mode forces "
+                f"custom plans): {v['generic']}",
             ]
             if count is not None:
                 doc.append(f"- **Count** (runs because more rows remain than the page holds): {v['count']}")
@@ -398,36 +478,70 @@ async def explain_all(
                 "```",
             ]
             if count is not None:
-                doc += ["", "Count statement:", "", "```sql", statements.count, "```", "", "```", count, "```"]
+                doc += [
+                    "",
+                    "Count statement:",
+                    "",
+                    "```sql",
+                    statements.count,
+                    "```",
+                    "",
+                    "```",
+                    count,
+                    "```",
+                ]
             if kind_of(v["generic"]) != kind_of(v["page"]):
                 doc += ["", "Generic plan:", "", "```", generic, "```"]
             doc.append("")
     finally:
-        await conn.close()
+        await pool.release(conn)
+        await pool.close()
+    generic_used = plan_mode != "force_custom_plan"
     head = [
-        "# QIDO-RS query plans at 1M instances",
+        f"## At {detail.scale}: {detail.studies} studies, {detail.series} series, "
+        f"{detail.instances} instances",
         "",
-        "Generated by `python -m bench.run` (bench/qido_load.py); do not edit by hand.",
+        f"{state} PostgreSQL {version} (embedded, default settings); the server's connection settings "
+        f"(from `db.create_pool`): plan_cache_mode={plan_mode}, jit={jit}"
+        + (
+            "."
+            if generic_used
+            else "; the generic plan is shown for reference only: the server never uses it."
+        ),
         "",
-        f"- **Index**: {len(pop.studies)} studies, {pop.series_count} series, {pop.instance_count} instances "
-        f"(tenant `{TENANT}`), loaded by COPY then VACUUM ANALYZE; PostgreSQL {version} (embedded, defaults).",
-        f"- **Date**: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
-        "- SQL built with `dicomweb_server.query.parse_query` + `to_sql(query, 'default')` for the route's "
-        "Resource (app.ROUTES), exactly as `qido.search` builds it; `EXPLAIN (ANALYZE, BUFFERS)` with the "
-        "real parameter values (a custom plan), and the generic plan via PREPARE + "
-        "`plan_cache_mode = force_generic_plan` (the server's asyncpg statements are prepared, so after five "
-        "executions PostgreSQL may use it).",
-        "- The count statement runs only when the page is full and more rows remain (then the server "
-        "sends the Warning header with the remaining count).",
-        "",
-        "## Summary",
-        "",
-        "| query type | page (custom plan) | generic plan | count | kind |",
+        "| query type | page (custom plan) | generic plan"
+        + ("" if generic_used else " (unused)")
+        + " | count | kind |",
         "|---|---|---|---|---|",
     ]
     for q in QUERY_TYPES:
         v = verdicts[q.key]
         head.append(f"| {q.title} | {v['page']} | {v['generic']} | {v.get('count', '-')} | {v['kind']} |")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join([*head, "", *doc]))
-    return verdicts
+    return verdicts, [*head, "", *doc]
+
+
+PLANS_INTRO = [
+    "# QIDO-RS query plans",
+    "",
+    "Generated by `python -m bench.run` (bench/qido_load.py); do not edit by hand.",
+    "",
+    "- SQL built with `dicomweb_server.query.parse_query` + `to_sql(query, 'default')` for the route's "
+    "Resource (app.ROUTES), exactly as `qido.search` builds it, for the first measured request of each "
+    "query type (the offset walk: a page the keyset cache knows the start of).",
+    "- `EXPLAIN (ANALYZE, BUFFERS)` with the real parameter values (a custom plan), and the generic plan via "
+    "PREPARE + `plan_cache_mode = force_generic_plan` (asyncpg prepares statements; PostgreSQL may use the "
+    "generic plan after five runs unless the connection forces custom plans: each section says which). "
+    "The count statement runs only when the page is "
+    "full and more rows remain (the server then sends the Warning header with the remaining count).",
+    "- Verdict: the scans in plan order (SEQ SCAN with the rows it read, index scans with the index), SORT "
+    "when a sort node is present, then the execution time.",
+    "",
+]
+
+
+def write_plans(path: Path, sections: list[list[str]]) -> None:
+    lines = [*PLANS_INTRO, f"- **Date**: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}", ""]
+    for section in sections:
+        lines += [*section, ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))

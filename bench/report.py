@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bench import qido_report
 from bench.outcome import Outcomes
 from bench.sampling import MIB
 from bench.workloads import WORKLOADS, Result
@@ -86,6 +87,20 @@ GOALS = (
         "x",
     ),
     Goal("Big streamed STOW body: ours RSS growth", _big_growth, 64.0, False, "MiB"),
+    Goal(
+        "QIDO 20k: query types meeting their goals (see QIDO section)",
+        qido_report.share_met("qido-20k"),
+        1.0,
+        True,
+        "%",
+    ),
+    Goal(
+        "QIDO 1M: query types meeting p95 ≤ 25 ms (see QIDO section)",
+        qido_report.share_met("qido-1m"),
+        1.0,
+        True,
+        "%",
+    ),
 )
 
 COLUMNS = (
@@ -128,6 +143,8 @@ def result_row(target: str, result: Result | None, skipped: str | None) -> list[
 def _sections(outcomes: Outcomes) -> list[tuple[str, list[list[str]]]]:
     sections = []
     for workload in WORKLOADS:
+        if workload.suite != "stow":
+            continue  # QIDO has its own tables (qido_report)
         rows = [
             result_row(o.target, o.results.get(workload.key), o.skipped)
             for o in outcomes.values()
@@ -167,9 +184,12 @@ def console_table(outcomes: Outcomes) -> str:
         widths = [max(len(r[i]) for r in [list(COLUMNS), *rows]) for i in range(len(COLUMNS))]
         lines += ["", title, "  ".join(c.rjust(w) for c, w in zip(COLUMNS, widths, strict=True))]
         lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines += qido_report.console_lines(outcomes)
     lines += ["", "Goals:"]
     for goal in GOALS:
         value, verdict = goal.evaluate(outcomes)
+        if value == "n/a" and not _ran(goal, outcomes):
+            continue
         lines.append(f"  {goal.label:<48} {value:>10}  (goal {goal.goal_text}): {verdict}")
     return "\n".join(lines + _disturbed_note(outcomes))
 
@@ -186,11 +206,12 @@ def markdown(env: dict[str, str], outcomes: Outcomes, details: list[str]) -> str
     out += ["", "## Goals", ""]
     out += _md_table(
         ["goal", "measured", "target", "verdict"],
-        [[g.label, *_goal_cells(g, outcomes)] for g in GOALS],
+        [[g.label, *_goal_cells(g, outcomes)] for g in GOALS if _ran(g, outcomes)],
     )
     out += ["", *_disturbed_note(outcomes)] if disturbed(outcomes) else []
     for title, rows in _sections(outcomes):
         out += ["", f"## {title}", "", *_md_table(list(COLUMNS), rows)]
+    out += qido_report.markdown_lines(outcomes)
     out += ["", "## Targets", ""]
     for o in outcomes.values():
         if o.skipped:
@@ -211,6 +232,16 @@ def markdown(env: dict[str, str], outcomes: Outcomes, details: list[str]) -> str
             out += [f"  - {result.workload} warning: {w}" for w in result.warnings[:3]]
     out += ["", "## Method", "", *details, ""]
     return "\n".join(out)
+
+
+def _ran(goal: Goal, outcomes: Outcomes) -> bool:
+    """Show a goal only if its suite ran (a QIDO-only run has no STOW goals, and vice versa)."""
+    qido = goal.label.startswith("QIDO")
+    return any(
+        (key.startswith("qido") if qido else key.startswith("stow"))
+        for o in outcomes.values()
+        for key in o.results
+    ) or all(not o.results for o in outcomes.values())
 
 
 def _goal_cells(goal: Goal, outcomes: Outcomes) -> list[str]:

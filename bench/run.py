@@ -1,7 +1,8 @@
-"""Entry point: ``python -m bench.run [--quick] [--targets ours,orthanc-sqlite,...]``.
+"""Entry point: ``python -m bench.run [--quick] [--suite stow,qido] [--targets ours,orthanc-sqlite,...]``.
 
 Re-executes itself inside a private network namespace (``unshare --net``, loopback only), starts each
-target in turn on 127.0.0.1, runs the workloads against it, stops it, and reports.
+target in turn on 127.0.0.1 (fresh for every session of workloads: the STOW workloads share one, each
+QIDO scenario has its own), runs the workloads against it, stops it, and reports.
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ from types import FrameType
 
 import httpx
 
-from bench import environment
+from bench import environment, qido_report
 from bench.corpus import CT_FULL, CT_QUICK, SMALL_FULL, SMALL_QUICK, load_corpus
 from bench.outcome import Outcome, Outcomes, merge_rounds
 from bench.procs import TargetUnavailable, log_tail
+from bench.qido import QidoOptions, big_spec, small_spec
+from bench.qido_corpus import load_stow_corpus
+from bench.qido_load import write_plans
 from bench.report import console_table, markdown
 from bench.sampling import wait_until_quiet
 from bench.servers import REPO, TARGET_NAMES, make_target
 from bench.target import Endpoint, disk_usage
-from bench.workloads import WORKLOADS, Context, Result
+from bench.workloads import SUITES, WORKLOADS, Context, Result, Workload
 
 NETNS_FLAG = "DICOMWEB_BENCH_IN_NETNS"
 
@@ -40,7 +44,39 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--workloads", default=",".join(w.key for w in WORKLOADS), help="comma list of %(default)s"
     )
     p.add_argument(
-        "--quick", action="store_true", help="small corpus and body: a smoke run of a minute or so"
+        "--suite",
+        default=",".join(SUITES),
+        help="comma list of workload suites to run, from %(default)s (filters --workloads)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="small corpora and body: a smoke run of a few minutes"
+    )
+    p.add_argument(
+        "--qido-studies",
+        type=int,
+        default=None,
+        help="QIDO 20k scenario: studies of 25 instances loaded by STOW (default 800, quick 80)",
+    )
+    p.add_argument(
+        "--qido-big-studies",
+        type=int,
+        default=None,
+        help="QIDO 1M scenario: studies of 25 instances COPYed into ours (default 40000, quick 2000)",
+    )
+    p.add_argument(
+        "--qido-iterations",
+        type=int,
+        default=None,
+        help="measured requests per QIDO query type (40, quick 10)",
+    )
+    p.add_argument(
+        "--qido-warmup", type=int, default=None, help="warm-up requests per QIDO query type (5, quick 2)"
+    )
+    p.add_argument(
+        "--plans-out",
+        type=Path,
+        default=None,
+        help="EXPLAIN report of the 1M scenario (default docs/qido-plans.md; .bench-cache/ with --quick)",
     )
     p.add_argument(
         "--big-gib", type=float, default=None, help="size of the big-body request (default 2, quick 0.25)"
@@ -95,12 +131,10 @@ def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-async def run_target(endpoint: Endpoint, outcome: Outcome, ctx: Context, workloads: list[str]) -> None:
+async def run_target(endpoint: Endpoint, outcome: Outcome, ctx: Context, workloads: list[Workload]) -> None:
     limits = httpx.Limits(max_connections=ctx.concurrency, max_keepalive_connections=ctx.concurrency)
     async with httpx.AsyncClient(timeout=httpx.Timeout(1800.0), limits=limits) as client:
-        for workload in WORKLOADS:
-            if workload.key not in workloads or not workload.applies(endpoint.target):
-                continue
+        for workload in workloads:
             print(f"[{endpoint.target}] {workload.key} ...", flush=True)
             result = await workload.run(client, endpoint, ctx)
             outcome.results[workload.key] = result
@@ -109,6 +143,12 @@ async def run_target(endpoint: Endpoint, outcome: Outcome, ctx: Context, workloa
 
 def print_progress(target: str, result: Result) -> None:
     proc = result.proc
+    if result.extra is not None:  # QIDO: its own summary
+        from bench.qido_report import progress_lines
+
+        for line in progress_lines(target, result):
+            print(line, flush=True)
+        return
     print(
         f"[{target}] {result.workload}: {result.instances} inst in {result.elapsed:.2f} s, "
         f"{result.inst_per_s:.1f} inst/s, {result.mb_per_s:.1f} MB/s, "
@@ -122,10 +162,12 @@ def print_progress(target: str, result: Result) -> None:
         print(f"[{target}]   {line}", flush=True)
 
 
-def stored_check(outcome: Outcome, stored: int | None, endpoint: Endpoint) -> tuple[bool, str]:
+def stored_check(results: list[Result], stored: int | None, endpoint: Endpoint) -> tuple[bool, str]:
     """Did the target really store what it acknowledged? (A broken server must not look fast.)"""
-    sent = sum(r.sent_instances for r in outcome.results.values())
-    payload = sum(r.payload_bytes for r in outcome.results.values())
+    sent = sum(r.sent_instances for r in results)
+    payload = sum(r.payload_bytes for r in results)
+    if not payload and not sent:
+        return True, "n/a (nothing sent by STOW)"
     if not endpoint.stores_dicom:
         return True, "n/a (sink)"
     if stored is not None:
@@ -139,42 +181,106 @@ def stored_check(outcome: Outcome, stored: int | None, endpoint: Endpoint) -> tu
     )
 
 
+def sessions(name: str, workloads: list[str]) -> list[list[Workload]]:
+    """The selected workloads that apply to ``name``, grouped by session (one fresh server each)."""
+    groups: dict[str, list[Workload]] = {}
+    for w in WORKLOADS:
+        if w.key in workloads and w.applies(name):
+            groups.setdefault(w.session, []).append(w)
+    return list(groups.values())
+
+
 def bench_target(
     name: str, args: argparse.Namespace, ctx: Context, log_dir: Path, workloads: list[str]
 ) -> Outcome:
-    outcome, started = Outcome(name), time.monotonic()
+    outcome = Outcome(name)
     if not environment.isolated() and name.startswith("orthanc"):
         outcome.skipped = "Orthanc listens on every interface; only run inside the private network namespace"
         print(f"[{name}] SKIPPED: {outcome.skipped}", flush=True)
         return outcome
+    checks: list[str] = []
+    for group in sessions(name, workloads):
+        if not bench_session(name, args, ctx, log_dir, group, outcome, checks):
+            break
+    outcome.stored_check = "; ".join(checks) or outcome.stored_check
+    return outcome
+
+
+def bench_session(
+    name: str,
+    args: argparse.Namespace,
+    ctx: Context,
+    log_dir: Path,
+    group: list[Workload],
+    outcome: Outcome,
+    checks: list[str],
+) -> bool:
+    """One fresh server for ``group``; False if the target could not run at all."""
+    started = time.monotonic()
     target = make_target(name, args.pg_index_connections, args.ours_bin)
     work_root = args.cache_dir / "work"
     work_root.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work_root))
+    label = f"{name}/{group[0].session}"
     try:
         if args.wait_quiet > 0:
-            outcome.waited = wait_until_quiet(0.10, args.wait_quiet, name)
+            outcome.waited += wait_until_quiet(0.10, args.wait_quiet, label)
             started = time.monotonic()
-        print(f"[{name}] starting (workdir {workdir}, logs {log_dir})", flush=True)
+        print(f"[{label}] starting (workdir {workdir}, logs {log_dir})", flush=True)
         endpoint = target.start(workdir, log_dir)
         outcome.notes.update(endpoint.notes)
-        asyncio.run(run_target(endpoint, outcome, ctx, workloads))
-        outcome.stored_ok, outcome.stored_check = stored_check(outcome, target.stored_instances(), endpoint)
-        print(f"[{name}] stored-instance check: {outcome.stored_check}", flush=True)
-        if not outcome.stored_ok or any(r.errors for r in outcome.results.values()):
+        asyncio.run(run_target(endpoint, outcome, ctx, group))
+        results = [outcome.results[w.key] for w in group if w.key in outcome.results]
+        ok, check = stored_check(results, target.stored_instances(), endpoint)
+        outcome.stored_ok = outcome.stored_ok and ok
+        checks.append(f"{group[0].session}: {check}")
+        print(f"[{label}] stored-instance check: {check}", flush=True)
+        if not ok or any(r.errors for r in results):
             print(
-                f"[{name}] PROBLEMS; tail of {endpoint.log_path}:\n{log_tail(endpoint.log_path)}", flush=True
+                f"[{label}] PROBLEMS; tail of {endpoint.log_path}:\n{log_tail(endpoint.log_path)}", flush=True
             )
     except TargetUnavailable as exc:
         outcome.skipped = str(exc)
-        print(f"[{name}] SKIPPED: {exc}", flush=True)
+        print(f"[{label}] SKIPPED: {exc}", flush=True)
+        return False
     finally:
         target.stop()
         if not args.keep_data:
             shutil.rmtree(workdir, ignore_errors=True)
         os.sync()
-        outcome.seconds = time.monotonic() - started
-    return outcome
+        outcome.seconds += time.monotonic() - started
+    return True
+
+
+def select_workloads(args: argparse.Namespace) -> list[str]:
+    suites = {s for s in args.suite.split(",") if s}
+    unknown = suites - set(SUITES)
+    if unknown:
+        sys.exit(f"bench: unknown suite(s) {', '.join(sorted(unknown))}; choose from {', '.join(SUITES)}")
+    by_key = {w.key: w for w in WORKLOADS}
+    chosen = [w for w in args.workloads.split(",") if w]
+    for key in chosen:
+        if key not in by_key:
+            sys.exit(f"bench: unknown workload {key!r}; choose from {', '.join(by_key)}")
+    return [w for w in chosen if by_key[w].suite in suites and not (args.skip_big and w == "stow-big-body")]
+
+
+def qido_options(args: argparse.Namespace, workloads: list[str]) -> QidoOptions | None:
+    if not any(w.startswith("qido") for w in workloads):
+        return None
+    quick = args.quick
+    default_plans = args.cache_dir / "qido-plans-quick.md" if quick else REPO / "docs" / "qido-plans.md"
+    opts = QidoOptions(
+        small=small_spec(quick, args.qido_studies),
+        big=big_spec(quick, args.qido_big_studies),
+        warmup=args.qido_warmup if args.qido_warmup is not None else (2 if quick else 5),
+        iterations=args.qido_iterations or (10 if quick else 40),
+        cache_dir=args.cache_dir,
+        plans_out=args.plans_out or default_plans,
+    )
+    if "qido-20k" in workloads:
+        opts.corpus = load_stow_corpus(opts.small, args.cache_dir)
+    return opts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,14 +292,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     started = time.monotonic()
     targets = [t for t in args.targets.split(",") if t]
-    workloads = [w for w in args.workloads.split(",") if w and not (args.skip_big and w == "stow-big-body")]
+    workloads = select_workloads(args)
     big_gib = args.big_gib if args.big_gib is not None else (0.25 if args.quick else 2.0)
     specs = (CT_QUICK, SMALL_QUICK) if args.quick else (CT_FULL, SMALL_FULL)
-    corpora = {spec.name: load_corpus(spec, args.cache_dir) for spec in specs}
-    ctx = Context(corpora=corpora, concurrency=args.concurrency, big_gib=big_gib)
+    stow = any(w.startswith("stow") for w in workloads)
+    corpora = {spec.name: load_corpus(spec, args.cache_dir) for spec in specs} if stow else {}
+    qido = qido_options(args, workloads)
+    ctx = Context(corpora=corpora, concurrency=args.concurrency, big_gib=big_gib, qido=qido)
     log_dir = args.cache_dir / "logs" / time.strftime("%Y%m%d-%H%M%S")
-    env = environment.describe(args, corpora, big_gib)
+    env = environment.describe(args, corpora, big_gib, workloads, qido)
 
+    targets = [t for t in targets if sessions(t, workloads)]  # e.g. the sink has no QIDO workload
     rounds: dict[str, list[Outcome]] = {name: [] for name in targets}
     try:
         for number in range(1, args.rounds + 1):  # interleaved, so slow drifts hit every target alike
@@ -216,7 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         args.cache_dir / "benchmarks-quick.md" if args.quick else REPO / "docs" / "benchmarks.md"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(markdown(env, outcomes, environment.method_notes(args, big_gib)))
+    out.write_text(markdown(env, outcomes, environment.method_notes(args, big_gib, workloads, qido)))
+    if qido is not None and (plans := qido_report.plan_sections(outcomes)):
+        write_plans(qido.plans_out, plans)
+        print(f"wrote {qido.plans_out}")
     print(f"\nwrote {out}; server logs in {log_dir}")
     return 0
 

@@ -2,9 +2,10 @@
 
 To add a scenario (QIDO searches, WADO retrieves, ...) write an async function with the
 ``WorkloadFn`` signature and append a ``Workload`` to ``WORKLOADS`` (a goal on it goes in
-``report.GOALS``). Workloads run in ``WORKLOADS`` order on one fresh server per target, so a
-retrieve workload can use what ``stow-ct512`` stored (``ctx.corpora`` holds every UID); build URLs
-from ``endpoint.dicomweb_root``, and wrap the measured part in ``ProcessSampler`` as below.
+``report.GOALS``). Workloads of one ``session`` run in ``WORKLOADS`` order on one fresh server per
+target, so a retrieve workload can use what ``stow-ct512`` stored (``ctx.corpora`` holds every UID);
+a workload that needs an index of its own (the QIDO ones) gets its own session. Build URLs from
+``endpoint.dicomweb_root``, and wrap the measured part in ``ProcessSampler`` as below.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Context:
     corpora: dict[str, Corpus]
     concurrency: int = 2
     big_gib: float = 2.0
+    qido: Any = None  # bench.qido.QidoOptions when a QIDO workload is selected
     _bodies: dict[str, tuple[list[bytes], list[bytes]]] = field(default_factory=dict)
 
     def bodies(self, corpus: str) -> tuple[list[bytes], list[bytes]]:
@@ -62,6 +64,8 @@ class Result:
     sent_instances: int  # everything sent to the target, warm-up included (for the stored-count check)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. HTTP 202 although every instance was stored
+    extra: Any = None  # workload-specific detail (bench.qido.QidoDetail)
+    query_seconds: float = 0.0  # QIDO: wall time of the measured queries
 
     @property
     def cpu_ms_per_instance(self) -> float:
@@ -221,12 +225,24 @@ async def big_body(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context) 
     )
 
 
+def _qido(name: str) -> WorkloadFn:
+    async def run(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context) -> Result:
+        from bench import qido  # imports this module: loaded on first use
+
+        fn: WorkloadFn = getattr(qido, name)
+        return await fn(client, endpoint, ctx)
+
+    return run
+
+
 @dataclass(frozen=True)
 class Workload:
     key: str
     title: str
     run: WorkloadFn
     applies_to: frozenset[str] | None = None  # None: every target
+    suite: str = "stow"  # what --suite selects; "stow" workloads get the STOW tables in the report
+    session: str = "stow"  # workloads of one session share one fresh server per target
 
     def applies(self, target: str) -> bool:
         return self.applies_to is None or target in self.applies_to
@@ -236,4 +252,21 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload("stow-ct512", "STOW 0.5 MB instances (one series per request)", stow_workload("ct512")),
     Workload("stow-small64", "STOW 9 KB instances (one series per request)", stow_workload("small64")),
     Workload("stow-big-body", "STOW one huge streamed request", big_body, frozenset({"ours", "sink"})),
+    Workload(
+        "qido-20k",
+        "QIDO-RS searches, 20k instances loaded by STOW",
+        _qido("run_small"),
+        frozenset({"ours", "orthanc-sqlite", "orthanc-postgresql"}),
+        suite="qido",
+        session="qido-20k",
+    ),
+    Workload(
+        "qido-1m",
+        "QIDO-RS searches, 1M instances COPYed into the index",
+        _qido("run_big"),
+        frozenset({"ours"}),
+        suite="qido",
+        session="qido-1m",
+    ),
 )
+SUITES = tuple(dict.fromkeys(w.suite for w in WORKLOADS))
