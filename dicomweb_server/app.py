@@ -93,32 +93,16 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.pool = await db.create_pool(settings.database_url, settings.db_pool_size)
     app.state.store = await open_store(settings.storage_path, settings.s3)
     app.state.page_cache = PageCache()
-    app.state.ingested = asyncio.Event()
-    tasks = [asyncio.create_task(_fresh_statistics(app))]
-    if settings.gc_interval_seconds > 0:
-        tasks.append(asyncio.create_task(_sweep_forever(app)))
+    sweeper = asyncio.create_task(_sweep_forever(app)) if settings.gc_interval_seconds > 0 else None
     try:
         yield
     finally:
-        for task in tasks:
-            task.cancel()
+        if sweeper is not None:
+            sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await sweeper
         await app.state.store.close()
         await app.state.pool.close()
-
-
-async def _fresh_statistics(app: Starlette) -> None:
-    """After ingest, keep planner statistics current (at most every 2 s, checked in <1 ms)."""
-    while True:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(app.state.ingested.wait(), timeout=60)
-        app.state.ingested.clear()
-        try:
-            await db.analyze_if_stale(app.state.pool)
-        except Exception:
-            log.exception("statistics refresh failed", extra={"event": "analyze_failed"})
-        await asyncio.sleep(2)
 
 
 async def _sweep_forever(app: Starlette) -> None:

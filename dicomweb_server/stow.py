@@ -392,8 +392,6 @@ async def store_instances(request: Request) -> Response:
         request.path_params.get("study"),
         state.settings.public_base_url or base_url(request),
     )
-    response = await ingest.run(
+    return await ingest.run(
         request.headers.get("content-type"), request.headers.get("content-length"), request.stream()
     )
-    state.ingested.set()  # the index grew: let the statistics keeper look
-    return response
