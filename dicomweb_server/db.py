@@ -17,7 +17,7 @@ from typing import Any, cast
 import asyncpg
 import orjson
 
-from .dicom import DATASET_DOES_NOT_MATCH_SOP_CLASS, DUPLICATE_SOP_INSTANCE, Failure
+from .dicom import DATASET_DOES_NOT_MATCH_SOP_CLASS, DUPLICATE_SOP_INSTANCE, Description, Failure
 from .errors import ServiceUnavailable
 
 # Index columns filled from each instance (dicom.index_values); types are for unnest().
@@ -58,21 +58,12 @@ INSTANCE_COLUMNS = {
 
 
 @dataclass(frozen=True)
-class Record:
-    """One instance ready to index: its UIDs, index values, object and DICOM JSON (as text)."""
+class Record(Description):
+    """One instance ready to index: its description plus the object that holds it."""
 
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    study: dict[str, Any]
-    series: dict[str, Any]
-    instance: dict[str, Any]
-    study_attrs: str
-    series_attrs: str
-    metadata: str
-    object_key: str
-    size: int
-    sha256: bytes
+    object_key: str = ""
+    size: int = 0
+    sha256: bytes = b""
 
 
 @dataclass

@@ -69,7 +69,7 @@ class _Done:
 
     @property
     def sop_class_uid(self) -> str:
-        return str(self.record.instance["sop_class_uid"])
+        return self.record.sop_class_uid
 
     @property
     def sop_uid(self) -> str:
@@ -320,20 +320,7 @@ class Ingest:
 
 def _record(desc: dicom.Description, key: str, size: int) -> db.Record:
     """The index record; its SHA-256 is filled in when the object's commit returns it."""
-    return db.Record(
-        study_uid=desc.study_uid,
-        series_uid=desc.series_uid,
-        sop_uid=desc.sop_uid,
-        study=desc.study,
-        series=desc.series,
-        instance=desc.instance,
-        study_attrs=desc.study_attrs,
-        series_attrs=desc.series_attrs,
-        metadata=desc.metadata,
-        object_key=key,
-        size=size,
-        sha256=b"",
-    )
+    return db.Record(**vars(desc), object_key=key, size=size)
 
 
 def base_url(request: Request) -> str:
