@@ -93,16 +93,32 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.pool = await db.create_pool(settings.database_url, settings.db_pool_size)
     app.state.store = await open_store(settings.storage_path, settings.s3)
     app.state.page_cache = PageCache()
-    sweeper = asyncio.create_task(_sweep_forever(app)) if settings.gc_interval_seconds > 0 else None
+    app.state.ingested = asyncio.Event()
+    tasks = [asyncio.create_task(_fresh_statistics(app))]
+    if settings.gc_interval_seconds > 0:
+        tasks.append(asyncio.create_task(_sweep_forever(app)))
     try:
         yield
     finally:
-        if sweeper is not None:
-            sweeper.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+                await task
         await app.state.store.close()
         await app.state.pool.close()
+
+
+async def _fresh_statistics(app: Starlette) -> None:
+    """After ingest, keep planner statistics current (checked at most once a second, in <1 ms)."""
+    while True:
+        await asyncio.sleep(1)  # a flag, not wait_for(): Python 3.11's wait_for can swallow a cancel
+        if not app.state.ingested.is_set():
+            continue
+        app.state.ingested.clear()
+        try:
+            await db.analyze_if_stale(app.state.pool)
+        except Exception:
+            log.exception("statistics refresh failed", extra={"event": "analyze_failed"})
 
 
 async def _sweep_forever(app: Starlette) -> None:

@@ -435,3 +435,24 @@ async def search(pool: asyncpg.Pool, statements: Any, limit: int) -> tuple[list[
             rows = rows[:limit]
             total = await conn.fetchval(statements.count, *statements.count_args)
     return [dict(r) for r in rows], total
+
+
+_INDEX_TABLES = ("study", "series", "instance")
+
+
+async def analyze_if_stale(pool: asyncpg.Pool) -> list[str]:
+    """ANALYZE the index tables whose statistics lag far behind their contents.
+
+    Autovacuum looks at a database once a minute; a bulk ingest followed by searches
+    inside that minute would otherwise be planned with no statistics at all.
+    """
+    async with connection(pool) as conn:
+        stale = await conn.fetch(
+            "SELECT relname FROM pg_stat_user_tables WHERE relname = ANY($1::text[]) "
+            "AND n_mod_since_analyze > 500 + 0.1 * n_live_tup",
+            list(_INDEX_TABLES),
+        )
+        names = [row["relname"] for row in stale if row["relname"] in _INDEX_TABLES]
+        for name in names:
+            await conn.execute(f"ANALYZE {name}")  # a name from the fixed list above
+    return names

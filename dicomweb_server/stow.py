@@ -379,6 +379,8 @@ async def store_instances(request: Request) -> Response:
         request.path_params.get("study"),
         state.settings.public_base_url or base_url(request),
     )
-    return await ingest.run(
+    response = await ingest.run(
         request.headers.get("content-type"), request.headers.get("content-length"), request.stream()
     )
+    state.ingested.set()  # the index grew: let the statistics keeper look
+    return response
