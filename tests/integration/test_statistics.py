@@ -11,7 +11,8 @@ async def test_stale_tables_are_analyzed_and_fresh_ones_left_alone(db: asyncpg.P
     async with db.acquire() as conn:
         await conn.execute("ANALYZE study, series, instance")
         await conn.execute(
-            "INSERT INTO study (tenant, study_uid) SELECT 'bulk', '1.2.' || g FROM generate_series(1, 2000) AS g"
+            "INSERT INTO study (tenant, study_uid) "
+            "SELECT 'bulk', '1.2.' || g FROM generate_series(1, 2000) AS g"
         )
         await conn.execute("SELECT pg_stat_force_next_flush()")
     assert await index.analyze_if_stale(db) == ["study"]
