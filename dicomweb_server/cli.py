@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -38,6 +39,13 @@ def _database(settings: Settings) -> tuple[str, object | None]:
 
     url, server = start_postgres(settings.data_dir / "pg")
     return url, server
+
+
+def _stop(server: object | None) -> None:
+    """Stop the embedded PostgreSQL this process started (no-op with an external DATABASE_URL)."""
+    cleanup = getattr(server, "cleanup", None)
+    if cleanup is not None:
+        cleanup()
 
 
 def _banner(base: str) -> str:
@@ -87,19 +95,24 @@ def serve(args: argparse.Namespace) -> None:
     migrate(url)
     base = settings.public_base_url or f"http://{args.host}:{args.port}"
     print(_banner(base), file=sys.stderr, flush=True)
-    uvicorn.run(
-        "dicomweb_server.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
-    del server  # the embedded PostgreSQL stops when this process exits
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler it found:
+    # make that handler an exit, so the finally below still stops the embedded PostgreSQL.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        uvicorn.run(
+            "dicomweb_server.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            loop="uvloop",
+            http="httptools",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        _stop(server)  # uvicorn returns on SIGINT and SIGTERM: the embedded PostgreSQL stops with us
 
 
 def gc(args: argparse.Namespace) -> None:
@@ -123,8 +136,10 @@ def gc(args: argparse.Namespace) -> None:
             await store.close()
             await pool.close()
 
-    asyncio.run(run())
-    del server
+    try:
+        asyncio.run(run())
+    finally:
+        _stop(server)
 
 
 def main(argv: list[str] | None = None) -> None:
