@@ -31,11 +31,11 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     given = os.environ.get("TEST_DATABASE_URL")
     if given:
         name = f"dicomweb_test_{uuid.uuid4().hex[:8]}"
-        _admin(given, f"CREATE DATABASE {name}")
+        admin_sql(given, f"CREATE DATABASE {name}")
         url = given.rsplit("/", 1)[0] + "/" + name
         migrate(url)
         yield url
-        _admin(given, f"DROP DATABASE {name} WITH (FORCE)")
+        admin_sql(given, f"DROP DATABASE {name} WITH (FORCE)")
         return
     from dicomweb_server.embedded import start_postgres
 
@@ -45,7 +45,7 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.cleanup()
 
 
-def _admin(url: str, sql: str) -> None:
+def admin_sql(url: str, sql: str) -> None:
     import asyncio
 
     async def run() -> None:

@@ -7,7 +7,6 @@ other tests' truncation of the shared test database cannot touch it; the dicomwe
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -15,13 +14,12 @@ from typing import Any
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
-import asyncpg
 import httpx
 import pytest
 
 from dicomweb_server.cli import migrate
 from dicomweb_server.query import Level, Resource, parse_query, signature
-from tests.conftest import App, Server, make_settings, running_app
+from tests.conftest import App, Server, admin_sql, make_settings, running_app
 from tests.dicomfiles import content_type, multipart
 from tests.e2e import search_corpus as c
 from tests.e2e.search_corpus import (
@@ -57,26 +55,15 @@ MR_CLASS, CT_CLASS, US_CLASS = (
 UID_TAG = {"studies": "0020000D", "series": "0020000E", "instances": "00080018"}
 
 
-def _admin(url: str, sql: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
 @pytest.fixture(scope="module")
 def corpus_database_url(database_url: str) -> Iterator[str]:
     """A database of this module's own in the test PostgreSQL server."""
     name = f"qido_corpus_{uuid.uuid4().hex[:8]}"
-    _admin(database_url, f"CREATE DATABASE {name}")
+    admin_sql(database_url, f"CREATE DATABASE {name}")
     url = urlsplit(database_url)._replace(path="/" + name).geturl()
     migrate(url)
     yield url
-    _admin(database_url, f"DROP DATABASE {name} WITH (FORCE)")
+    admin_sql(database_url, f"DROP DATABASE {name} WITH (FORCE)")
 
 
 @pytest.fixture(scope="module")
