@@ -19,6 +19,7 @@ import orjson
 
 from .dicom import DATASET_DOES_NOT_MATCH_SOP_CLASS, DUPLICATE_SOP_INSTANCE, Description, Failure
 from .errors import ServiceUnavailable
+from .query import Statements
 
 # Index columns filled from each instance (dicom.index_values); types are for unnest().
 STUDY_COLUMNS = {
@@ -426,7 +427,9 @@ async def referenced_keys(pool: asyncpg.Pool, keys: Sequence[str]) -> set[str]:
     return {row["object_key"] for row in rows}
 
 
-async def search(pool: asyncpg.Pool, statements: Any, limit: int) -> tuple[list[dict[str, Any]], int | None]:
+async def search(
+    pool: asyncpg.Pool, statements: Statements, limit: int
+) -> tuple[list[dict[str, Any]], int | None]:
     """A QIDO page, and the total count when more rows remain than the page holds."""
     async with connection(pool) as conn:
         rows = await conn.fetch(statements.page, *statements.page_args)

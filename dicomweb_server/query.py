@@ -74,7 +74,6 @@ SEQUENCE_ATTRIBUTES = {
 }
 _BY_TAG = {a.tag: a for a in ATTRIBUTES}
 REQUEST_ATTRIBUTES = "00400275"
-RESERVED = {"limit", "offset", "fuzzymatching", "includefield"}
 _NO_WILDCARD = {"UI", "DA", "TM", "DT", "IS", "DS"}
 
 
@@ -105,7 +104,6 @@ class Query:
     include_all: bool = False
     limit: int = 100
     offset: int = 0
-    fuzzy: bool = False
 
 
 def _pairs(raw: str) -> list[tuple[str, str]]:
@@ -218,7 +216,6 @@ def parse_query(
         include_all=include_all,
         limit=limit,
         offset=offset,
-        fuzzy=fuzzy,
     )
 
 

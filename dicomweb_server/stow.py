@@ -67,22 +67,6 @@ class _Done:
     record: db.Record
     commit: asyncio.Future[bytes]
 
-    @property
-    def sop_class_uid(self) -> str:
-        return self.record.sop_class_uid
-
-    @property
-    def sop_uid(self) -> str:
-        return self.record.sop_uid
-
-    @property
-    def study_uid(self) -> str:
-        return self.record.study_uid
-
-    @property
-    def series_uid(self) -> str:
-        return self.record.series_uid
-
 
 class Ingest:
     """One STOW request: parts in, a Store Instances Response out."""
@@ -266,8 +250,8 @@ class Ingest:
                     Failure(
                         dicom.REFUSED_OUT_OF_RESOURCES,
                         "Out of storage space",
-                        d.sop_class_uid,
-                        d.sop_uid,
+                        d.record.sop_class_uid,
+                        d.record.sop_uid,
                     )
                 )
             elif exc is not None:
@@ -287,7 +271,7 @@ class Ingest:
         return self._response(durable, outcome)
 
     def _response(self, durable: list[_Done], outcome: db.BatchOutcome) -> Response:
-        referenced = [d for d in durable if d.record.object_key in outcome.stored]
+        referenced = [d.record for d in durable if d.record.object_key in outcome.stored]
         failed = self.failed + [
             outcome.failed[d.record.object_key] for d in durable if d.record.object_key in outcome.failed
         ]

@@ -449,11 +449,9 @@ async def test_header_over_the_time_budget_is_a700(
     settings = make_settings(database_url, tmp_path / "objects", header_seconds=0.05)
     async with running_app(settings) as app:
         slow = many_tiny_elements(300_000)  # 3 MB, well inside the byte budget, seconds of CPU
-        started = asyncio.get_running_loop().time()
         r = await app.client.post(
             STUDIES, content=multipart([slow, instance()]), headers={"Content-Type": content_type()}
         )
         assert r.status_code == 202
         assert [reason for _, reason in failures(r.json())] == [dicom.REFUSED_OUT_OF_RESOURCES]
         assert "time budget" in r.json()["0008119A"]["Value"][0]["00000902"]["Value"][0]
-        assert asyncio.get_running_loop().time() - started < 5

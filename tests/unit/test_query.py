@@ -353,13 +353,12 @@ def test_invalid_utf8_percent_encoding_is_a_400(raw: str) -> None:
 
 def test_empty_query_and_stray_ampersands() -> None:
     q = parse_query("", STUDIES, max_limit=50)
-    assert (q.conditions, q.returned, q.include_all, q.limit, q.offset, q.fuzzy) == (
+    assert (q.conditions, q.returned, q.include_all, q.limit, q.offset) == (
         (),
         frozenset(),
         False,
         50,
         0,
-        False,
     )
     assert parse_query("&&PatientName=x&", STUDIES).conditions == (one("PatientName=x", STUDIES),)
 
@@ -458,11 +457,10 @@ def test_fuzzymatching_turns_pn_single_values_into_fuzzy_conditions_only() -> No
         "ReferringPhysicianName": ("wildcard", ("HOUSE*",)),
         "AccessionNumber": ("single", ("A1",)),
     }
-    assert q.fuzzy
     # the order of the parameters does not matter
     assert parse_query("fuzzymatching=true&PatientName=jo", STUDIES).conditions[0].kind == "fuzzy"
     q = parse_query("PatientName=jo&fuzzymatching=false", STUDIES)
-    assert (q.fuzzy, q.conditions[0].kind) == (False, "single")
+    assert q.conditions[0].kind == "single"
 
 
 @pytest.mark.parametrize("value", ["TRUE", "yes", "1", ""])
@@ -812,4 +810,4 @@ def test_page_cache_clear() -> None:
 
 def test_query_defaults() -> None:
     q = Query(Level.STUDY)
-    assert (q.conditions, q.include_all, q.offset, q.fuzzy) == ((), False, 0, False)
+    assert (q.conditions, q.include_all, q.offset) == ((), False, 0)
