@@ -19,6 +19,7 @@ import orjson
 
 from .dicom import DATASET_DOES_NOT_MATCH_SOP_CLASS, DUPLICATE_SOP_INSTANCE, Description, Failure
 from .errors import ServiceUnavailable
+from .frames import FrameIndex
 from .query import Statements
 
 # Index columns filled from each instance (dicom.index_values); types are for unnest().
@@ -65,6 +66,7 @@ class Record(Description):
     object_key: str = ""
     size: int = 0
     sha256: bytes = b""
+    frames: FrameIndex | None = None
 
 
 @dataclass
@@ -146,24 +148,49 @@ _INSTANCE_COLS = [
     "size",
     "sha256",
     "metadata",
+    "pixel_offset",
+    "pixel_length",
+    "fragments",
+    "frame_fragments",
 ]
-_INSTANCE_TYPES = ["bigint", "bigint", "text", *INSTANCE_COLUMNS.values(), "text", "bigint", "bytea", "text"]
+_INSTANCE_TYPES = [
+    "bigint",
+    "bigint",
+    "text",
+    *INSTANCE_COLUMNS.values(),
+    "text",
+    "bigint",
+    "bytea",
+    "text",
+    "bigint",
+    "bigint",
+    "text",
+    "text",
+]
+# Values that travel as JSON text (unnest() would flatten arrays of arrays), and their conversion.
+_JSON_VALUES = {
+    "metadata": "u.metadata::jsonb",
+    "fragments": "(SELECT array_agg(x::bigint) FROM jsonb_array_elements_text(u.fragments::jsonb) x)",
+    "frame_fragments": (
+        "(SELECT array_agg(x::int) FROM jsonb_array_elements_text(u.frame_fragments::jsonb) x)"
+    ),
+}
+
+
+def _value(column: str) -> str:
+    return _JSON_VALUES.get(column, f"u.{column}")
+
+
 _INSERT_INSTANCES = (
     f"INSERT INTO instance (tenant, {', '.join(_INSTANCE_COLS)}) "
-    f"SELECT $1, {', '.join('u.metadata::jsonb' if c == 'metadata' else 'u.' + c for c in _INSTANCE_COLS)} "
+    f"SELECT $1, {', '.join(_value(c) for c in _INSTANCE_COLS)} "
     f"FROM unnest({', '.join(f'${i + 2}::{t}[]' for i, t in enumerate(_INSTANCE_TYPES))}) "
     f"AS u({', '.join(_INSTANCE_COLS)}) ORDER BY u.sop_uid "
     "ON CONFLICT (tenant, sop_uid) DO NOTHING RETURNING object_key"
 )
 _OVERWRITE_COLS = [c for c in _INSTANCE_COLS if c not in ("study_pk", "series_pk", "sop_uid")]
-
-
-def _assign(column: str) -> str:
-    return f"{column} = u.{column}" + ("::jsonb" if column == "metadata" else "")
-
-
 _OVERWRITE = (
-    f"UPDATE instance i SET {', '.join(_assign(c) for c in _OVERWRITE_COLS)}, "
+    f"UPDATE instance i SET {', '.join(f'{c} = {_value(c)}' for c in _OVERWRITE_COLS)}, "
     "created_at = now() "
     f"FROM unnest($2::text[], {', '.join(f'${i + 3}::{t}[]' for i, t in enumerate(_INSTANCE_TYPES[3:]))}) "
     f"AS u(sop_uid, {', '.join(_OVERWRITE_COLS)}) WHERE i.tenant = $1 AND i.sop_uid = u.sop_uid"
@@ -277,6 +304,7 @@ async def _store_batch(
             "size": r.size,
             "sha256": r.sha256,
             "metadata": r.metadata,
+            **_frame_values(r.frames),
         }
         for r in candidates
     ]
@@ -334,6 +362,18 @@ async def _store_batch(
     return out
 
 
+def _frame_values(index: FrameIndex | None) -> dict[str, Any]:
+    index = index or FrameIndex()
+    return {
+        "pixel_offset": index.pixel_offset,
+        "pixel_length": index.pixel_length,
+        "fragments": None if index.fragments is None else orjson.dumps(index.fragments).decode(),
+        "frame_fragments": None
+        if index.frame_fragments is None
+        else orjson.dumps(index.frame_fragments).decode(),
+    }
+
+
 async def _resolve_duplicates(
     conn: asyncpg.Connection,
     tenant: str,
@@ -383,6 +423,7 @@ async def _resolve_duplicates(
                 "size": r.size,
                 "sha256": r.sha256,
                 "metadata": r.metadata,
+                **_frame_values(r.frames),
             }
             for r in replace
         ]

@@ -26,6 +26,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from . import dicom_json
+from .frames import UNDEFINED, PixelIndex
 
 # PS3.18 Table I.2-2 Store Instances Response Failure Reason, plus the PS3.7 Annex C
 # general status we use for a conflicting duplicate.  Listed in CONFORMANCE.md.
@@ -68,6 +69,7 @@ class Header:
     transfer_syntax_uid: str
     dataset: Dataset  # raw elements, converted lazily by dicom_json
     pixel_data: tuple[str, str] | None  # (tag, VR) of the (Float/Double) Pixel Data element, if any
+    pixel: PixelIndex | None = None  # where its value lies in the part (not for deflated data sets)
 
 
 def parse_header(
@@ -85,7 +87,7 @@ def parse_header(
         return Failure(CANNOT_UNDERSTAND, "Not a DICOM PS3.10 file: no 'DICM' prefix after the preamble")
     fp = io.BytesIO(prefix)
     fp.seek(PREAMBLE + 4)
-    stop: dict[str, str] = {}
+    stop: dict[str, Any] = {}
 
     seen = [0]
 
@@ -96,6 +98,8 @@ def parse_header(
         if tag in PIXEL_DATA_TAGS:
             stop["vr"] = vr or _IMPLICIT_PIXEL_VR[tag]
             stop["tag"] = f"{tag:08X}"
+            stop["length"] = length
+            stop["explicit_long"] = vr is not None and vr.encode() in _LONG_VRS
             return True
         return False
 
@@ -120,6 +124,12 @@ def parse_header(
             if _truncated(ds):
                 return Failure(CANNOT_UNDERSTAND, "The DICOM data set is truncated")
             values = {kw: _text(ds, tag) for kw, tag in _REQUIRED.items()}
+            pixel = None
+            if "tag" in stop and body is fp:
+                # pydicom leaves the file at the element's tag: its value follows the element header.
+                length = stop["length"]
+                offset = fp.tell() + (12 if stop["explicit_long"] else 8)
+                pixel = PixelIndex(offset, None if length == UNDEFINED else length)
     except ParseTimeout:
         return _TOO_SLOW
     except Exception as exc:  # pydicom raises many types on malformed input
@@ -145,6 +155,7 @@ def parse_header(
         transfer_syntax_uid=ts,
         dataset=ds,
         pixel_data=(stop["tag"], stop["vr"]) if "tag" in stop else None,
+        pixel=pixel,
     )
 
 
@@ -411,6 +422,7 @@ class Description:
     study_attrs: str  # DICOM JSON text
     series_attrs: str
     metadata: str
+    pixel: PixelIndex | None = None
 
 
 def bulkdata_base(study_uid: str, series_uid: str, sop_uid: str) -> str:
@@ -459,4 +471,5 @@ def describe(
         study_attrs=orjson.dumps(subset(meta, STUDY_TAGS)).decode(),
         series_attrs=orjson.dumps(subset(meta, SERIES_TAGS)).decode(),
         metadata=orjson.dumps(meta).decode(),
+        pixel=parsed.pixel,
     )

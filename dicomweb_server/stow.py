@@ -23,6 +23,7 @@ from starlette.responses import Response
 from . import db, dicom
 from .dicom import Failure
 from .errors import BadRequest, PayloadTooLarge, ServiceUnavailable, StorageError, UnsupportedMediaType
+from .frames import FragmentScanner, FrameIndex
 from .multipart import Event, MultipartReader, PartData, PartEnd, PartStart, parse_media_type
 from .settings import Settings
 from .storage import ObjectStore, ObjectWriter, StorageFull, new_key
@@ -44,6 +45,7 @@ class _Part:
     desc: dicom.Description | None = None
     key: str | None = None
     writer: ObjectWriter | None = None
+    scanner: FragmentScanner | None = None  # encapsulated Pixel Data: finds the frames as they pass
 
 
 class Stored(Protocol):
@@ -165,6 +167,8 @@ class Ingest:
             if part.skip:
                 return
             if part.writer is not None:
+                if part.scanner is not None:
+                    part.scanner.feed(event.data, part.size - len(event.data))
                 await part.writer.write(event.data)
                 return
             assert part.prefix is not None
@@ -212,6 +216,9 @@ class Ingest:
         part.writer = self.store.writer(part.key)
         prefix, part.prefix = part.prefix, None
         prefix[: dicom.PREAMBLE] = bytes(dicom.PREAMBLE)  # PS3.10 §7.5: never keep a foreign preamble
+        if described.pixel is not None and described.pixel.length is None:
+            part.scanner = FragmentScanner(described.pixel.offset)
+            part.scanner.feed(prefix, 0)
         await part.writer.write(bytes(prefix))
 
     def _out_of_scope(self, desc: dicom.Description) -> Failure | None:
@@ -237,7 +244,7 @@ class Ingest:
             _, self.committing = await asyncio.wait(self.committing, return_when=asyncio.FIRST_COMPLETED)
         task = asyncio.ensure_future(part.writer.commit())
         self.committing.add(task)
-        self.done.append(_Done(_record(part.desc, part.key, part.size), task))
+        self.done.append(_Done(_record(part.desc, part.key, part.size, _frame_index(part)), task))
 
     # -- commit -------------------------------------------------------------------
     async def _finish(self) -> Response:
@@ -302,9 +309,20 @@ class Ingest:
                 )
 
 
-def _record(desc: dicom.Description, key: str, size: int) -> db.Record:
+def _frame_index(part: _Part) -> FrameIndex | None:
+    """Where the part's frames lie in its object, when that is known (see frames.py)."""
+    assert part.desc is not None
+    pixel = part.desc.pixel
+    if part.scanner is not None:
+        return part.scanner.index(part.desc.instance.get("number_of_frames") or 1)
+    if pixel is None or pixel.length is None or pixel.offset + pixel.length > part.size:
+        return None
+    return FrameIndex(pixel_offset=pixel.offset, pixel_length=pixel.length)
+
+
+def _record(desc: dicom.Description, key: str, size: int, frames: FrameIndex | None) -> db.Record:
     """The index record; its SHA-256 is filled in when the object's commit returns it."""
-    return db.Record(**vars(desc), object_key=key, size=size)
+    return db.Record(**vars(desc), object_key=key, size=size, frames=frames)
 
 
 def base_url(request: Request) -> str:
