@@ -14,13 +14,15 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import db, logs, qido, stow, sweep, wado
+from . import capabilities, db, delete, logs, qido, stow, sweep, wado
 from .errors import DicomWebError, ServiceUnavailable, StorageError
+from .media import Offer, negotiate
 from .query import Level, PageCache, Resource
 from .settings import Settings
 from .storage import open_store
@@ -52,23 +54,62 @@ def _search(level: Level, *accepts: Level) -> partial[Any]:
     return partial(qido.search, resource=Resource(level, frozenset(accepts)))
 
 
+RESOURCES = (STUDY, SERIES, INSTANCE)
 # PS3.18 Table 10.6.1-4: which IE levels each search resource matches on.
+# Each entry: path, methods, handler, and the transaction it serves (for capabilities.py).
+API: list[tuple[str, list[str], Any, str]] = [
+    ("/dicomweb/studies", ["POST"], stow.store_instances, "store"),
+    (STUDY, ["POST"], stow.store_instances, "store"),
+    ("/dicomweb/studies", ["GET"], _search(Level.STUDY, Level.STUDY), "search-studies"),
+    ("/dicomweb/series", ["GET"], _search(Level.SERIES, Level.STUDY, Level.SERIES), "search-series"),
+    (
+        "/dicomweb/instances",
+        ["GET"],
+        _search(Level.INSTANCE, Level.STUDY, Level.SERIES, Level.INSTANCE),
+        "search-instances",
+    ),
+    (STUDY + "/series", ["GET"], _search(Level.SERIES, Level.SERIES), "search-series"),
+    (
+        STUDY + "/instances",
+        ["GET"],
+        _search(Level.INSTANCE, Level.SERIES, Level.INSTANCE),
+        "search-instances",
+    ),
+    (SERIES + "/instances", ["GET"], _search(Level.INSTANCE, Level.INSTANCE), "search-instances"),
+    *[(path, ["GET"], wado.retrieve, "retrieve") for path in RESOURCES],
+    *[(path + "/metadata", ["GET"], wado.metadata, "metadata") for path in RESOURCES],
+    *[(path + "/rendered", ["GET"], wado.rendered, "rendered") for path in RESOURCES],
+    *[
+        (path + "/thumbnail", ["GET"], partial(wado.rendered, thumbnail=True), "thumbnail")
+        for path in RESOURCES
+    ],
+    (INSTANCE + "/frames/{frames}", ["GET"], wado.retrieve_frames, "frames"),
+    (INSTANCE + "/frames/{frames}/rendered", ["GET"], wado.rendered, "rendered"),
+    (INSTANCE + "/frames/{frames}/thumbnail", ["GET"], partial(wado.rendered, thumbnail=True), "thumbnail"),
+    (INSTANCE + "/bulkdata/{path:path}", ["GET"], wado.retrieve_bulkdata, "bulkdata"),
+    *[(path, ["DELETE"], delete.delete, "delete") for path in RESOURCES],
+]
+
+
+async def retrieve_capabilities(request: Request) -> Response:
+    """OPTIONS /dicomweb: PS3.18 §8.9 Retrieve Capabilities, WADL by default or JSON."""
+    routes = [(path, method, transaction) for path, methods, _, transaction in API for method in methods]
+    routes.append(("/dicomweb", "OPTIONS", "capabilities"))
+    base = request.app.state.settings.public_base_url or str(request.base_url).rstrip("/")
+    accept = request.query_params.get("accept") or request.headers.get("accept")
+    choice = negotiate(
+        accept, [Offer(capabilities.WADL), Offer("application/json"), Offer("application/xml")]
+    )
+    if choice.offer.media_type == "application/json":
+        return JSONResponse(capabilities.as_json(routes, "/dicomweb", base))
+    return Response(capabilities.wadl(routes, "/dicomweb", base), media_type=choice.offer.media_type)
+
+
 ROUTES = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
-    Route("/dicomweb/studies", stow.store_instances, methods=["POST"]),
-    Route(STUDY, stow.store_instances, methods=["POST"]),
-    Route("/dicomweb/studies", _search(Level.STUDY, Level.STUDY), methods=["GET"]),
-    Route("/dicomweb/series", _search(Level.SERIES, Level.STUDY, Level.SERIES), methods=["GET"]),
-    Route(
-        "/dicomweb/instances",
-        _search(Level.INSTANCE, Level.STUDY, Level.SERIES, Level.INSTANCE),
-        methods=["GET"],
-    ),
-    Route(STUDY + "/series", _search(Level.SERIES, Level.SERIES), methods=["GET"]),
-    Route(STUDY + "/instances", _search(Level.INSTANCE, Level.SERIES, Level.INSTANCE), methods=["GET"]),
-    Route(SERIES + "/instances", _search(Level.INSTANCE, Level.INSTANCE), methods=["GET"]),
-    Route(INSTANCE, wado.retrieve_instance, methods=["GET"]),
+    Route("/dicomweb", retrieve_capabilities, methods=["OPTIONS"]),
+    *[Route(path, handler, methods=methods) for path, methods, handler, _ in API],
 ]
 
 
@@ -181,7 +222,25 @@ def create_app(settings: Settings | None = None) -> Starlette:
     logs.silence_phi_sources()
     app = Starlette(
         routes=ROUTES,
-        middleware=[Middleware(RequestContext, tenant=settings.tenant)],
+        middleware=[
+            Middleware(RequestContext, tenant=settings.tenant),
+            # Only configured origins; "*" is never implied (a viewer is served from a known origin).
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_headers=[
+                    "Accept",
+                    "Authorization",
+                    "Content-Type",
+                    "If-None-Match",
+                    "Range",
+                    "X-Request-Id",
+                ],
+                expose_headers=["Content-Location", "Content-Range", "ETag", "Warning", "X-Request-Id"],
+                max_age=600,
+            ),
+        ],
         lifespan=lifespan,
         exception_handlers={DicomWebError: on_error, StorageError: on_storage_error},
     )

@@ -244,7 +244,13 @@ async def store_batch(
         try:
             async with connection(pool) as conn, conn.transaction():
                 return await _store_batch(conn, tenant, records, overwrite)
-        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, _Retry):
+        except (
+            asyncpg.DeadlockDetectedError,
+            asyncpg.SerializationError,
+            asyncpg.ForeignKeyViolationError,
+            _Retry,
+        ):
+            # A foreign key violation: a concurrent DELETE removed the study or series we joined.
             if attempt == 2:
                 raise ServiceUnavailable("index busy, please retry") from None
     raise AssertionError("unreachable")
@@ -435,28 +441,147 @@ async def _resolve_duplicates(
 
 @dataclass(frozen=True)
 class StoredInstance:
+    """One instance as WADO-RS needs it: where its object is and where its frames lie."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
     object_key: str
     size: int
     transfer_syntax_uid: str
     sha256: bytes
+    number_of_frames: int | None
+    frames: FrameIndex
+    metadata: str | None = None  # DICOM JSON text, when asked for
+
+
+def _scope(study_uid: str, series_uid: str | None, sop_uid: str | None) -> tuple[str, list[str]]:
+    """WHERE clause and arguments ($2...) for a study, series or instance resource."""
+    clause, args = "st.study_uid = $2", [study_uid]
+    if series_uid is not None:
+        args.append(series_uid)
+        clause += f" AND se.series_uid = ${len(args) + 1}"
+    if sop_uid is not None:
+        args.append(sop_uid)
+        clause += f" AND i.sop_uid = ${len(args) + 1}"
+    return clause, args
+
+
+_RESOURCE = (
+    "FROM study st JOIN instance i ON i.study_pk = st.pk JOIN series se ON se.pk = i.series_pk "
+    "WHERE st.tenant = $1 AND {scope}"
+)
+_INSTANCE_FIELDS = (
+    "st.study_uid, se.series_uid, i.sop_uid, i.sop_class_uid, i.object_key, i.size, i.transfer_syntax_uid, "
+    "i.sha256, i.number_of_frames, i.pixel_offset, i.pixel_length, i.fragments, i.frame_fragments"
+)
+
+
+def _stored(row: asyncpg.Record, metadata: str | None = None) -> StoredInstance:
+    return StoredInstance(
+        row["study_uid"],
+        row["series_uid"],
+        row["sop_uid"],
+        row["sop_class_uid"],
+        row["object_key"],
+        row["size"],
+        row["transfer_syntax_uid"],
+        bytes(row["sha256"]),
+        row["number_of_frames"],
+        FrameIndex(row["pixel_offset"], row["pixel_length"], row["fragments"], row["frame_fragments"]),
+        metadata,
+    )
+
+
+async def find_instances(
+    pool: asyncpg.Pool, tenant: str, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+) -> list[StoredInstance]:
+    """The instances of a study, series or instance resource, series by series in ingest order."""
+    scope, args = _scope(study_uid, series_uid, sop_uid)
+    async with connection(pool) as conn:
+        rows = await conn.fetch(
+            f"SELECT {_INSTANCE_FIELDS} {_RESOURCE.format(scope=scope)} ORDER BY i.series_pk, i.pk",
+            tenant,
+            *args,
+        )
+    return [_stored(row) for row in rows]
 
 
 async def find_instance(
-    pool: asyncpg.Pool, tenant: str, study_uid: str, series_uid: str, sop_uid: str
+    pool: asyncpg.Pool, tenant: str, study_uid: str, series_uid: str, sop_uid: str, *, metadata: bool = False
 ) -> StoredInstance | None:
+    scope, args = _scope(study_uid, series_uid, sop_uid)
+    fields = _INSTANCE_FIELDS + (", i.metadata::text AS metadata" if metadata else "")
     async with connection(pool) as conn:
-        row = await conn.fetchrow(
-            "SELECT i.object_key, i.size, i.transfer_syntax_uid, i.sha256 FROM instance i "
-            "JOIN series se ON se.pk = i.series_pk JOIN study st ON st.pk = i.study_pk "
-            "WHERE i.tenant = $1 AND i.sop_uid = $2 AND se.series_uid = $3 AND st.study_uid = $4",
+        row = await conn.fetchrow(f"SELECT {fields} {_RESOURCE.format(scope=scope)}", tenant, *args)
+    return None if row is None else _stored(row, row["metadata"] if metadata else None)
+
+
+async def metadata(
+    pool: asyncpg.Pool, tenant: str, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+) -> str | None:
+    """The DICOM JSON of every instance of a resource as one JSON array text, or None if there is none.
+
+    Built at ingest and joined by PostgreSQL: no object is read and no JSON is parsed here.
+    """
+    scope, args = _scope(study_uid, series_uid, sop_uid)
+    async with connection(pool) as conn:
+        joined: str | None = await conn.fetchval(
+            f"SELECT string_agg(i.metadata::text, ',' ORDER BY i.series_pk, i.pk) "
+            f"{_RESOURCE.format(scope=scope)}",
             tenant,
-            sop_uid,
-            series_uid,
-            study_uid,
+            *args,
         )
-    if row is None:
-        return None
-    return StoredInstance(row["object_key"], row["size"], row["transfer_syntax_uid"], bytes(row["sha256"]))
+    return None if joined is None else f"[{joined}]"
+
+
+async def delete(
+    pool: asyncpg.Pool, tenant: str, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+) -> list[str] | None:
+    """Remove a study, series or instance from the index in one transaction.
+
+    Returns the object keys that are no longer referenced (the caller deletes them
+    after this commits; the sweep removes any a crash leaves behind), or None when
+    the resource does not exist.  The study row is locked first, the same order as
+    ingest, and the aggregates are brought down under that lock.
+    """
+    scope, args = _scope(study_uid, series_uid, sop_uid)
+    async with connection(pool) as conn, conn.transaction():
+        study_pk = await conn.fetchval(
+            "SELECT pk FROM study WHERE tenant = $1 AND study_uid = $2 FOR UPDATE", tenant, study_uid
+        )
+        if study_pk is None:
+            return None
+        rows = await conn.fetch(
+            f"DELETE FROM instance i USING study st, series se WHERE st.pk = i.study_pk "
+            f"AND se.pk = i.series_pk AND st.tenant = $1 AND {scope} RETURNING i.object_key, i.series_pk",
+            tenant,
+            *args,
+        )
+        if not rows:
+            return None
+        removed: dict[int, int] = {}
+        for row in rows:
+            removed[row["series_pk"]] = removed.get(row["series_pk"], 0) + 1
+        await conn.execute(
+            "UPDATE series s SET num_instances = s.num_instances - v.n "
+            "FROM unnest($1::bigint[], $2::int[]) AS v(pk, n) WHERE s.pk = v.pk",
+            list(removed),
+            list(removed.values()),
+        )
+        await conn.execute("DELETE FROM series WHERE study_pk = $1 AND num_instances <= 0", study_pk)
+        await conn.execute(
+            "UPDATE study s SET num_instances = s.num_instances - $2, "
+            "num_series = (SELECT count(*) FROM series WHERE study_pk = s.pk), "
+            "modalities = ARRAY(SELECT DISTINCT modality FROM series "
+            "WHERE study_pk = s.pk AND modality IS NOT NULL ORDER BY modality), updated_at = now() "
+            "WHERE s.pk = $1",
+            study_pk,
+            len(rows),
+        )
+        await conn.execute("DELETE FROM study WHERE pk = $1 AND num_instances <= 0", study_pk)
+    return [row["object_key"] for row in rows]
 
 
 async def referenced_keys(pool: asyncpg.Pool, keys: Sequence[str]) -> set[str]:

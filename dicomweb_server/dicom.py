@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.filereader import _read_file_meta_info, read_dataset
+from pydicom.filereader import _read_file_meta_info, dcmread, read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
@@ -473,3 +473,18 @@ def describe(
         metadata=orjson.dumps(meta).decode(),
         pixel=parsed.pixel,
     )
+
+
+def value_at(data: bytes, path: list[str]) -> bytes | None:
+    """The bytes of the value a BulkDataURI names: ``path`` alternates tags and item indexes,
+    as ``dicom_json`` wrote them (``["00540016", "0", "00181072"]``).  ``data`` is the object,
+    or its bytes up to Pixel Data.  None when there is no such binary value."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds: Any = dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+            for step, name in enumerate(path):
+                ds = ds[int(name)] if step % 2 else ds[int(name, 16)].value
+        except Exception:  # a path that names nothing, or pydicom's many errors on malformed data
+            return None
+    return bytes(ds) if isinstance(ds, bytes | bytearray) and len(path) % 2 else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import NotAcceptable
@@ -72,12 +73,16 @@ def _specificity(media: MediaType, offer: Offer) -> int | None:
     return 3 if part.lower() == offer.part_type else None
 
 
-def negotiate(accept: str | None, offers: list[Offer]) -> Choice:
+def negotiate(
+    accept: str | None, offers: list[Offer], producible: Callable[[Offer, str | None], bool] | None = None
+) -> Choice:
     """Pick the offer with the highest q; the first offer is the default when Accept is absent.
 
     Each offer takes the q of the most specific range that names it, so
     ``application/dicom; q=0, */*`` refuses application/dicom.  Ties go to the
-    range listed first, then to the earlier offer.
+    range listed first, then to the earlier offer.  A range whose transfer-syntax
+    the server cannot produce (``producible`` says no) does not count, so a lower-q
+    alternative in the same header is chosen instead of a 406 (PS3.18 §8.7.3.5).
     """
     if not accept:
         return Choice(offers[0], None)
@@ -87,6 +92,8 @@ def negotiate(accept: str | None, offers: list[Offer]) -> Choice:
         match: tuple[int, float, int, MediaType] | None = None
         for order, (media, q) in enumerate(ranges):
             spec = _specificity(media, offer)
+            if spec is not None and producible and not producible(offer, media.params.get("transfer-syntax")):
+                continue
             if spec is not None and (match is None or (spec, q) > (match[0], match[1])):
                 match = (spec, q, order, media)
         if match is None or match[1] <= 0:
@@ -96,5 +103,7 @@ def negotiate(accept: str | None, offers: list[Offer]) -> Choice:
             best = (rank, Choice(offer, match[3].params.get("transfer-syntax")))
     if best is None:
         wanted = ", ".join(o.media_type + (f'; type="{o.part_type}"' if o.part_type else "") for o in offers)
-        raise NotAcceptable(f"None of the accepted media types can be produced; available: {wanted}")
+        raise NotAcceptable(
+            f"None of the accepted media types and transfer syntaxes can be produced; available: {wanted}"
+        )
     return best[1]

@@ -58,6 +58,10 @@ class Settings:
     # QIDO: a larger limit is a 400 (never a silent truncation); no limit means this many.
     qido_max_limit: int = 1000
     qido_max_offset: int = 10_000_000
+    # Browser origins allowed to call the API (a web viewer such as OHIF); none by default.
+    cors_origins: tuple[str, ...] = ()
+    # WADO-RS: instances larger than this are sent as stored rather than transcoded in memory.
+    max_transcode_bytes: int = 512 * MiB
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -95,4 +99,8 @@ class Settings:
             db_pool_size=_int(e, "DICOMWEB_DB_POOL_SIZE", 10),
             qido_max_limit=_int(e, "DICOMWEB_QIDO_MAX_LIMIT", 1000),
             qido_max_offset=_int(e, "DICOMWEB_QIDO_MAX_OFFSET", 10_000_000),
+            cors_origins=tuple(
+                o.strip().rstrip("/") for o in e.get("DICOMWEB_CORS_ORIGINS", "").split(",") if o.strip()
+            ),
+            max_transcode_bytes=_int(e, "DICOMWEB_MAX_TRANSCODE_BYTES", 512 * MiB),
         )

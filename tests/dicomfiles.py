@@ -8,6 +8,8 @@ import warnings
 from collections.abc import Iterable
 
 import numpy as np
+import pydicom
+import pydicom.encaps
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -103,3 +105,58 @@ def content_type(boundary: str = BOUNDARY, quoted: bool = True, extra: str = "")
 
 def random_bytes(n: int) -> bytes:
     return os.urandom(n)
+
+
+def multiframe(
+    study: str,
+    series: str,
+    *,
+    frames: int,
+    size: int = 32,
+    compress: str | None = None,
+    offset_table: bool = False,
+) -> bytes:
+    """A multi-frame 16-bit MONOCHROME2 instance whose frame *k* is filled with k (and a gradient),
+    optionally compressed with pydicom's own encoders (e.g. RLE Lossless)."""
+    ds = pydicom.dcmread(io.BytesIO(instance(study, series, size=size)))
+    ramp = np.arange(size * size, dtype=np.uint16).reshape(size, size)
+    pixels = np.stack([ramp + 100 * k for k in range(frames)])
+    ds.NumberOfFrames = frames
+    ds.PixelData = pixels.tobytes()
+    if compress:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds.compress(compress, encoding_plugin="pydicom", generate_instance_uid=False)
+        if not offset_table:  # many encoders leave the Basic Offset Table empty
+            ds.PixelData = pydicom.encaps.encapsulate(
+                list(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=frames)), has_bot=False
+            )
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def split_multipart(body: bytes, content_type_header: str) -> list[tuple[dict[str, str], bytes]]:
+    """A test-side multipart/related reader, independent of the server's: (headers, body) per part."""
+    boundary = next(
+        p.split("=", 1)[1].strip().strip('"')
+        for p in content_type_header.split(";")
+        if p.strip().startswith("boundary=")
+    )
+    delimiter = b"--" + boundary.encode()
+    assert body.rstrip(b"\r\n").endswith(delimiter + b"--"), "no closing delimiter"
+    chunks = body.split(b"\r\n" + delimiter)
+    first = chunks[0]
+    assert first.startswith(delimiter + b"\r\n")
+    chunks[0] = first[len(delimiter) :]
+    parts = []
+    for chunk in chunks:
+        if chunk.startswith(b"--"):
+            break
+        head, _, data = chunk[2:].partition(b"\r\n\r\n")
+        headers = {}
+        for line in head.decode().split("\r\n"):
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        parts.append((headers, data))
+    return parts

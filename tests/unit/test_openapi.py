@@ -19,7 +19,8 @@ def served() -> set[tuple[str, str]]:
         assert isinstance(route, Route)
         for method in route.methods or ():
             if method != "HEAD":
-                pairs.add((route.path, method.lower()))
+                # Starlette's convertor suffix ({path:path}) is not part of an OpenAPI template.
+                pairs.add((re.sub(r"{(\w+):\w+}", r"{\1}", route.path), method.lower()))
     return pairs
 
 
