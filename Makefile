@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint unit bench bench-deps gc clean
+.PHONY: install run test lint unit bench bench-deps viewer-check gc clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ bench-deps:
 ## Black-box benchmark against Orthanc (SQLite and PostgreSQL) and a loopback sink; writes docs/benchmarks.md
 bench: install bench-deps
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+## OHIF Viewer v3 in headless Chromium lists and opens a study stored here; writes docs/viewer-check.png (docs/viewer-check.md)
+viewer-check: install
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium >/dev/null; }
+	cd viewer && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	$(BIN)/python viewer/check.py $(VIEWER_ARGS)
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
