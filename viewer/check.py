@@ -146,10 +146,7 @@ def static_server(dist: Path, work: Path, port: int, dicomweb_root: str) -> Iter
 
 def start_server(work: Path, port: int, origin: str, timeout: float, source: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("S3_")}
-    command = [str(ROOT / ".venv/bin/dicomweb-server")]
-    if source != ROOT:  # another checkout's code with this project's venv
-        env["PYTHONPATH"] = str(source)
-        command = [str(ROOT / ".venv/bin/python"), "-m", "dicomweb_server.cli"]
+    command = [str(source / ".venv/bin/dicomweb-server")]
     env.update(
         DICOMWEB_DATA_DIR=str(work / "data"),
         DICOMWEB_CORS_ORIGINS=origin,
@@ -397,7 +394,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--screenshot", type=Path, default=ROOT / "docs" / "viewer-check.png")
     parser.add_argument("--timeout", type=float, default=90, help="seconds for each page to show its study")
-    parser.add_argument("--source", type=Path, default=ROOT, help="serve another checkout's code")
+    parser.add_argument("--source", type=Path, default=ROOT, help="serve another checkout (its own .venv)")
     parser.add_argument(
         "--without-cors",
         action="store_true",
