@@ -61,6 +61,7 @@ def describe(
     big_gib: float,
     workloads: list[str] | None = None,
     qido: Any = None,
+    wado: Any = None,
 ) -> dict[str, str]:
     load1, load5, _ = os.getloadavg()
     probe = (256 if args.quick else 1024) << 20
@@ -90,11 +91,19 @@ def describe(
         from bench.qido_report import corpus_lines
 
         env.update(corpus_lines(qido, workloads or []))
+    if wado is not None:
+        from bench import wado_report
+
+        env.update(wado_report.corpus_lines(wado, workloads or []))
     return env
 
 
 def method_notes(
-    args: argparse.Namespace, big_gib: float, workloads: list[str] | None = None, qido: Any = None
+    args: argparse.Namespace,
+    big_gib: float,
+    workloads: list[str] | None = None,
+    qido: Any = None,
+    wado: Any = None,
 ) -> list[str]:
     notes = (
         stow_notes(args, big_gib) if workloads is None or any(w.startswith("stow") for w in workloads) else []
@@ -103,6 +112,10 @@ def method_notes(
         from bench.qido_report import method_lines
 
         notes += method_lines(qido, workloads or [])
+    if wado is not None:
+        from bench import wado_report
+
+        notes += wado_report.method_lines(wado, workloads or [], args.concurrency)
     return notes
 
 

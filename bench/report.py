@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import qido_report
+from bench import qido_report, wado_report
 from bench.outcome import Outcomes
 from bench.sampling import MIB
 from bench.workloads import WORKLOADS, Result
@@ -25,7 +25,10 @@ class Goal:
         if value is None or math.isnan(value):
             return "n/a", "n/a (target skipped, failed or had errors)"
         met = value >= self.threshold if self.at_least else value <= self.threshold
-        return _fmt(value, self.unit), "met" if met else "MISSED"
+        if met:
+            return _fmt(value, self.unit), "met"
+        gap = self.threshold - value if self.at_least else value - self.threshold
+        return _fmt(value, self.unit), f"MISSED by {_fmt(gap, self.unit)}"
 
     @property
     def goal_text(self) -> str:
@@ -37,6 +40,8 @@ def _fmt(value: float, unit: str) -> str:
         return f"{value * 100:.0f}%"
     if unit == "x":
         return f"{value:.2f}x"
+    if unit == "ms":
+        return f"{value:.2f} ms"
     return f"{value:.1f} {unit}"
 
 
@@ -100,6 +105,38 @@ GOALS = (
         1.0,
         True,
         "%",
+    ),
+    Goal(
+        "WADO whole study: ours / orthanc-sqlite MB/s",
+        wado_report.study_ratio("orthanc-sqlite"),
+        wado_report.STUDY_RATIO,
+        True,
+        "x",
+    ),
+    Goal("WADO study metadata: ours p50", wado_report.metadata_p50, wado_report.METADATA_P50_MS, False, "ms"),
+    Goal(
+        "WADO study metadata: orthanc-sqlite p50 / ours p50",
+        wado_report.metadata_speedup,
+        wado_report.METADATA_SPEEDUP,
+        True,
+        "x",
+    ),
+    *(
+        Goal(
+            f"WADO frame, {wado_report.FRAME_LABELS[key]}: ours p50",
+            wado_report.frame_p50(key),
+            wado_report.FRAME_P50_MS,
+            False,
+            "ms",
+        )
+        for key in wado_report.FRAME_KEYS
+    ),
+    Goal(
+        "WADO 2 GiB study to a slow client: ours RSS growth",
+        wado_report.big_growth,
+        wado_report.BIG_GROWTH_MIB,
+        False,
+        "MiB",
     ),
 )
 
@@ -185,6 +222,7 @@ def console_table(outcomes: Outcomes) -> str:
         lines += ["", title, "  ".join(c.rjust(w) for c, w in zip(COLUMNS, widths, strict=True))]
         lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines += qido_report.console_lines(outcomes)
+    lines += wado_report.console_lines(outcomes)
     lines += ["", "Goals:"]
     for goal in GOALS:
         value, verdict = goal.evaluate(outcomes)
@@ -212,6 +250,7 @@ def markdown(env: dict[str, str], outcomes: Outcomes, details: list[str]) -> str
     for title, rows in _sections(outcomes):
         out += ["", f"## {title}", "", *_md_table(list(COLUMNS), rows)]
     out += qido_report.markdown_lines(outcomes)
+    out += wado_report.markdown_lines(outcomes, env)
     out += ["", "## Targets", ""]
     for o in outcomes.values():
         if o.skipped:
@@ -224,8 +263,9 @@ def markdown(env: dict[str, str], outcomes: Outcomes, details: list[str]) -> str
         )
         for key, per_round in o.rounds.items():
             if len(per_round) > 1:
+                unit = "requests/s" if key.startswith("wado") else "inst/s"
                 out.append(
-                    f"  - {key}: inst/s per round {', '.join(f'{v:.1f}' for v in per_round)} (median shown)"
+                    f"  - {key}: {unit} per round {', '.join(f'{v:.1f}' for v in per_round)} (median shown)"
                 )
         for result in o.results.values():
             out += [f"  - {result.workload} error: {e}" for e in result.errors[:5]]
@@ -236,12 +276,10 @@ def markdown(env: dict[str, str], outcomes: Outcomes, details: list[str]) -> str
 
 def _ran(goal: Goal, outcomes: Outcomes) -> bool:
     """Show a goal only if its suite ran (a QIDO-only run has no STOW goals, and vice versa)."""
-    qido = goal.label.startswith("QIDO")
-    return any(
-        (key.startswith("qido") if qido else key.startswith("stow"))
-        for o in outcomes.values()
-        for key in o.results
-    ) or all(not o.results for o in outcomes.values())
+    prefix = {"QIDO": "qido", "WADO": "wado"}.get(goal.label.split(" ", 1)[0], "stow")
+    return any(key.startswith(prefix) for o in outcomes.values() for key in o.results) or all(
+        not o.results for o in outcomes.values()
+    )
 
 
 def _goal_cells(goal: Goal, outcomes: Outcomes) -> list[str]:

@@ -1,4 +1,4 @@
-"""Entry point: ``python -m bench.run [--quick] [--suite stow,qido] [--targets ours,orthanc-sqlite,...]``.
+"""Entry point: ``python -m bench.run [--quick] [--suite stow,qido,retrieve] [--targets ours,...]``.
 
 Re-executes itself inside a private network namespace (``unshare --net``, loopback only), starts each
 target in turn on 127.0.0.1 (fresh for every session of workloads: the STOW workloads share one, each
@@ -21,7 +21,7 @@ from types import FrameType
 
 import httpx
 
-from bench import environment, qido_report
+from bench import environment, qido_report, wado_report
 from bench.corpus import CT_FULL, CT_QUICK, SMALL_FULL, SMALL_QUICK, load_corpus
 from bench.outcome import Outcome, Outcomes, merge_rounds
 from bench.procs import TargetUnavailable, log_tail
@@ -32,6 +32,9 @@ from bench.report import console_table, markdown
 from bench.sampling import wait_until_quiet
 from bench.servers import REPO, TARGET_NAMES, make_target
 from bench.target import Endpoint, disk_usage
+from bench.wado import WadoOptions
+from bench.wado import options as retrieve_options
+from bench.wado_corpus import load_retrieve_corpus
 from bench.workloads import SUITES, WORKLOADS, Context, Result, Workload
 
 NETNS_FLAG = "DICOMWEB_BENCH_IN_NETNS"
@@ -81,7 +84,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--big-gib", type=float, default=None, help="size of the big-body request (default 2, quick 0.25)"
     )
-    p.add_argument("--skip-big", action="store_true", help="skip the big-body scenario")
+    p.add_argument(
+        "--skip-big", action="store_true", help="skip the big-body STOW and the big-study retrieve scenarios"
+    )
+    p.add_argument(
+        "--retrieve-big-gib",
+        type=float,
+        default=None,
+        help="size of the study the slow client retrieves (default 2, quick 0.25)",
+    )
+    p.add_argument(
+        "--retrieve-rate",
+        type=float,
+        default=100.0,
+        metavar="MB_S",
+        help="read rate of the slow client in the big-study retrieve (default %(default)s; 0: unthrottled)",
+    )
     p.add_argument(
         "--rounds", type=int, default=1, help="run every target N times (fresh each time); report the median"
     )
@@ -143,10 +161,8 @@ async def run_target(endpoint: Endpoint, outcome: Outcome, ctx: Context, workloa
 
 def print_progress(target: str, result: Result) -> None:
     proc = result.proc
-    if result.extra is not None:  # QIDO: its own summary
-        from bench.qido_report import progress_lines
-
-        for line in progress_lines(target, result):
+    if result.extra is not None:  # QIDO and WADO: their own summaries
+        for line in qido_report.progress_lines(target, result) + wado_report.progress_lines(target, result):
             print(line, flush=True)
         return
     print(
@@ -262,7 +278,8 @@ def select_workloads(args: argparse.Namespace) -> list[str]:
     for key in chosen:
         if key not in by_key:
             sys.exit(f"bench: unknown workload {key!r}; choose from {', '.join(by_key)}")
-    return [w for w in chosen if by_key[w].suite in suites and not (args.skip_big and w == "stow-big-body")]
+    big = ("stow-big-body", "wado-big")
+    return [w for w in chosen if by_key[w].suite in suites and not (args.skip_big and w in big)]
 
 
 def qido_options(args: argparse.Namespace, workloads: list[str]) -> QidoOptions | None:
@@ -283,6 +300,17 @@ def qido_options(args: argparse.Namespace, workloads: list[str]) -> QidoOptions 
     return opts
 
 
+def wado_options(args: argparse.Namespace, workloads: list[str]) -> WadoOptions | None:
+    if not any(w.startswith("wado") for w in workloads):
+        return None
+    opts = retrieve_options(
+        args.quick, args.cache_dir, args.retrieve_big_gib, args.retrieve_rate, args.wait_quiet
+    )
+    if any(w in workloads for w in ("wado-study", "wado-metadata", "wado-frames")):
+        opts.corpus = load_retrieve_corpus(opts.retrieve_instances, args.cache_dir)
+    return opts
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -298,9 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     stow = any(w.startswith("stow") for w in workloads)
     corpora = {spec.name: load_corpus(spec, args.cache_dir) for spec in specs} if stow else {}
     qido = qido_options(args, workloads)
-    ctx = Context(corpora=corpora, concurrency=args.concurrency, big_gib=big_gib, qido=qido)
+    wado = wado_options(args, workloads)
+    ctx = Context(corpora=corpora, concurrency=args.concurrency, big_gib=big_gib, qido=qido, wado=wado)
     log_dir = args.cache_dir / "logs" / time.strftime("%Y%m%d-%H%M%S")
-    env = environment.describe(args, corpora, big_gib, workloads, qido)
+    env = environment.describe(args, corpora, big_gib, workloads, qido, wado)
 
     targets = [t for t in targets if sessions(t, workloads)]  # e.g. the sink has no QIDO workload
     rounds: dict[str, list[Outcome]] = {name: [] for name in targets}
@@ -325,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         args.cache_dir / "benchmarks-quick.md" if args.quick else REPO / "docs" / "benchmarks.md"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(markdown(env, outcomes, environment.method_notes(args, big_gib, workloads, qido)))
+    out.write_text(markdown(env, outcomes, environment.method_notes(args, big_gib, workloads, qido, wado)))
     if qido is not None and (plans := qido_report.plan_sections(outcomes)):
         write_plans(qido.plans_out, plans)
         print(f"wrote {qido.plans_out}")

@@ -11,6 +11,7 @@ a workload that needs an index of its own (the QIDO ones) gets its own session. 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import io
 import json
 import time
@@ -39,6 +40,7 @@ class Context:
     concurrency: int = 2
     big_gib: float = 2.0
     qido: Any = None  # bench.qido.QidoOptions when a QIDO workload is selected
+    wado: Any = None  # bench.wado.WadoOptions when a retrieve workload is selected
     _bodies: dict[str, tuple[list[bytes], list[bytes]]] = field(default_factory=dict)
 
     def bodies(self, corpus: str) -> tuple[list[bytes], list[bytes]]:
@@ -225,11 +227,11 @@ async def big_body(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context) 
     )
 
 
-def _qido(name: str) -> WorkloadFn:
-    async def run(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context) -> Result:
-        from bench import qido  # imports this module: loaded on first use
+def _lazy(module: str, name: str) -> WorkloadFn:
+    """``bench.<module>.<name>``, imported on first use (those modules import this one)."""
 
-        fn: WorkloadFn = getattr(qido, name)
+    async def run(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context) -> Result:
+        fn: WorkloadFn = getattr(importlib.import_module(f"bench.{module}"), name)
         return await fn(client, endpoint, ctx)
 
     return run
@@ -255,7 +257,7 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload(
         "qido-20k",
         "QIDO-RS searches, 20k instances loaded by STOW",
-        _qido("run_small"),
+        _lazy("qido", "run_small"),
         frozenset({"ours", "orthanc-sqlite", "orthanc-postgresql"}),
         suite="qido",
         session="qido-20k",
@@ -263,10 +265,42 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload(
         "qido-1m",
         "QIDO-RS searches, 1M instances COPYed into the index",
-        _qido("run_big"),
+        _lazy("qido", "run_big"),
         frozenset({"ours"}),
         suite="qido",
         session="qido-1m",
+    ),
+    Workload(
+        "wado-study",
+        "WADO-RS whole-study retrieve",
+        _lazy("wado", "run_study"),
+        frozenset({"ours", "orthanc-sqlite", "orthanc-postgresql"}),
+        suite="retrieve",
+        session="retrieve",
+    ),
+    Workload(
+        "wado-metadata",
+        "WADO-RS study metadata",
+        _lazy("wado", "run_metadata"),
+        frozenset({"ours", "orthanc-sqlite", "orthanc-postgresql"}),
+        suite="retrieve",
+        session="retrieve",
+    ),
+    Workload(
+        "wado-frames",
+        "WADO-RS single frames",
+        _lazy("wado", "run_frames"),
+        frozenset({"ours", "orthanc-sqlite", "orthanc-postgresql"}),
+        suite="retrieve",
+        session="retrieve",
+    ),
+    Workload(
+        "wado-big",
+        "WADO-RS 2 GiB study to a slow client",
+        _lazy("wado", "run_big"),
+        frozenset({"ours", "orthanc-sqlite"}),
+        suite="retrieve",
+        session="retrieve-big",
     ),
 )
 SUITES = tuple(dict.fromkeys(w.suite for w in WORKLOADS))
