@@ -95,7 +95,7 @@ async def retrieve_capabilities(request: Request) -> Response:
     """OPTIONS /dicomweb: PS3.18 §8.9 Retrieve Capabilities, WADL by default or JSON."""
     routes = [(path, method, transaction) for path, methods, _, transaction in API for method in methods]
     routes.append(("/dicomweb", "OPTIONS", "capabilities"))
-    base = request.app.state.settings.public_base_url or str(request.base_url).rstrip("/")
+    base = request.state.base_url
     accept = request.query_params.get("accept") or request.headers.get("accept")
     choice = negotiate(
         accept, [Offer(capabilities.WADL), Offer("application/json"), Offer("application/xml")]
@@ -175,12 +175,33 @@ async def _sweep_forever(app: Starlette) -> None:
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
-class RequestContext:
-    """Request id, tenant and one access-log line per request (route name, never the raw path)."""
+def base_url(scope: Scope, public: str | None) -> str:
+    """The URL clients reach this server at, for the URLs it writes into responses.
 
-    def __init__(self, app: ASGIApp, tenant: str):
+    ``DICOMWEB_PUBLIC_BASE_URL`` when set (behind a proxy, set it); otherwise the Host
+    header.  Some clients (dicomweb-client) send Host without the port: when Host names
+    our own listening address, the socket's port is added so that the URLs resolve.
+    """
+    if public:
+        return public
+    host = dict(scope["headers"]).get(b"host", b"").decode("latin-1") or "localhost"
+    server = scope.get("server")
+    scheme = scope.get("scheme", "http")
+    if server and ":" not in host and host == server[0] and server[1] not in (None, _DEFAULT_PORT[scheme]):
+        host = f"{host}:{server[1]}"
+    return f"{scheme}://{host}{scope.get('root_path', '')}".rstrip("/")
+
+
+_DEFAULT_PORT = {"http": 80, "https": 443}
+
+
+class RequestContext:
+    """Request id, tenant, base URL and one access-log line per request (route template, not the path)."""
+
+    def __init__(self, app: ASGIApp, tenant: str, public_base_url: str | None = None):
         self.app = app
         self.tenant = tenant
+        self.public_base_url = public_base_url
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -188,7 +209,9 @@ class RequestContext:
             return
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        scope.setdefault("state", {}).update(tenant=self.tenant, request_id=request_id)
+        scope.setdefault("state", {}).update(
+            tenant=self.tenant, request_id=request_id, base_url=base_url(scope, self.public_base_url)
+        )
         started = time.perf_counter()
         sent: dict[str, Any] = {"status": 500, "bytes": 0}
 
@@ -203,13 +226,14 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            endpoint = getattr(scope.get("endpoint"), "func", scope.get("endpoint"))
+            # The route's template ("/dicomweb/studies/{study}"): which transaction, never which UIDs.
+            route = getattr(scope.get("route"), "path", None)
             log.info(
                 "request",
                 extra={
                     "request_id": request_id,
                     "method": scope["method"],
-                    "route": getattr(endpoint, "__name__", "none"),
+                    "route": route or "none",
                     "status": sent["status"],
                     "bytes_out": sent["bytes"],
                     "ms": round((time.perf_counter() - started) * 1000, 2),
@@ -223,7 +247,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=ROUTES,
         middleware=[
-            Middleware(RequestContext, tenant=settings.tenant),
+            Middleware(RequestContext, tenant=settings.tenant, public_base_url=settings.public_base_url),
             # Only configured origins; "*" is never implied (a viewer is served from a known origin).
             Middleware(
                 CORSMiddleware,

@@ -70,7 +70,13 @@ def _specificity(media: MediaType, offer: Offer) -> int | None:
     part = media.params.get("type")
     if part is None or offer.part_type is None:
         return 2
-    return 3 if part.lower() == offer.part_type else None
+    part = part.lower()
+    if part == offer.part_type:
+        return 3
+    # A wildcard part type (dicomweb-client sends type="*/*") names any part of that kind.
+    if part == "*/*" or (part.endswith("/*") and offer.part_type.startswith(part[:-1])):
+        return 2
+    return None
 
 
 def negotiate(

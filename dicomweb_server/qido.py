@@ -39,7 +39,7 @@ async def search(request: Request, resource: Resource) -> Response:
     rows, total = await db.search(state.pool, statements, query.limit)
     if rows:
         cache.put(sig, query.offset + len(rows), rows[-1]["pk"])
-    base = settings.public_base_url or str(request.base_url).rstrip("/")
+    base = request.state.base_url
     results = [result(query, row, base) for row in rows]
     headers = {}
     if total is not None:

@@ -325,10 +325,6 @@ def _record(desc: dicom.Description, key: str, size: int, frames: FrameIndex | N
     return db.Record(**vars(desc), object_key=key, size=size, frames=frames)
 
 
-def base_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
-
-
 def store_response(
     base: str, study_url: str | None, stored: Sequence[Stored], failed: list[Failure]
 ) -> dict[str, Any]:
@@ -379,7 +375,7 @@ async def store_instances(request: Request) -> Response:
         state.pool,
         request.state.tenant,
         request.path_params.get("study"),
-        state.settings.public_base_url or base_url(request),
+        request.state.base_url,
     )
     response = await ingest.run(
         request.headers.get("content-type"), request.headers.get("content-length"), request.stream()

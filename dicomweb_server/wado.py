@@ -53,10 +53,6 @@ def accept_of(request: Request) -> str | None:
     return request.query_params.get("accept") or request.headers.get("accept")
 
 
-def base_of(request: Request) -> str:
-    return request.app.state.settings.public_base_url or str(request.base_url).rstrip("/")
-
-
 def _boundary() -> str:
     return secrets.token_hex(16)
 
@@ -248,7 +244,7 @@ async def metadata(request: Request) -> Response:
     text = await db.metadata(state.pool, request.state.tenant, scope.study, scope.series, scope.sop)
     if text is None:
         raise NotFound("No such study, series or instance")
-    body = absolute_bulkdata(text, base_of(request)).encode()
+    body = absolute_bulkdata(text, request.state.base_url).encode()
     media = choice.offer.media_type
     tag = etag(body, media)
     headers = {"ETag": tag, "Cache-Control": "no-cache"}
@@ -320,7 +316,10 @@ async def _frame_source(request: Request) -> FrameSource:
     meta = orjson.loads(inst.metadata)
     if PIXEL_DATA not in meta:
         raise BadRequest("The instance has no Pixel Data, so it has no frames")
-    return FrameSource(inst, transcode.PixelInfo.from_json(meta))
+    try:
+        return FrameSource(inst, transcode.PixelInfo.from_json(meta))
+    except transcode.TranscodeError as exc:
+        raise NotAcceptable(f"Frames cannot be produced for this instance: {exc}") from None
 
 
 def _frame_offers(source: FrameSource) -> list[Offer]:
@@ -368,7 +367,7 @@ async def retrieve_frames(request: Request) -> Response:
     boundary = _boundary()
     return StreamingResponse(
         _frame_parts(request.app.state.store, source, numbers, as_stored, ctype, boundary),
-        media_type=_multipart_type(choice.offer.part_type or OCTET, boundary),
+        media_type=_multipart_type(ctype.split(";")[0], boundary),  # RFC 2387: the parts' type
     )
 
 

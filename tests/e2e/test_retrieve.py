@@ -294,6 +294,7 @@ async def test_frames_of_a_compressed_instance_come_as_stored_or_decoded(
     parts = split_multipart(r.content, r.headers["content-type"])
     assert [p[1] for p in parts] == [fragments[1], fragments[100]]
     assert parts[0][0]["content-type"] == f"image/dicom-rle; transfer-syntax={RLE}"
+    assert r.headers["content-type"].startswith('multipart/related; type="image/dicom-rle"')  # RFC 2387
     r = await app.client.get(
         url(data) + "/frames/5", headers={"Accept": 'multipart/related; type="image/dicom-rle"'}
     )

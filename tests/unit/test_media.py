@@ -129,3 +129,11 @@ def test_metadata_offers() -> None:
 )
 def test_parse_accept(value: str, expected: list[tuple[MediaType, float]]) -> None:
     assert parse_accept(value) == expected
+
+
+def test_wildcard_part_types_match_any_part_of_that_kind() -> None:
+    offers = [Offer(MULTIPART, "application/octet-stream"), Offer(MULTIPART, "image/jpeg")]
+    assert negotiate('multipart/related; type="*/*"', offers).offer == offers[0]
+    assert negotiate('multipart/related; type="image/*"', offers).offer == offers[1]
+    with pytest.raises(NotAcceptable):
+        negotiate('multipart/related; type="video/*"', offers)
