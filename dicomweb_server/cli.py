@@ -63,8 +63,12 @@ DICOMweb server ready at {base}/dicomweb   (health: {base}/healthz, {base}/ready
 Store a file with curl, then fetch it back:
   curl -sS -X POST {base}/dicomweb/studies -H 'Content-Type: application/dicom' \\
        --data-binary @{path}
-  curl -sS -H 'Accept: application/dicom' -o back.dcm \\
+  curl -sS -H 'Accept: application/dicom; transfer-syntax=*' -o back.dcm \\
        {url}
+Its metadata, a frame and a rendered JPEG:
+  curl -sS {url}/metadata
+  curl -sS -H 'Accept: multipart/related; type="application/octet-stream"' {url}/frames/1 -o frame.mime
+  curl -sS {url}/rendered -o image.jpg
 Search for it:
   curl -sS '{base}/dicomweb/studies?PatientID={ds.PatientID}'
   curl -sS '{base}/dicomweb/studies/{uids[0]}/instances?includefield=all'
