@@ -70,7 +70,8 @@ def describe(
         "Machine": f"{os.cpu_count()} CPUs ({_cpu_model()}), "
         f"{psutil.virtual_memory().total / 2**30:.1f} GiB RAM, Linux {platform.release()}",
         "Load average at start": f"{load1:.2f} (1 min), {load5:.2f} (5 min)",
-        "ours": f"git {ours_revision()}" + (f" (executable {args.ours_bin})" if args.ours_bin else ""),
+        "ours": f"git {ours_revision(getattr(args, 'ours_src', None))}"
+        + (f" (executable {args.ours_bin})" if args.ours_bin else ""),
         "Orthanc": orthanc_version(),
         "Python": platform.python_version(),
         "Disk write (data directories)": f"{disk_write_mb_s(args.cache_dir / 'work', probe):.0f} MB/s "

@@ -30,7 +30,7 @@ from bench.qido_corpus import load_stow_corpus
 from bench.qido_load import write_plans
 from bench.report import console_table, markdown
 from bench.sampling import wait_until_quiet
-from bench.servers import REPO, TARGET_NAMES, make_target
+from bench.servers import REPO, TARGET_NAMES, export_revision, make_target
 from bench.target import Endpoint, disk_usage
 from bench.wado import WadoOptions
 from bench.wado import options as retrieve_options
@@ -112,6 +112,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument(
         "--ours-bin", type=Path, default=None, help="dicomweb-server executable (default: the venv's)"
+    )
+    p.add_argument(
+        "--ours-rev",
+        default=None,
+        metavar="REV",
+        help="run ours from a git archive of this commit (e.g. HEAD) instead of the work tree, which "
+        "others may be editing; the venv's installed packages are used",
     )
     p.add_argument("--cache-dir", type=Path, default=REPO / ".bench-cache")
     p.add_argument(
@@ -233,7 +240,7 @@ def bench_session(
 ) -> bool:
     """One fresh server for ``group``; False if the target could not run at all."""
     started = time.monotonic()
-    target = make_target(name, args.pg_index_connections, args.ours_bin)
+    target = make_target(name, args.pg_index_connections, args.ours_bin, args.ours_src)
     work_root = args.cache_dir / "work"
     work_root.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work_root))
@@ -316,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.no_netns:
         enter_private_netns(argv)
+    args.ours_src = export_revision(args.ours_rev, args.cache_dir) if args.ours_rev else None
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     signal.signal(signal.SIGTERM, _raise_interrupt)
     started = time.monotonic()

@@ -25,14 +25,38 @@ def ours_executable() -> Path | None:
     return Path(found) if found else None
 
 
-def ours_revision() -> str:
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else ""
 
-    rev = git("rev-parse", "--short", "HEAD") or "no-commit"
-    dirty = git("status", "--porcelain", "--", "dicomweb_server", "pyproject.toml")
+
+def ours_revision(source: Path | None = None) -> str:
+    if source is not None:  # an export made by export_revision(): its directory is named by the commit
+        return f"{source.name[:7]} (exported; the work tree is not used)"
+    rev = _git("rev-parse", "--short", "HEAD") or "no-commit"
+    dirty = _git("status", "--porcelain", "--", "dicomweb_server", "pyproject.toml", "alembic")
     return f"{rev}+dirty" if dirty else rev
+
+
+def export_revision(rev: str, cache_dir: Path) -> Path:
+    """``git archive`` of ``rev`` under ``cache_dir`` (once per commit), for running ours at a commit
+    while the work tree holds someone's unfinished changes. The venv's packages are used as they are."""
+    sha = _git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    if not sha:
+        raise SystemExit(f"bench: no such revision {rev!r}")
+    target = cache_dir / "ours-src" / sha
+    if not (target / "dicomweb_server").is_dir():
+        partial = target.with_name(sha + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", sha, "dicomweb_server", "alembic", "alembic.ini"],
+            capture_output=True,
+            check=True,
+        )
+        subprocess.run(["tar", "-x", "-C", str(partial)], input=archive.stdout, check=True)
+        partial.rename(target)
+    return target
 
 
 class _UvicornLike(Target):
@@ -53,12 +77,15 @@ class _UvicornLike(Target):
     def env(self, workdir: Path) -> dict[str, str]:
         return dict(os.environ)
 
+    def cwd(self) -> Path:
+        return REPO
+
     def start(self, workdir: Path, log_dir: Path) -> Endpoint:
         self._workdir = workdir
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         self._proc = ManagedProcess(
-            self.name, self.argv(port), log_dir / f"{self.name}.log", env=self.env(workdir), cwd=REPO
+            self.name, self.argv(port), log_dir / f"{self.name}.log", env=self.env(workdir), cwd=self.cwd()
         )
         self._proc.wait_ready(http_ok(base + self.ready_path), self.ready_timeout)
         return Endpoint(
@@ -82,9 +109,19 @@ class _UvicornLike(Target):
 class OursTarget(_UvicornLike):
     name = "ours"
 
-    def __init__(self, executable: Path | None = None) -> None:
+    def __init__(self, executable: Path | None = None, source: Path | None = None) -> None:
         super().__init__()
         self.executable = executable
+        self.source = source  # an exported revision to run instead of the work tree
+
+    def cwd(self) -> Path:
+        return self.source or REPO  # multiprocessing's spawned workers put their cwd first on sys.path
+
+    def start(self, workdir: Path, log_dir: Path) -> Endpoint:
+        endpoint = super().start(workdir, log_dir)
+        if self.source is not None:
+            endpoint.notes["source"] = f"exported {self.source.name[:7]}"
+        return endpoint
 
     def argv(self, port: int) -> list[str]:
         exe = self.executable or ours_executable()
@@ -99,6 +136,8 @@ class OursTarget(_UvicornLike):
         data_dir = workdir / "data"
         data_dir.mkdir(exist_ok=True)
         env["DICOMWEB_DATA_DIR"] = str(data_dir)
+        if self.source is not None:  # first on the path, also for the uvicorn workers it spawns
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.source), env.get("PYTHONPATH")]))
         return env
 
 
@@ -127,9 +166,11 @@ class SinkTarget(_UvicornLike):
 TARGET_NAMES = ("ours", "orthanc-sqlite", "orthanc-postgresql", "sink")
 
 
-def make_target(name: str, pg_index_connections: int = 1, ours_bin: Path | None = None) -> Target:
+def make_target(
+    name: str, pg_index_connections: int = 1, ours_bin: Path | None = None, ours_src: Path | None = None
+) -> Target:
     if name == "ours":
-        return OursTarget(ours_bin)
+        return OursTarget(ours_bin, ours_src)
     if name == "sink":
         return SinkTarget()
     if name == "orthanc-sqlite":

@@ -16,6 +16,9 @@ Session ``retrieve-big`` (ours, Orthanc SQLite): ``wado-big`` stores a ~2 GiB st
 instances, then retrieves it whole with a client that reads at most ``big_rate`` MB/s, sampling the
 server's RSS.
 
+Measured requests use the lean client in bench/rawhttp.py (httpx costs the shared CPUs too much);
+the loads and the untimed Accept probes use httpx.
+
 Orthanc answers some Accept headers with 400/406: every target first gets the Accept the scenario
 names; when that fails, the status and message are recorded and the fallback Accept (same media type
 without ``transfer-syntax``) is measured instead, and the report says so.
@@ -28,6 +31,7 @@ import contextlib
 import gc
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,7 @@ import httpx
 import numpy as np
 import orjson
 
+from bench import rawhttp
 from bench.multipart import build_body
 from bench.sampling import ProcessSampler, ProcStats, settle, wait_until_quiet
 from bench.target import Endpoint
@@ -307,40 +312,37 @@ async def _choose_accept(
 
 
 async def _stream_one(
-    client: httpx.AsyncClient, url: str, accept: str, measure: Measure, rate: float = 0.0
-) -> tuple[int, int, float, float] | None:
-    """GET ``url`` streamed: (bytes, parts, seconds, seconds to the first byte), or None on failure."""
-    t0 = time.perf_counter()
-    first = 0.0
+    conn: rawhttp.Connection, url: str, accept: str, measure: Measure, rate: float = 0.0
+) -> rawhttp.Answer | None:
+    """GET ``url``, streamed and counted (bytes, multipart parts), or None on failure."""
+    counters: list[PartCounter] = []
+
+    def count(answer: rawhttp.Answer, block: bytes) -> None:
+        if not counters:
+            counters.append(PartCounter(boundary_of(answer.content_type) or b"(no boundary)"))
+        counters[0].feed(block)
+
     try:
-        async with client.stream("GET", url, headers={"Accept": accept}) as response:
-            measure.statuses[response.status_code] += 1
-            if response.status_code != 200:
-                await response.aread()
-                measure.errors.append(f"HTTP {response.status_code}: {_squeeze(response.text)}")
-                return None
-            content_type = response.headers.get("content-type", "")
-            measure.content_type = measure.content_type or content_type
-            boundary = boundary_of(content_type)
-            counter = PartCounter(boundary) if boundary else None
-            nbytes = 0
-            async for chunk in response.aiter_raw():
-                if not nbytes:
-                    first = time.perf_counter() - t0
-                nbytes += len(chunk)
-                if counter is not None:
-                    counter.feed(chunk)
-                if rate:
-                    ahead = nbytes / (rate * 1e6) - (time.perf_counter() - t0)
-                    if ahead > 0.001:
-                        await asyncio.sleep(ahead)
-    except httpx.HTTPError as exc:
-        measure.errors.append(f"{type(exc).__name__}: {exc}")
+        answer = await conn.get(url, {"Accept": accept}, on_chunk=count, rate=rate * 1e6)
+    except rawhttp.HttpError as exc:
+        measure.errors.append(str(exc))
         return None
-    parts = counter.parts if counter is not None else 0
+    measure.statuses[answer.status] += 1
+    if answer.status != 200:
+        measure.errors.append(f"HTTP {answer.status}: {_squeeze(answer.text)}")
+        return None
+    measure.content_type = measure.content_type or answer.content_type
+    parts = counters[0].parts if counters else 0
     if measure.expected_parts and parts != measure.expected_parts:
         measure.errors.append(f"{parts} parts in the response, {measure.expected_parts} expected")
-    return nbytes, parts, time.perf_counter() - t0, first
+    return answer
+
+
+def _record(measure: Measure, answer: rawhttp.Answer, parts: int) -> None:
+    measure.latencies.append(answer.elapsed)
+    measure.first_byte.append(answer.first_byte)
+    measure.body_bytes += answer.nbytes
+    measure.parts.append(parts)
 
 
 async def run_study(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context) -> Result:
@@ -367,14 +369,12 @@ async def run_study(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context)
         started = time.perf_counter()
 
         async def worker() -> None:
-            while queue and (not record or _budget_left(started, len(measure.latencies))):
-                queue.pop()
-                got = await _stream_one(client, url, accept, measure)
-                if got is not None and record:
-                    measure.body_bytes += got[0]
-                    measure.parts.append(got[1])
-                    measure.latencies.append(got[2])
-                    measure.first_byte.append(got[3])
+            async with rawhttp.Connection(endpoint.base_url) as conn:
+                while queue and (not record or _budget_left(started, len(measure.latencies))):
+                    queue.pop()
+                    answer = await _stream_one(conn, url, accept, measure)
+                    if answer is not None and record:
+                        _record(measure, answer, measure.expected_parts)
             if record:
                 measure.capped = len(queue)
 
@@ -405,47 +405,41 @@ def _idle(endpoint: Endpoint) -> ProcStats:
 # Sequential small requests: metadata and frames
 
 
-def _one_connection() -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    return httpx.AsyncClient(timeout=httpx.Timeout(120.0), limits=limits)
+Check = Callable[[rawhttp.Answer], tuple[int, str | None]]  # -> (items in the response, error)
 
 
 async def _sequential(
-    client: httpx.AsyncClient,
+    conn: rawhttp.Connection,
     url: str,
     accept: str,
     measure: Measure,
     warmup: int,
     requests: int,
-    check: Any,
+    check: Check,
 ) -> None:
-    """``warmup`` then ``requests`` GETs one after the other; ``check(response)`` -> (items, error)."""
+    """``warmup`` then ``requests`` GETs one after the other over ``conn``, each body checked."""
+    headers = {"Accept": accept}
     for _ in range(warmup):
-        with contextlib.suppress(httpx.HTTPError):
-            await client.get(url, headers={"Accept": accept})
+        with contextlib.suppress(rawhttp.HttpError):
+            await conn.get(url, headers)
     started = time.perf_counter()
     for n in range(requests):
         if not _budget_left(started, n):
             measure.capped = requests - n
             break
-        t0 = time.perf_counter()
         try:
-            response = await client.get(url, headers={"Accept": accept})
-        except httpx.HTTPError as exc:
-            measure.errors.append(f"{type(exc).__name__}: {exc}")
+            answer = await conn.get(url, headers, keep_body=True)
+        except rawhttp.HttpError as exc:
+            measure.errors.append(str(exc))
             continue
-        elapsed = time.perf_counter() - t0
-        measure.statuses[response.status_code] += 1
-        if response.status_code != 200:
-            measure.errors.append(f"HTTP {response.status_code}: {_squeeze(response.text)}")
+        measure.statuses[answer.status] += 1
+        if answer.status != 200:
+            measure.errors.append(f"HTTP {answer.status}: {_squeeze(answer.text)}")
             continue
-        items, error = check(response)
+        items, error = check(answer)
         if error and len(measure.errors) < 5:
             measure.errors.append(error)
-        measure.latencies.append(elapsed)
-        measure.first_byte.append(elapsed)
-        measure.body_bytes += len(response.content)
-        measure.parts.append(items)
+        _record(measure, answer, items)
     measure.elapsed = time.perf_counter() - started
 
 
@@ -460,12 +454,12 @@ async def run_metadata(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Conte
     measure.expected_parts = count
     detail = WadoDetail("wado-metadata", {"metadata": measure}, load)
 
-    def check(response: httpx.Response) -> tuple[int, str | None]:
-        measure.content_type = measure.content_type or response.headers.get("content-type", "")
+    def check(answer: rawhttp.Answer) -> tuple[int, str | None]:
+        measure.content_type = measure.content_type or answer.content_type
         try:
-            items = orjson.loads(response.content)
+            items = orjson.loads(answer.body)
         except orjson.JSONDecodeError:
-            return 0, f"not JSON: {response.text[:100]}"
+            return 0, f"not JSON: {answer.text[:100]}"
         n = len(items) if isinstance(items, list) else 0
         return n, None if n == count else f"{n} instances in the metadata, {count} expected"
 
@@ -474,10 +468,10 @@ async def run_metadata(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Conte
     gc.collect()
     gc.disable()  # the client's own collector pauses must not count against a server
     try:
-        async with _one_connection() as qclient:
+        async with rawhttp.Connection(endpoint.base_url) as conn:
             with ProcessSampler(lambda: [endpoint.app_pid], lambda: aux) as sampler:
                 await _sequential(
-                    qclient,
+                    conn,
                     endpoint.dicomweb_root + path,
                     METADATA_ACCEPT,
                     measure,
@@ -493,13 +487,13 @@ async def run_metadata(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Conte
     )
 
 
-def _frame_check(frame: FrameInstance, measure: Measure) -> Any:
-    def check(response: httpx.Response) -> tuple[int, str | None]:
-        content_type = response.headers.get("content-type", "")
+def _frame_check(frame: FrameInstance, measure: Measure) -> Check:
+    def check(answer: rawhttp.Answer) -> tuple[int, str | None]:
+        content_type = answer.content_type
         boundary = boundary_of(content_type)
         if boundary is None:
             return 0, f"not multipart: {content_type}"
-        part_type, size, parts = first_part(response.content, boundary)
+        part_type, size, parts = first_part(bytes(answer.body), boundary)
         if not measure.content_type:
             measure.content_type, measure.part_type, measure.part_bytes = content_type, part_type, size
         if parts != 1:
@@ -538,7 +532,7 @@ async def run_frames(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context
     gc.collect()
     gc.disable()
     try:
-        async with _one_connection() as qclient:
+        async with rawhttp.Connection(endpoint.base_url) as conn:
             with ProcessSampler(lambda: [endpoint.app_pid], lambda: aux) as sampler:
                 for frame in corpus.frames:
                     measure = Measure(frame.key, frame.title, frame.path())
@@ -548,12 +542,12 @@ async def run_frames(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context
                     )
                     detail.measures[frame.key] = measure
                     url = endpoint.dicomweb_root + frame.path()
-                    accept = await _choose_accept(qclient, url, [FRAME_ACCEPT, FRAME_FALLBACK], measure)
+                    accept = await _choose_accept(client, url, [FRAME_ACCEPT, FRAME_FALLBACK], measure)
                     if accept is None:
                         continue
                     measure.accept = accept
                     await _sequential(
-                        qclient,
+                        conn,
                         url,
                         accept,
                         measure,
@@ -686,23 +680,21 @@ async def run_big(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context) -
     settle(1.0)
     url = endpoint.dicomweb_root + path
     aux = endpoint.aux_roots()
-    with ProcessSampler(lambda: [endpoint.app_pid], lambda: aux) as sampler:
-        accept = STUDY_ACCEPT
-        got = await _stream_one(client, url, accept, measure, rate=opts.big_rate)
-        if got is None and measure.statuses and 200 not in measure.statuses:
-            measure.quirks.append(f"Accept {accept!r} → {measure.errors[-1]}")
-            measure.errors.clear()
-            accept = STUDY_FALLBACK
-            measure.quirks.append(f"measured with the fallback Accept {accept!r}")
-            got = await _stream_one(client, url, accept, measure, rate=opts.big_rate)
+    async with rawhttp.Connection(endpoint.base_url) as conn:
+        with ProcessSampler(lambda: [endpoint.app_pid], lambda: aux) as sampler:
+            accept = STUDY_ACCEPT
+            answer = await _stream_one(conn, url, accept, measure, rate=opts.big_rate)
+            if answer is None and any(code in REFUSED for code in measure.statuses):
+                measure.quirks.append(f"Accept {accept!r} → {measure.errors[-1]}")
+                measure.errors.clear()
+                accept = STUDY_FALLBACK
+                measure.quirks.append(f"measured with the fallback Accept {accept!r}")
+                answer = await _stream_one(conn, url, accept, measure, rate=opts.big_rate)
     measure.accept = accept
     measure.proc = sampler.stats()
-    if got is not None:
-        measure.body_bytes, parts, seconds, first = got
-        measure.parts.append(parts)
-        measure.latencies.append(seconds)
-        measure.first_byte.append(first)
-        measure.elapsed = seconds
+    if answer is not None:
+        _record(measure, answer, big.count)
+        measure.elapsed = answer.elapsed
     return _result(
         "wado-big", detail, len(measure.latencies), measure.elapsed, measure.latencies, measure.proc
     )
