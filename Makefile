@@ -24,8 +24,13 @@ lint: install
 	$(BIN)/lint-imports
 
 ## The whole suite: lint, types, layers, unit, integration (PostgreSQL, SeaweedFS) and end to end.
-test: lint
+test: lint test-deps
 	$(BIN)/pytest -q
+
+## System packages the suite runs for real: redis-server (shared rate limits)
+test-deps:
+	@command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq redis-server >/dev/null; }
 
 unit: install
 	$(BIN)/pytest -q tests/unit

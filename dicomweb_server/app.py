@@ -20,10 +20,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import capabilities, db, delete, logs, qido, stow, sweep, wado
+from . import access, auth, capabilities, db, delete, logs, qido, stow, sweep, wado
 from .errors import DicomWebError, ServiceUnavailable, StorageError
 from .media import Offer, negotiate
 from .query import Level, PageCache, Resource
+from .ratelimit import Policy, RateLimiter
 from .settings import Settings
 from .storage import open_store
 
@@ -105,11 +106,20 @@ async def retrieve_capabilities(request: Request) -> Response:
     return Response(capabilities.wadl(routes, "/dicomweb", base), media_type=choice.offer.media_type)
 
 
+# Open: health, capabilities, the token endpoint and its discovery documents.  Everything
+# else is guarded: bearer token, the transaction's scope, rate limits, the token's tenant.
 ROUTES = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/dicomweb", retrieve_capabilities, methods=["OPTIONS"]),
-    *[Route(path, handler, methods=methods) for path, methods, handler, _ in API],
+    Route("/oauth/token", access.token, methods=["POST"]),
+    Route("/.well-known/jwks.json", access.jwks, methods=["GET"]),
+    Route("/.well-known/oauth-authorization-server", access.metadata, methods=["GET"]),
+    Route("/admin/audit", access.guard(access.read_audit, "audit"), methods=["GET"]),
+    *[
+        Route(path, access.guard(handler, transaction), methods=methods)
+        for path, methods, handler, transaction in API
+    ],
 ]
 
 
@@ -131,11 +141,28 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set; `dicomweb-server serve` starts an embedded PostgreSQL")
+    if settings.signing_keys is None or not settings.signing_keys.exists():
+        raise RuntimeError("DICOMWEB_SIGNING_KEYS must name a key file (`dicomweb-server keys create`)")
+    issuer = settings.issuer or settings.public_base_url
+    if not issuer:
+        raise RuntimeError("DICOMWEB_ISSUER (or DICOMWEB_PUBLIC_BASE_URL) must be set")
     app.state.pool = await db.create_pool(settings.database_url, settings.db_pool_size)
     app.state.store = await open_store(settings.storage_path, settings.s3)
     app.state.page_cache = PageCache()
     app.state.ingested = asyncio.Event()
-    tasks = [asyncio.create_task(_fresh_statistics(app))]
+    keys = auth.SigningKeys.load(settings.signing_keys)
+    tokens = auth.TokenSettings(issuer, issuer + "/dicomweb", settings.token_lifetime)
+    app.state.access = access.Access(
+        keys=keys,
+        tokens=tokens,
+        verifier=auth.Verifier(keys, tokens),
+        limiter=await RateLimiter.open(settings.rate_limit_storage),
+        default_policy=Policy(settings.rate_requests, settings.rate_bytes, settings.rate_window_seconds),
+        pool=app.state.pool,
+        _clients={},
+    )
+    app.state.audit = access.AuditTrail(app.state.pool)
+    tasks = [asyncio.create_task(_fresh_statistics(app)), asyncio.create_task(app.state.audit.run())]
     if settings.gc_interval_seconds > 0:
         tasks.append(asyncio.create_task(_sweep_forever(app)))
     try:
@@ -145,6 +172,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await app.state.audit.close()
+        await app.state.access.limiter.close()
         await app.state.store.close()
         await app.state.pool.close()
 
@@ -198,9 +227,8 @@ _DEFAULT_PORT = {"http": 80, "https": 443}
 class RequestContext:
     """Request id, tenant, base URL and one access-log line per request (route template, not the path)."""
 
-    def __init__(self, app: ASGIApp, tenant: str, public_base_url: str | None = None):
+    def __init__(self, app: ASGIApp, public_base_url: str | None = None):
         self.app = app
-        self.tenant = tenant
         self.public_base_url = public_base_url
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -209,9 +237,8 @@ class RequestContext:
             return
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        scope.setdefault("state", {}).update(
-            tenant=self.tenant, request_id=request_id, base_url=base_url(scope, self.public_base_url)
-        )
+        state = scope.setdefault("state", {})
+        state.update(request_id=request_id, base_url=base_url(scope, self.public_base_url))
         started = time.perf_counter()
         sent: dict[str, Any] = {"status": 500, "bytes": 0}
 
@@ -234,11 +261,16 @@ class RequestContext:
                     "request_id": request_id,
                     "method": scope["method"],
                     "route": route or "none",
+                    "client_id": state.get("client_id"),
                     "status": sent["status"],
                     "bytes_out": sent["bytes"],
                     "ms": round((time.perf_counter() - started) * 1000, 2),
                 },
             )
+            trail = getattr(getattr(scope.get("app"), "state", None), "audit", None)
+            if trail is not None:
+                study = scope.get("path_params", {}).get("study") or state.get("study_uid")
+                trail.record(state, sent["status"], request_id, study)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -247,7 +279,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=ROUTES,
         middleware=[
-            Middleware(RequestContext, tenant=settings.tenant, public_base_url=settings.public_base_url),
+            Middleware(RequestContext, public_base_url=settings.public_base_url),
             # Only configured origins; "*" is never implied (a viewer is served from a known origin).
             Middleware(
                 CORSMiddleware,

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from . import logs
+from . import admin, logs
 from .settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,8 +48,8 @@ def _stop(server: object | None) -> None:
         cleanup()
 
 
-def _banner(base: str) -> str:
-    """A copy-paste walk-through that stores and fetches one of pydicom's bundled files."""
+def _banner(base: str, dev: admin.DevClient | None) -> str:
+    """A copy-paste walk-through: a token, then store, search and fetch one of pydicom's files."""
     import pydicom
     from pydicom.data import get_testdata_file
 
@@ -57,27 +57,35 @@ def _banner(base: str) -> str:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     url = f"{base}/dicomweb/studies/{uids[0]}/series/{uids[1]}/instances/{uids[2]}"
+    client_id, secret = (dev.client_id, dev.client_secret) if dev else ("$CLIENT_ID", "$CLIENT_SECRET")
+    who = (
+        f"Development tenant '{admin.DEV_TENANT}', client '{client_id}' "
+        "(every scope; its secret is kept in the data folder)."
+        if dev
+        else "Create a client with `dicomweb-server clients create --tenant T --scopes ...`."
+    )
     return f"""
 DICOMweb server ready at {base}/dicomweb   (health: {base}/healthz, {base}/readyz)
+{who}
 
-Store a file with curl, then fetch it back:
-  curl -sS -X POST {base}/dicomweb/studies -H 'Content-Type: application/dicom' \\
-       --data-binary @{path}
-  curl -sS -H 'Accept: application/dicom; transfer-syntax=*' -o back.dcm \\
+Get a token (OAuth2 client credentials), then store a file, search, and fetch it back:
+  TOKEN=$(curl -sS -u '{client_id}:{secret}' -d grant_type=client_credentials {base}/oauth/token \\
+          | {sys.executable} -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  curl -sS -H "Authorization: Bearer $TOKEN" -X POST {base}/dicomweb/studies \\
+       -H 'Content-Type: application/dicom' --data-binary @{path}
+  curl -sS -H "Authorization: Bearer $TOKEN" '{base}/dicomweb/studies?PatientID={ds.PatientID}'
+  curl -sS -H "Authorization: Bearer $TOKEN" -H 'Accept: application/dicom; transfer-syntax=*' -o back.dcm \\
        {url}
-Its metadata, a frame and a rendered JPEG:
-  curl -sS {url}/metadata
-  curl -sS -H 'Accept: multipart/related; type="application/octet-stream"' {url}/frames/1 -o frame.mime
-  curl -sS {url}/rendered -o image.jpg
-Search for it:
-  curl -sS '{base}/dicomweb/studies?PatientID={ds.PatientID}'
-  curl -sS '{base}/dicomweb/studies/{uids[0]}/instances?includefield=all'
+  curl -sS -H "Authorization: Bearer $TOKEN" {url}/metadata
+  curl -sS -H "Authorization: Bearer $TOKEN" {url}/rendered -o image.jpg
 
 The same with dicomweb-client (pip install dicomweb-client):
   {sys.executable} - <<'PY'
-  import pydicom
+  import pydicom, requests
   from dicomweb_client.api import DICOMwebClient
-  client = DICOMwebClient(url="{base}/dicomweb")
+  token = requests.post("{base}/oauth/token", data={{"grant_type": "client_credentials"}},
+                     auth=("{client_id}", "{secret}")).json()["access_token"]
+  client = DICOMwebClient(url="{base}/dicomweb", headers={{"Authorization": "Bearer " + token}})
   ds = pydicom.dcmread("{path}")
   print(client.store_instances(datasets=[ds]))
   back = client.retrieve_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
@@ -98,7 +106,14 @@ def serve(args: argparse.Namespace) -> None:
     os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
     migrate(url)
     base = settings.public_base_url or f"http://{args.host}:{args.port}"
-    print(_banner(base), file=sys.stderr, flush=True)
+    os.environ.setdefault("DICOMWEB_ISSUER", settings.issuer or base)
+    dev = None
+    if admin.is_loopback(args.host) and settings.signing_keys is None:
+        keys_path, dev = admin.bootstrap_dev(settings, url)
+        os.environ["DICOMWEB_SIGNING_KEYS"] = str(keys_path)
+    else:
+        admin.refuse_insecure(args.host, settings, url)
+    print(_banner(base, dev), file=sys.stderr, flush=True)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler it found:
     # make that handler an exit, so the finally below still stops the embedded PostgreSQL.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -113,6 +128,9 @@ def serve(args: argparse.Namespace) -> None:
             http="httptools",
             log_config=None,
             access_log=False,
+            # X-Forwarded-* only from the configured proxies (uvicorn trusts 127.0.0.1 by default).
+            proxy_headers=bool(os.environ.get("DICOMWEB_TRUSTED_PROXIES")),
+            forwarded_allow_ips=os.environ.get("DICOMWEB_TRUSTED_PROXIES") or "",
             timeout_graceful_shutdown=10,
         )
     finally:
@@ -158,11 +176,27 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=serve)
     p = sub.add_parser("migrate", help="apply database migrations")
     p.set_defaults(func=lambda a: migrate(_database(Settings.from_env())[0]))
+    admin.add_commands(sub)
     p = sub.add_parser("gc", help="remove objects no index row references, older than the grace period")
     p.add_argument("--grace", type=float, default=None, help="seconds (default: DICOMWEB_GC_GRACE_SECONDS)")
     p.set_defaults(func=gc)
     logs.configure(os.environ.get("DICOMWEB_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
+    if args.command in ("keys", "tenants", "clients"):
+        settings = Settings.from_env()
+        if args.command == "keys":
+            admin.keys_command(args, settings)
+            return
+        url, server = _database(settings)
+        try:
+            migrate(url)
+            if args.command == "tenants":
+                admin.tenants_command(args, url)
+            else:
+                admin.clients_command(args, url, settings)
+        finally:
+            _stop(server)
+        return
     args.func(args)
 
 

@@ -625,3 +625,149 @@ async def analyze_if_stale(pool: asyncpg.Pool) -> list[str]:
         for name in names:
             await conn.execute(f"ANALYZE {name}")  # a name from the fixed list above
     return names
+
+
+# -- access: tenants, clients, audit ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    client_id: str
+    tenant: str
+    name: str
+    scopes: frozenset[str]
+    secret_hashes: tuple[str, ...]  # active ones only
+    disabled: bool
+    rate_requests: int | None
+    rate_bytes: int | None
+
+
+async def create_tenant(pool: asyncpg.Pool, tenant: str, name: str) -> bool:
+    """False when the tenant already exists."""
+    async with connection(pool) as conn:
+        status = await conn.execute(
+            "INSERT INTO tenant (id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING", tenant, name
+        )
+    return bool(status.endswith(" 1"))
+
+
+async def list_tenants(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+    async with connection(pool) as conn:
+        rows = await conn.fetch("SELECT id, name, disabled, created_at FROM tenant ORDER BY id")
+    return [dict(r) for r in rows]
+
+
+async def create_client(
+    pool: asyncpg.Pool,
+    client_id: str,
+    tenant: str,
+    name: str,
+    scopes: Iterable[str],
+    secret_hash: str,
+    rate_requests: int | None = None,
+    rate_bytes: int | None = None,
+) -> None:
+    async with connection(pool) as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO client (client_id, tenant, name, scopes, rate_requests, rate_bytes) "
+            "VALUES ($1, $2, $3, $4, $5, $6)",
+            client_id,
+            tenant,
+            name,
+            sorted(set(scopes)),
+            rate_requests,
+            rate_bytes,
+        )
+        await conn.execute(
+            "INSERT INTO client_secret (client_id, hash) VALUES ($1, $2)", client_id, secret_hash
+        )
+
+
+_CLIENT = (
+    "SELECT c.client_id, c.tenant, c.name, c.scopes, c.disabled OR t.disabled AS disabled, "
+    "c.rate_requests, c.rate_bytes, ARRAY(SELECT s.hash FROM client_secret s WHERE s.client_id = c.client_id "
+    "AND (s.expires_at IS NULL OR s.expires_at > now()) ORDER BY s.pk DESC LIMIT 2) AS hashes "
+    "FROM client c JOIN tenant t ON t.id = c.tenant"
+)
+
+
+def _client(row: asyncpg.Record) -> ClientRecord:
+    return ClientRecord(
+        row["client_id"],
+        row["tenant"],
+        row["name"],
+        frozenset(row["scopes"]),
+        tuple(row["hashes"]),
+        row["disabled"],
+        row["rate_requests"],
+        row["rate_bytes"],
+    )
+
+
+async def find_client(pool: asyncpg.Pool, client_id: str) -> ClientRecord | None:
+    async with connection(pool) as conn:
+        row = await conn.fetchrow(_CLIENT + " WHERE c.client_id = $1", client_id)
+    return None if row is None else _client(row)
+
+
+async def list_clients(pool: asyncpg.Pool, tenant: str | None = None) -> list[ClientRecord]:
+    async with connection(pool) as conn:
+        rows = await conn.fetch(
+            _CLIENT + " WHERE $1::text IS NULL OR c.tenant = $1 ORDER BY c.client_id", tenant
+        )
+    return [_client(r) for r in rows]
+
+
+async def rotate_secret(pool: asyncpg.Pool, client_id: str, secret_hash: str, overlap_seconds: int) -> bool:
+    """Add a secret; the current one stays valid for ``overlap_seconds``, any older one ends now."""
+    async with connection(pool) as conn, conn.transaction():
+        if await conn.fetchval("SELECT 1 FROM client WHERE client_id = $1 FOR UPDATE", client_id) is None:
+            return False
+        latest = await conn.fetchval("SELECT max(pk) FROM client_secret WHERE client_id = $1", client_id)
+        await conn.execute(
+            "UPDATE client_secret SET expires_at = CASE WHEN pk = $2 "
+            "THEN least(coalesce(expires_at, 'infinity'), now() + make_interval(secs => $3)) ELSE now() END "
+            "WHERE client_id = $1 AND (expires_at IS NULL OR expires_at > now())",
+            client_id,
+            latest,
+            float(overlap_seconds),
+        )
+        await conn.execute(
+            "INSERT INTO client_secret (client_id, hash) VALUES ($1, $2)", client_id, secret_hash
+        )
+    return True
+
+
+async def set_client_disabled(pool: asyncpg.Pool, client_id: str, disabled: bool) -> bool:
+    async with connection(pool) as conn:
+        status = await conn.execute(
+            "UPDATE client SET disabled = $2 WHERE client_id = $1", client_id, disabled
+        )
+    return bool(status.endswith(" 1"))
+
+
+AUDIT_COLUMNS = (
+    "at", "tenant", "client_id", "event_id", "event", "action", "transaction", "study_uid", "status",
+    "outcome", "request_id",
+)  # fmt: skip
+
+
+async def append_audit(pool: asyncpg.Pool, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Append audit rows (tuples in AUDIT_COLUMNS order) in one round trip."""
+    async with connection(pool) as conn:
+        await conn.copy_records_to_table("audit", records=rows, columns=AUDIT_COLUMNS)
+
+
+async def read_audit(
+    pool: asyncpg.Pool, tenant: str | None, after: int = 0, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Audit rows after ``after`` (a pk), oldest first; one tenant's, or everyone's for None."""
+    async with connection(pool) as conn:
+        rows = await conn.fetch(
+            f"SELECT pk, {', '.join(AUDIT_COLUMNS)} FROM audit WHERE pk > $1 "
+            "AND ($2::text IS NULL OR tenant = $2) ORDER BY pk LIMIT $3",
+            after,
+            tenant,
+            limit,
+        )
+    return [dict(r) for r in rows]

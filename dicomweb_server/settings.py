@@ -39,7 +39,6 @@ class Settings:
     storage_path: Path = Path(".data/objects")
     s3: S3Settings | None = None
     public_base_url: str | None = None
-    tenant: str = "default"
     # STOW limits (RELIABILITY.md, "Limits"). Exceeding one answers 413.
     max_body_bytes: int = 4 * GiB
     max_part_bytes: int = 2 * GiB
@@ -62,6 +61,16 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     # WADO-RS: instances larger than this are sent as stored rather than transcoded in memory.
     max_transcode_bytes: int = 512 * MiB
+    # Access (OAuth2 client credentials, RFC 9068 tokens).  The key file holds private JWKs;
+    # `dicomweb-server serve` on a loopback address creates one under the data folder.
+    signing_keys: Path | None = None
+    issuer: str | None = None  # default: the public base URL; the audience is issuer + "/dicomweb"
+    token_lifetime: int = 3600
+    secret_overlap_seconds: int = 24 * 3600  # an old secret keeps working this long after a rotation
+    rate_limit_storage: str | None = None  # e.g. async+redis://127.0.0.1:6379/0; None: in this process
+    rate_requests: int = 600  # per client and window, unless the client has its own
+    rate_bytes: int = 10 * GiB
+    rate_window_seconds: int = 60
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -86,7 +95,6 @@ class Settings:
             storage_path=Path(e.get("DICOMWEB_STORAGE_PATH", str(data_dir / "objects"))),
             s3=s3,
             public_base_url=(e.get("DICOMWEB_PUBLIC_BASE_URL") or "").rstrip("/") or None,
-            tenant=e.get("DICOMWEB_TENANT", "default"),
             max_body_bytes=_int(e, "DICOMWEB_MAX_BODY_BYTES", 4 * GiB),
             max_part_bytes=_int(e, "DICOMWEB_MAX_PART_BYTES", 2 * GiB),
             max_parts=_int(e, "DICOMWEB_MAX_PARTS", 10_000),
@@ -103,4 +111,12 @@ class Settings:
                 o.strip().rstrip("/") for o in e.get("DICOMWEB_CORS_ORIGINS", "").split(",") if o.strip()
             ),
             max_transcode_bytes=_int(e, "DICOMWEB_MAX_TRANSCODE_BYTES", 512 * MiB),
+            signing_keys=Path(e["DICOMWEB_SIGNING_KEYS"]) if e.get("DICOMWEB_SIGNING_KEYS") else None,
+            issuer=(e.get("DICOMWEB_ISSUER") or "").rstrip("/") or None,
+            token_lifetime=_int(e, "DICOMWEB_TOKEN_LIFETIME", 3600),
+            secret_overlap_seconds=_int(e, "DICOMWEB_SECRET_OVERLAP_SECONDS", 24 * 3600),
+            rate_limit_storage=e.get("DICOMWEB_RATE_LIMIT_STORAGE") or None,
+            rate_requests=_int(e, "DICOMWEB_RATE_REQUESTS", 600),
+            rate_bytes=_int(e, "DICOMWEB_RATE_BYTES", 10 * GiB),
+            rate_window_seconds=_int(e, "DICOMWEB_RATE_WINDOW_SECONDS", 60),
         )

@@ -95,6 +95,7 @@ class Ingest:
         self.committing: set[asyncio.Future[bytes]] = set()
         self.failed: list[Failure] = []
         self.keys: list[str] = []  # every object this request created, for clean-up on failure
+        self.stored_study: str | None = None
 
     # -- streaming ----------------------------------------------------------------
     async def run(self, content_type: str | None, length: str | None, body: AsyncIterator[bytes]) -> Response:
@@ -283,6 +284,7 @@ class Ingest:
             outcome.failed[d.record.object_key] for d in durable if d.record.object_key in outcome.failed
         ]
         studies = {h.study_uid for h in referenced} or ({self.study_uid} if self.study_uid else set())
+        self.stored_study = next(iter(studies)) if len(studies) == 1 else None
         study_url = f"{self.base}/dicomweb/studies/{next(iter(studies))}" if len(studies) == 1 else None
         body = store_response(self.base, study_url, referenced, failed)
         status = 200 if not failed else 202 if referenced else 409
@@ -377,8 +379,12 @@ async def store_instances(request: Request) -> Response:
         request.path_params.get("study"),
         request.state.base_url,
     )
-    response = await ingest.run(
-        request.headers.get("content-type"), request.headers.get("content-length"), request.stream()
-    )
+    try:
+        response = await ingest.run(
+            request.headers.get("content-type"), request.headers.get("content-length"), request.stream()
+        )
+    finally:
+        request.state.body_bytes = ingest.body_bytes  # for the byte rate limit of a chunked body
+    request.state.study_uid = ingest.stored_study  # for the audit trail
     state.ingested.set()  # the index grew: let the statistics keeper look
     return response

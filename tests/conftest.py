@@ -18,11 +18,44 @@ import asyncpg
 import httpx
 import pytest
 
+from dicomweb_server import auth
 from dicomweb_server.app import create_app
 from dicomweb_server.cli import migrate
 from dicomweb_server.settings import S3Settings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+ASGI_ISSUER = "http://testserver"
+# One signing key set for the whole run (real ES256 keys; generating one costs ~1 ms).
+KEYS_FILE = Path(__import__("tempfile").mkdtemp(prefix="dicomweb-keys-")) / "signing-keys.json"
+KEYS = auth.SigningKeys.generate(KEYS_FILE)
+TENANT = "default"
+CLIENT = "test-client"
+OTHER_TENANT = "other"
+OTHER_CLIENT = "other-client"
+
+
+def token_for(
+    issuer: str = ASGI_ISSUER,
+    client_id: str = CLIENT,
+    tenant: str = TENANT,
+    scopes: tuple[str, ...] = auth.SCOPES,
+) -> str:
+    """A real access token, signed by the run's keys, as the token endpoint would issue it."""
+    return auth.issue(KEYS, auth.TokenSettings(issuer, issuer + "/dicomweb"), client_id, tenant, scopes)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def ensure_clients(pool: asyncpg.Pool) -> None:
+    """The test tenants and their clients (every scope); secrets are not needed for minted tokens."""
+    from dicomweb_server import db as index
+
+    for tenant, client in ((TENANT, CLIENT), (OTHER_TENANT, OTHER_CLIENT)):
+        await index.create_tenant(pool, tenant, tenant)
+        if await index.find_client(pool, client) is None:
+            await index.create_client(pool, client, tenant, client, auth.SCOPES, auth.hash_secret("unused"))
 
 
 @pytest.fixture(scope="session")
@@ -63,13 +96,19 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     """A pool on an empty index."""
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
     await pool.execute("TRUNCATE study, series, instance RESTART IDENTITY CASCADE")
+    await ensure_clients(pool)
     yield pool
     await pool.close()
 
 
 def make_settings(database_url: str, storage: Path, **overrides: object) -> Settings:
     base = Settings(
-        database_url=database_url, data_dir=storage.parent, storage_path=storage, gc_interval_seconds=0
+        database_url=database_url,
+        data_dir=storage.parent,
+        storage_path=storage,
+        gc_interval_seconds=0,
+        signing_keys=KEYS_FILE,
+        issuer=ASGI_ISSUER,
     )
     return Settings(**{**base.__dict__, **overrides})  # type: ignore[arg-type]
 
@@ -85,8 +124,11 @@ class App:
 async def running_app(settings: Settings) -> AsyncIterator[App]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
+        await ensure_clients(app.state.pool)
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://testserver", headers=bearer(token_for())
+        ) as client:
             yield App(client, settings, app.state)
 
 
@@ -123,6 +165,11 @@ class Server:
     env: dict[str, str]
     log: Path
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """A bearer token of the default test client for this server."""
+        return bearer(token_for(self.url))
+
     def stop(self, sig: str = "term") -> None:
         if self.process.poll() is None:
             (self.process.kill if sig == "kill" else self.process.terminate)()
@@ -137,6 +184,8 @@ def start_server(database_url: str, data: Path, **env: str) -> Server:
         "DICOMWEB_DATA_DIR": str(data),
         "DICOMWEB_STORAGE_PATH": str(data / "objects"),
         "DICOMWEB_GC_INTERVAL_SECONDS": "0",
+        "DICOMWEB_SIGNING_KEYS": str(KEYS_FILE),
+        "DICOMWEB_ISSUER": f"http://127.0.0.1:{port}",
         **env,
     }
     log = data / f"server-{port}.log"

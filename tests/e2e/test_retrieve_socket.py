@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -28,11 +30,13 @@ def test_dicomweb_client_retrieve_calls(live_server: Server) -> None:
     files = [instance(study, series, seed=i, InstanceNumber=i + 1) for i in range(3)]
     files.append(multiframe(study, series, frames=5, compress="1.2.840.10008.1.2.5"))
     r = httpx.post(
-        live_server.url + STUDIES, content=multipart(files), headers={"Content-Type": content_type()}
+        live_server.url + STUDIES,
+        content=multipart(files),
+        headers={"Content-Type": content_type(), **live_server.headers},
     )
     assert r.status_code == 200, r.text
     datasets = [pydicom.dcmread(io.BytesIO(f)) for f in files]
-    client = DICOMwebClient(url=f"{live_server.url}/dicomweb")
+    client = DICOMwebClient(url=f"{live_server.url}/dicomweb", headers=live_server.headers)
 
     got = client.retrieve_study(study)
     assert sorted(d.SOPInstanceUID for d in got) == sorted(d.SOPInstanceUID for d in datasets)
@@ -106,13 +110,21 @@ def test_two_gib_study_streams_out_with_flat_memory(live_server: Server) -> None
         yield f"--{BOUNDARY}--\r\n".encode()
 
     r = httpx.post(
-        live_server.url + STUDIES, content=body(), headers={"Content-Type": content_type()}, timeout=600
+        live_server.url + STUDIES,
+        content=body(),
+        headers={"Content-Type": content_type(), **live_server.headers},
+        timeout=600,
     )
     assert r.status_code == 200, r.text
     received = 0
     with (
         Peak(live_server.process.pid) as peak,
-        httpx.stream("GET", f"{live_server.url}{STUDIES}/{study}", headers={"Accept": ANY}, timeout=600) as r,
+        httpx.stream(
+            "GET",
+            f"{live_server.url}{STUDIES}/{study}",
+            headers={"Accept": ANY, **live_server.headers},
+            timeout=600,
+        ) as r,
     ):
         assert r.status_code == 200
         boundary = r.headers["content-type"].rsplit("boundary=", 1)[1].encode()
@@ -125,24 +137,48 @@ def test_two_gib_study_streams_out_with_flat_memory(live_server: Server) -> None
     assert peak.growth_mib < 150, f"server RSS grew by {peak.growth_mib:.0f} MiB while streaming 2 GiB out"
 
 
+def _target(link: Path) -> str:
+    try:
+        return os.readlink(link)
+    except OSError:  # closed meanwhile
+        return ""
+
+
 def test_a_client_that_hangs_up_mid_stream_releases_its_resources(live_server: Server) -> None:
     study, series = generate_uid(), generate_uid()
     data = b"".join(big_instance(study, series, 256 * 1024 * 1024, 7))
     r = httpx.post(
-        live_server.url + STUDIES, content=data, headers={"Content-Type": "application/dicom"}, timeout=120
+        live_server.url + STUDIES,
+        content=data,
+        headers={"Content-Type": "application/dicom", **live_server.headers},
+        timeout=120,
     )
     assert r.status_code == 200, r.text
     proc = psutil.Process(live_server.process.pid)
-    baseline = proc.num_fds()
+    port = int(live_server.url.rsplit(":", 1)[1])
+
+    def held() -> tuple[int, int]:
+        """Object files open for reading, and client connections on the server's port."""
+        fds = Path(f"/proc/{proc.pid}/fd")
+        objects = [p for p in fds.iterdir() if "/objects/" in _target(p)]
+        clients = [
+            c for c in proc.net_connections("tcp") if c.laddr.port == port and c.status == "ESTABLISHED"
+        ]
+        return len(objects), len(clients)
+
+    assert held() == (0, 0)
     for _ in range(5):
         with httpx.stream(
-            "GET", f"{live_server.url}{STUDIES}/{study}", headers={"Accept": ANY}, timeout=60
+            "GET",
+            f"{live_server.url}{STUDIES}/{study}",
+            headers={"Accept": ANY, **live_server.headers},
+            timeout=60,
         ) as r:
             assert r.status_code == 200
             next(r.iter_raw(1024 * 1024))  # then hang up with the rest unread
     deadline = time.monotonic() + 10
-    while proc.num_fds() > baseline and time.monotonic() < deadline:
+    while held() != (0, 0) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert proc.num_fds() <= baseline, "open files or sockets left behind by abandoned streams"
+    assert held() == (0, 0), "object files or connections left open by abandoned streams"
     r = httpx.get(f"{live_server.url}/readyz")
     assert r.status_code == 200

@@ -19,7 +19,7 @@ import pytest
 
 from dicomweb_server.cli import migrate
 from dicomweb_server.query import Level, Resource, parse_query, signature
-from tests.conftest import App, Server, admin_sql, make_settings, running_app
+from tests.conftest import TENANT, App, Server, admin_sql, make_settings, running_app
 from tests.dicomfiles import content_type, multipart
 from tests.e2e import search_corpus as c
 from tests.e2e.search_corpus import (
@@ -616,7 +616,7 @@ async def test_an_offset_past_the_end_is_an_empty_page(corpus: App) -> None:
 async def test_deep_offset_through_the_keyset_cache_gives_the_same_rows(corpus: App) -> None:
     cache = corpus.state.page_cache  # type: ignore[attr-defined]
     resource = Resource(Level.INSTANCE, frozenset(Level))
-    sig = signature(parse_query("", resource), corpus.settings.tenant)
+    sig = signature(parse_query("", resource), TENANT)
     cache.clear()
     full = await found(corpus, INSTANCES)
     cache.clear()
@@ -796,7 +796,7 @@ def store_corpus(server: Server) -> None:
     r = httpx.post(
         f"{server.url}{STUDIES}",
         content=multipart(c.files()),
-        headers={"Content-Type": content_type()},
+        headers={"Content-Type": content_type(), **server.headers},
         timeout=60,
     )
     assert r.status_code == 200, r.text
@@ -810,7 +810,7 @@ def test_dicomweb_client_searches(live_server: Server) -> None:
     from dicomweb_client.api import DICOMwebClient
 
     store_corpus(live_server)
-    client = DICOMwebClient(url=f"{live_server.url}/dicomweb")
+    client = DICOMwebClient(url=f"{live_server.url}/dicomweb", headers=live_server.headers)
 
     studies = client.search_for_studies(search_filters={"PatientName": "Müller*"})
     assert uids_of(studies, "0020000D") == {S3, S4}
@@ -859,7 +859,7 @@ def test_dicomweb_client_paging_and_errors(live_server: Server) -> None:
     from dicomweb_client.api import DICOMwebClient
 
     store_corpus(live_server)
-    client = DICOMwebClient(url=f"{live_server.url}/dicomweb")
+    client = DICOMwebClient(url=f"{live_server.url}/dicomweb", headers=live_server.headers)
     full = uid_list(client.search_for_instances(), "00080018")
     assert len(full) == 21 and set(full) == ALL_INSTANCES
     page = client.search_for_instances(limit=5, offset=5)
@@ -871,7 +871,7 @@ def test_dicomweb_client_paging_and_errors(live_server: Server) -> None:
     assert uid_list(paged, "00080018") == mr and set(mr) == sops(SE11, SE31, SE51)
     assert client.search_for_studies(search_filters={"PatientName": "Nobody"}) == []
 
-    r = httpx.get(f"{live_server.url}{INSTANCES}?limit=5", timeout=30)
+    r = httpx.get(f"{live_server.url}{INSTANCES}?limit=5", headers=live_server.headers, timeout=30)
     assert r.headers["warning"] == (
         f'299 {live_server.url}: "There are 16 additional results that can be requested"'
     )

@@ -32,7 +32,7 @@ def instance_url(server: Server, study: str, series: str, sop: str) -> str:
 def fetch(server: Server, study: str, series: str, sop: str) -> httpx.Response:
     return httpx.get(
         instance_url(server, study, series, sop),
-        headers={"Accept": "application/dicom; transfer-syntax=*"},
+        headers={"Accept": "application/dicom; transfer-syntax=*", **server.headers},
         timeout=60,
     )
 
@@ -40,7 +40,7 @@ def fetch(server: Server, study: str, series: str, sop: str) -> httpx.Response:
 def test_dicomweb_client_store_and_retrieve(live_server: Server) -> None:
     from dicomweb_client.api import DICOMwebClient
 
-    client = DICOMwebClient(url=f"{live_server.url}/dicomweb")
+    client = DICOMwebClient(url=f"{live_server.url}/dicomweb", headers=live_server.headers)
     study = generate_uid()
     datasets = [pydicom.dcmread(pydicom.filebase.DicomBytesIO(instance(study, seed=i))) for i in range(3)]
     response = client.store_instances(datasets=datasets)
@@ -66,6 +66,8 @@ def test_raw_multipart_as_curl_sends_it(live_server: Server, curl: str, tmp_path
                 f"{live_server.url}{STUDIES}",
                 "-H",
                 f"Content-Type: {content_type(quoted=False)}",
+                "-H",
+                f"Authorization: {live_server.headers['Authorization']}",
                 "--data-binary",
                 f"@{body}",
                 "-w",
@@ -97,7 +99,7 @@ def test_pydicom_corpus_stores_and_round_trips_or_fails_per_instance(
     """
     server = start_server(database_url, tmp_path / "corpus", DICOMWEB_DUPLICATE_POLICY="overwrite")
     stored, failures = 0, {}
-    with httpx.Client(timeout=60) as client:
+    with httpx.Client(timeout=60, headers=server.headers) as client:
         for path in corpus():
             data = path.read_bytes()
             r = client.post(server.url + STUDIES, content=data, headers={"Content-Type": "application/dicom"})
@@ -170,7 +172,10 @@ def test_two_gib_body_streams_with_flat_memory(live_server: Server) -> None:
     sampler.start()
     try:
         r = httpx.post(
-            live_server.url + STUDIES, content=body(), headers={"Content-Type": content_type()}, timeout=600
+            live_server.url + STUDIES,
+            content=body(),
+            headers={"Content-Type": content_type(), **live_server.headers},
+            timeout=600,
         )
     finally:
         stop.set()
@@ -206,7 +211,11 @@ def test_sigkill_mid_upload_loses_nothing_acknowledged(
     server = start_server(database_url, data)
     study, series = generate_uid(), generate_uid()
     acked = [instance(study, series, seed=i) for i in range(5)]
-    r = httpx.post(server.url + STUDIES, content=multipart(acked), headers={"Content-Type": content_type()})
+    r = httpx.post(
+        server.url + STUDIES,
+        content=multipart(acked),
+        headers={"Content-Type": content_type(), **server.headers},
+    )
     assert r.status_code == 200
 
     # A second upload is cut off by kill -9 after several parts were received and written.
@@ -225,7 +234,7 @@ def test_sigkill_mid_upload_loses_nothing_acknowledged(
             httpx.post(
                 server.url + STUDIES,
                 content=slow_body(),
-                headers={"Content-Type": content_type()},
+                headers={"Content-Type": content_type(), **server.headers},
                 timeout=60,
             )
 

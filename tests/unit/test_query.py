@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from dicomweb_server.app import ROUTES
+from dicomweb_server.app import API
 from dicomweb_server.errors import BadRequest
 from dicomweb_server.query import (
     ATTRIBUTES,
@@ -57,9 +57,9 @@ def bad(raw: str, resource: Resource = INSTANCES, **kw: Any) -> str:
 
 def test_routes_accept_the_levels_of_table_10_6_1_4() -> None:
     searches = {
-        route.path: route.endpoint.keywords["resource"]
-        for route in ROUTES
-        if isinstance(route.endpoint, partial) and "resource" in route.endpoint.keywords
+        path: handler.keywords["resource"]
+        for path, _, handler, _ in API
+        if isinstance(handler, partial) and "resource" in handler.keywords
     }
     assert searches == {
         "/dicomweb/studies": STUDIES,

@@ -1,0 +1,357 @@
+"""Access: the token endpoint, bearer checks with scopes, per-client rate limits, the audit trail.
+
+Every protected route's handler is wrapped by ``guard``: it verifies the bearer
+token (auth.py), checks the route's scope, charges the client's rate limits,
+and puts the token's tenant on the request, which every query, object key and
+delete is filtered by.  What happened is appended to the audit table (PS3.15
+A.5 event types) by a background writer, off the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from . import auth, db
+from .errors import DicomWebError
+from .ratelimit import Decision, Policy, RateLimiter
+from .ratelimit import headers as rate_headers
+
+log = logging.getLogger(__name__)
+Handler = Callable[[Request], Awaitable[Response]]
+
+# PS3.15 A.5.3 audit events per transaction: (EventID code, meaning, EventActionCode).
+EVENTS = {
+    "store": (110104, "DICOM Instances Transferred", "C"),
+    "search-studies": (110112, "Query", "E"),
+    "search-series": (110112, "Query", "E"),
+    "search-instances": (110112, "Query", "E"),
+    "retrieve": (110103, "DICOM Instances Accessed", "R"),
+    "metadata": (110103, "DICOM Instances Accessed", "R"),
+    "frames": (110103, "DICOM Instances Accessed", "R"),
+    "bulkdata": (110103, "DICOM Instances Accessed", "R"),
+    "rendered": (110103, "DICOM Instances Accessed", "R"),
+    "thumbnail": (110103, "DICOM Instances Accessed", "R"),
+    "delete": (110103, "DICOM Instances Accessed", "D"),
+    "token": (110114, "User Authentication", "E"),
+    "audit": (110101, "Audit Log Used", "R"),
+}
+SECURITY_ALERT = (110113, "Security Alert", "E")
+# The scope each transaction needs (the access issue's table).
+SCOPE_OF = {
+    "store": "dicomweb.write",
+    "search-studies": "dicomweb.read",
+    "search-series": "dicomweb.read",
+    "search-instances": "dicomweb.read",
+    "retrieve": "dicomweb.read",
+    "metadata": "dicomweb.read",
+    "frames": "dicomweb.read",
+    "bulkdata": "dicomweb.read",
+    "rendered": "dicomweb.read",
+    "thumbnail": "dicomweb.read",
+    "delete": "dicomweb.delete",
+    "audit": "admin",
+}
+
+
+_REALM = 'Bearer realm="dicomweb"'
+
+
+class Unauthorized(DicomWebError):
+    """401 with an RFC 6750 challenge."""
+
+    status = 401
+
+    def __init__(self, message: str, error: str | None = None):
+        challenge = 'Bearer realm="dicomweb"'
+        if error:
+            challenge += f', error="{error}", error_description="{message}"'
+        super().__init__(message, headers={"WWW-Authenticate": challenge})
+
+
+class InvalidRequest(DicomWebError):
+    status = 400
+
+    def __init__(self, message: str):
+        super().__init__(
+            message,
+            headers={"WWW-Authenticate": f'{_REALM}, error="invalid_request", error_description="{message}"'},
+        )
+
+
+class Forbidden(DicomWebError):
+    status = 403
+
+    def __init__(self, scope: str):
+        super().__init__(
+            f"This token lacks the {scope} scope",
+            headers={
+                "WWW-Authenticate": f'Bearer realm="dicomweb", error="insufficient_scope", scope="{scope}"'
+            },
+        )
+
+
+class TooManyRequests(DicomWebError):
+    status = 429
+
+    def __init__(self, decision: Decision):
+        super().__init__(
+            f"Rate limit exceeded: retry after {decision.reset_seconds} s", headers=rate_headers(decision)
+        )
+
+
+@dataclass
+class Access:
+    """What the guard needs, built once in the lifespan."""
+
+    keys: auth.SigningKeys
+    tokens: auth.TokenSettings
+    verifier: auth.Verifier
+    limiter: RateLimiter
+    default_policy: Policy
+    pool: Any
+    _clients: dict[str, tuple[float, db.ClientRecord | None]]
+
+    async def client(self, client_id: str) -> db.ClientRecord | None:
+        """A client record, cached for a few seconds (a disabled client is refused within that)."""
+        now = time.monotonic()
+        cached = self._clients.get(client_id)
+        if cached is not None and now - cached[0] < CLIENT_CACHE_SECONDS:
+            return cached[1]
+        record = await db.find_client(self.pool, client_id)
+        if len(self._clients) > 10_000:
+            self._clients.clear()
+        self._clients[client_id] = (now, record)
+        return record
+
+    def policy(self, client: db.ClientRecord) -> Policy:
+        base = self.default_policy
+        return Policy(
+            requests=base.requests if client.rate_requests is None else client.rate_requests,
+            bytes=base.bytes if client.rate_bytes is None else client.rate_bytes,
+            window_seconds=base.window_seconds,
+        )
+
+
+CLIENT_CACHE_SECONDS = 5.0
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token from the one Authorization header; refused in the query (RFC 6750 §2.3 not offered)."""
+    if "access_token" in request.query_params:
+        raise InvalidRequest("Access tokens are not accepted in the query string")
+    values = request.headers.getlist("authorization")
+    if len(values) > 1:
+        raise InvalidRequest("More than one Authorization header")
+    if not values:
+        return None
+    scheme, _, token = values[0].partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("The Authorization header is not a Bearer token", "invalid_token")
+    return token.strip()
+
+
+def guard(handler: Handler, transaction: str) -> Handler:
+    """Wrap a protected route's handler: token, scope, rate limit, tenant."""
+    scope = SCOPE_OF[transaction]
+
+    async def endpoint(request: Request) -> Response:
+        request.state.transaction = transaction
+        access: Access = request.app.state.access
+        token = bearer_token(request)
+        if token is None:
+            raise Unauthorized("A bearer token is required")
+        try:
+            principal = access.verifier.verify(token)
+        except auth.InvalidToken as exc:
+            raise Unauthorized(f"The access token is not valid ({exc})", "invalid_token") from None
+        client = await access.client(principal.client_id)
+        if client is None or client.disabled or client.tenant != principal.tenant:
+            raise Unauthorized("The client of this token is disabled or unknown", "invalid_token")
+        request.state.client_id = principal.client_id
+        request.state.tenant = principal.tenant
+        if scope not in principal.scopes:
+            raise Forbidden(scope)
+        policy = access.policy(client)
+        decision = await access.limiter.hit_request(principal.client_id, policy)
+        if not decision.allowed:
+            raise TooManyRequests(decision)
+        length = request.headers.get("content-length")
+        if transaction == "store" and length and length.isdigit():
+            charged = await access.limiter.hit_bytes(principal.client_id, int(length), policy)
+            if not charged.allowed:
+                raise TooManyRequests(charged)
+        response = await handler(request)
+        if transaction == "store" and not (length and length.isdigit()):
+            # A chunked body: its size is known only now; it counts against the next request.
+            await access.limiter.hit_bytes(
+                principal.client_id, getattr(request.state, "body_bytes", 0), policy
+            )
+        response.headers.update(rate_headers(decision))
+        return response
+
+    endpoint.__name__ = getattr(handler, "__name__", transaction)
+    return endpoint
+
+
+# -- the token endpoint and the discovery documents ----------------------------------------
+
+
+class _Throttled(Exception):
+    def __init__(self, decision: Decision):
+        self.decision = decision
+
+
+async def token(request: Request) -> Response:
+    """POST /oauth/token: client credentials only (RFC 6749 §4.4), by authlib."""
+    request.state.transaction = "token"
+    access: Access = request.app.state.access
+    address = request.client.host if request.client else "unknown"
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+        return _oauth_error(400, "invalid_request", "Use application/x-www-form-urlencoded")
+    form = await request.form()
+    loop = asyncio.get_running_loop()
+    asked: list[str] = []
+
+    def find_client(client_id: str) -> auth.Client | None:
+        asked.append(client_id)
+        decision = asyncio.run_coroutine_threadsafe(
+            access.limiter.hit_token_attempt(client_id, address), loop
+        ).result(30)
+        if not decision.allowed:
+            raise _Throttled(decision)
+        record = asyncio.run_coroutine_threadsafe(db.find_client(access.pool, client_id), loop).result(30)
+        if record is None:
+            return None
+        return auth.Client(
+            record.client_id, record.tenant, record.scopes, record.secret_hashes, record.disabled
+        )
+
+    server = auth.TokenServer(access.keys, access.tokens, find_client)
+    pairs = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+    try:
+        status, body, headers = await asyncio.to_thread(
+            server.respond, auth.TokenRequest(pairs, dict(request.headers))
+        )
+    except _Throttled as exc:
+        return _oauth_error(429, "slow_down", "Too many token requests", rate_headers(exc.decision))
+    if not asked:  # never got as far as a client id: still counts against the address
+        decision = await access.limiter.hit_token_attempt(None, address)
+        if not decision.allowed:
+            return _oauth_error(429, "slow_down", "Too many token requests", rate_headers(decision))
+    request.state.client_id = asked[0] if asked and status == 200 else None
+    return JSONResponse(body, status, headers)
+
+
+def _oauth_error(status: int, error: str, description: str, extra: dict[str, str] | None = None) -> Response:
+    return JSONResponse(
+        {"error": error, "error_description": description},
+        status,
+        {"Cache-Control": "no-store", "Pragma": "no-cache", **(extra or {})},
+    )
+
+
+async def jwks(request: Request) -> Response:
+    """GET /.well-known/jwks.json: the public keys tokens are signed with."""
+    return JSONResponse(request.app.state.access.keys.public(), headers={"Cache-Control": "max-age=300"})
+
+
+async def metadata(request: Request) -> Response:
+    """GET /.well-known/oauth-authorization-server (RFC 8414)."""
+    issuer = request.app.state.access.tokens.issuer
+    return JSONResponse(
+        {
+            "issuer": issuer,
+            "token_endpoint": f"{issuer}/oauth/token",
+            "jwks_uri": f"{issuer}/.well-known/jwks.json",
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "scopes_supported": list(auth.SCOPES),
+            "response_types_supported": [],
+        }
+    )
+
+
+async def read_audit(request: Request) -> Response:
+    """GET /admin/audit?after=&limit=: the caller's tenant's audit trail (admin scope)."""
+    try:
+        after = int(request.query_params.get("after", "0"))
+        limit = min(int(request.query_params.get("limit", "100")), 1000)
+    except ValueError:
+        raise DicomWebError("after and limit must be integers", status=400) from None
+    rows = await db.read_audit(request.app.state.pool, request.state.tenant, after, limit)
+    for row in rows:
+        row["at"] = row["at"].isoformat()
+    return JSONResponse(rows)
+
+
+# -- the audit trail ------------------------------------------------------------------------
+
+
+MAX_QUEUED = 100_000
+
+
+class AuditTrail:
+    """Audit rows are queued by the request and appended in batches by one background task."""
+
+    def __init__(self, pool: Any):
+        self.pool = pool
+        self.queue: list[tuple[Any, ...]] = []
+        self.wake = asyncio.Event()
+
+    def record(self, state: dict[str, Any], status: int, request_id: str, study_uid: str | None) -> None:
+        transaction = state.get("transaction")
+        if transaction is None:
+            return  # an open route (health, discovery, capabilities)
+        event = SECURITY_ALERT if status in (401, 403, 429) else EVENTS[transaction]
+        outcome = 0 if status < 400 else 4 if status < 500 else 8  # PS3.15 A.5.1 EventOutcomeIndicator
+        self.queue.append(
+            (
+                datetime.now(UTC),
+                state.get("tenant"),
+                state.get("client_id"),
+                event[0],
+                event[1],
+                event[2],
+                transaction,
+                study_uid,
+                status,
+                outcome,
+                request_id,
+            )
+        )
+        self.wake.set()
+
+    async def flush(self) -> None:
+        rows, self.queue = self.queue, []
+        if not rows:
+            return
+        try:
+            await db.append_audit(self.pool, rows)
+        except BaseException:
+            self.queue[:0] = rows[-MAX_QUEUED:]  # kept for the next attempt, within a bound
+            raise
+
+    async def run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            await asyncio.sleep(0.05)  # gather a batch
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("audit write failed", extra={"event": "audit_failed"})
+                await asyncio.sleep(1)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.flush()

@@ -1,0 +1,226 @@
+"""Administration from the command line: signing keys, tenants, clients; the development bootstrap.
+
+``dicomweb-server keys|tenants|clients ...``.  A client secret is printed once,
+at creation or rotation, and only its argon2id hash is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import auth, db
+from .settings import Settings
+
+DEV_TENANT = "dev"
+DEV_CLIENT = "dev-client"
+
+
+def _run(url: str, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def go() -> Any:
+        pool = await db.create_pool(url, 2)
+        try:
+            return await work(pool)
+        finally:
+            await pool.close()
+
+    return asyncio.run(go())
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# -- keys ---------------------------------------------------------------------------------
+
+
+def keys_command(args: argparse.Namespace, settings: Settings) -> None:
+    path = Path(args.file) if args.file else settings.signing_keys
+    if path is None:
+        raise SystemExit("name the key file with --file or DICOMWEB_SIGNING_KEYS")
+    if args.action == "create":
+        if path.exists():
+            raise SystemExit(f"{path} exists; use `keys rotate`")
+        keys = auth.SigningKeys.generate(path)
+        print(json.dumps({"file": str(path), "kid": keys.signing.kid}))
+    elif args.action == "rotate":
+        keys = auth.SigningKeys.load(path)
+        print(json.dumps({"file": str(path), "new_kid": keys.rotate(), "verifying": _kids(keys)}))
+    elif args.action == "retire":
+        keys = auth.SigningKeys.load(path)
+        print(json.dumps({"file": str(path), "retired": keys.retire(args.keep), "verifying": _kids(keys)}))
+
+
+def _kids(keys: auth.SigningKeys) -> list[str]:
+    return [str(k.kid) for k in keys.keys.keys]
+
+
+# -- tenants and clients --------------------------------------------------------------------
+
+
+def tenants_command(args: argparse.Namespace, url: str) -> None:
+    if args.action == "create":
+        created = _run(url, lambda pool: db.create_tenant(pool, args.tenant, args.name or args.tenant))
+        print(json.dumps({"tenant": args.tenant, "created": created}))
+    else:
+        rows = _run(url, db.list_tenants)
+        print(json.dumps([{**r, "created_at": r["created_at"].isoformat()} for r in rows], indent=2))
+
+
+def clients_command(args: argparse.Namespace, url: str, settings: Settings) -> None:
+    if args.action == "create":
+        client_id = args.client_id or f"{args.tenant}-{secrets.token_hex(4)}"
+        secret = auth.new_secret()
+        scopes = args.scopes.split(",") if args.scopes else ["dicomweb.read", "dicomweb.write"]
+        unknown = set(scopes) - set(auth.SCOPES)
+        if unknown:
+            raise SystemExit(f"unknown scopes: {', '.join(sorted(unknown))}; known: {', '.join(auth.SCOPES)}")
+        _run(
+            url,
+            lambda pool: db.create_client(
+                pool,
+                client_id,
+                args.tenant,
+                args.name or client_id,
+                scopes,
+                auth.hash_secret(secret),
+                args.rate_requests,
+                args.rate_bytes,
+            ),
+        )
+        print(
+            json.dumps(
+                {"client_id": client_id, "client_secret": secret, "tenant": args.tenant, "scopes": scopes}
+            )
+        )
+        print("The secret is shown only now; keep it safe.", flush=True)
+    elif args.action == "list":
+        rows = _run(url, lambda pool: db.list_clients(pool, args.tenant))
+        print(
+            json.dumps(
+                [
+                    {
+                        "client_id": c.client_id,
+                        "tenant": c.tenant,
+                        "name": c.name,
+                        "scopes": sorted(c.scopes),
+                        "active_secrets": len(c.secret_hashes),
+                        "disabled": c.disabled,
+                    }
+                    for c in rows
+                ],
+                indent=2,
+            )
+        )
+    elif args.action == "rotate-secret":
+        secret = auth.new_secret()
+        overlap = settings.secret_overlap_seconds
+        if not _run(
+            url, lambda pool: db.rotate_secret(pool, args.client_id, auth.hash_secret(secret), overlap)
+        ):
+            raise SystemExit(f"no client {args.client_id}")
+        print(
+            json.dumps(
+                {"client_id": args.client_id, "client_secret": secret, "old_secret_valid_for_s": overlap}
+            )
+        )
+    elif args.action in ("disable", "enable"):
+        done = _run(url, lambda pool: db.set_client_disabled(pool, args.client_id, args.action == "disable"))
+        if not done:
+            raise SystemExit(f"no client {args.client_id}")
+        print(json.dumps({"client_id": args.client_id, "disabled": args.action == "disable"}))
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("keys", help="signing keys: create, rotate (new key signs, old keys verify), retire")
+    p.add_argument("action", choices=["create", "rotate", "retire"])
+    p.add_argument("--file", help="key file (default: DICOMWEB_SIGNING_KEYS)")
+    p.add_argument("--keep", type=int, default=1, help="retire: keys to keep (newest first)")
+    p = sub.add_parser("tenants", help="tenants: create, list")
+    p.add_argument("action", choices=["create", "list"])
+    p.add_argument("tenant", nargs="?")
+    p.add_argument("--name")
+    p = sub.add_parser("clients", help="OAuth2 clients: create, list, rotate-secret, disable, enable")
+    p.add_argument("action", choices=["create", "list", "rotate-secret", "disable", "enable"])
+    p.add_argument("client_id", nargs="?")
+    p.add_argument("--tenant")
+    p.add_argument("--name")
+    p.add_argument("--scopes", help=f"comma-separated, from: {', '.join(auth.SCOPES)}")
+    p.add_argument("--rate-requests", type=int, help="requests per window (default: DICOMWEB_RATE_REQUESTS)")
+    p.add_argument("--rate-bytes", type=int, help="uploaded bytes per window (default: DICOMWEB_RATE_BYTES)")
+
+
+# -- development bootstrap and the secure-by-default check ------------------------------------
+
+
+@dataclass(frozen=True)
+class DevClient:
+    client_id: str
+    client_secret: str
+
+
+def dev_keys_path(settings: Settings) -> Path:
+    return settings.data_dir / "signing-keys.json"
+
+
+def bootstrap_dev(settings: Settings, url: str) -> tuple[Path, DevClient]:
+    """On a loopback address with no key file configured: a local key file, a ``dev`` tenant and
+    a client with every scope, its secret kept (mode 0600) under the data folder so that the
+    printed walk-through keeps working.  Never used on any other address."""
+    path = settings.signing_keys or dev_keys_path(settings)
+    auth.SigningKeys.load_or_generate(path)
+    secret_file = settings.data_dir / "dev-client.json"
+
+    async def ensure(pool: Any) -> DevClient:
+        await db.create_tenant(pool, DEV_TENANT, "Development tenant (make run)")
+        record = await db.find_client(pool, DEV_CLIENT)
+        if record is not None and secret_file.exists():
+            saved = json.loads(secret_file.read_text())
+            if auth.secret_matches(saved["client_secret"], record.secret_hashes):
+                return DevClient(DEV_CLIENT, saved["client_secret"])
+        secret = auth.new_secret()
+        if record is None:
+            await db.create_client(
+                pool, DEV_CLIENT, DEV_TENANT, "make run", auth.SCOPES, auth.hash_secret(secret)
+            )
+        else:
+            await db.rotate_secret(pool, DEV_CLIENT, auth.hash_secret(secret), 0)
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump({"client_id": DEV_CLIENT, "client_secret": secret}, out)
+        return DevClient(DEV_CLIENT, secret)
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return path, _run(url, ensure)
+
+
+def refuse_insecure(host: str, settings: Settings, url: str) -> None:
+    """Never serve beyond loopback without real signing keys, or while the development client works."""
+    if is_loopback(host):
+        return
+    if settings.signing_keys is None or not settings.signing_keys.exists():
+        raise SystemExit(
+            f"refusing to listen on {host}: set DICOMWEB_SIGNING_KEYS to a key file "
+            "(`dicomweb-server keys create --file ...`)"
+        )
+    if settings.signing_keys.resolve() == dev_keys_path(settings).resolve():
+        raise SystemExit(f"refusing to listen on {host} with the development signing keys")
+    dev = _run(url, lambda pool: db.find_client(pool, DEV_CLIENT))
+    if dev is not None and not dev.disabled:
+        raise SystemExit(
+            f"refusing to listen on {host} while the development client is enabled "
+            f"(`dicomweb-server clients disable {DEV_CLIENT}`)"
+        )

@@ -1,0 +1,395 @@
+"""OAuth2 client credentials (RFC 6749 §4.4) and JWT access tokens (RFC 9068, RFC 8725).
+
+The token endpoint is authlib's: it parses the request, authenticates the client
+(``client_secret_basic`` or ``client_secret_post``), checks the grant and the
+scopes, and writes RFC 6749 errors.  Tokens are signed and verified with
+joserfc, with the algorithm list pinned and the key chosen by ``kid`` from our
+own key set only (``jku``, ``x5u`` and embedded ``jwk`` are refused).  Secrets
+are kept as argon2id hashes.  Nothing here touches the network or the database:
+``TokenServer`` asks its caller for a client record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from authlib.oauth2.rfc6749 import AuthorizationServer, ClientMixin, OAuth2Error
+from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
+from authlib.oauth2.rfc6749.requests import OAuth2Payload, OAuth2Request
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, KeySet
+
+# Scopes by function (the access issue's table); a client gets what it asks for and is allowed.
+SCOPES = (
+    "dicomweb.read",
+    "dicomweb.write",
+    "dicomweb.delete",
+    "orders.read",
+    "orders.write",
+    "analysis",
+    "admin",
+)
+ALGORITHMS = ["ES256"]  # pinned: never taken from the token (RFC 8725 §3.1)
+TOKEN_TYPES = ("at+jwt", "application/at+jwt")  # RFC 9068 §4
+_REFUSED_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
+_HASHER = PasswordHasher()  # argon2id, the library's defaults (RFC 9106 second recommendation)
+
+
+class InvalidToken(Exception):
+    """The bearer token is not one of ours, or not valid now (401 invalid_token)."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a verified token's client, tenant and scopes."""
+
+    client_id: str
+    tenant: str
+    scopes: frozenset[str]
+    token_id: str
+    expires: int
+
+
+# -- secrets ----------------------------------------------------------------------------
+
+
+def new_secret() -> str:
+    """A client secret: 256 random bits, shown once."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_secret(secret: str) -> str:
+    return _HASHER.hash(secret)
+
+
+def secret_matches(secret: str, hashes: Iterable[str]) -> bool:
+    """Whether ``secret`` matches any active hash; argon2 compares in constant time.
+
+    Every hash is tried, so the time taken does not tell which one matched."""
+    matched = False
+    for stored in hashes:
+        with contextlib.suppress(VerificationError, InvalidHashError):
+            matched |= _HASHER.verify(stored, secret)
+    return matched
+
+
+# -- signing keys -----------------------------------------------------------------------
+
+
+@dataclass
+class SigningKeys:
+    """Our key set: the newest key signs, every key kept verifies (rotation with overlap).
+
+    Stored as a JSON Web Key Set file holding private keys (mode 0600).
+    """
+
+    keys: KeySet
+    path: Path | None = None
+
+    @classmethod
+    def generate(cls, path: Path | None = None) -> SigningKeys:
+        keys = cls(KeySet([_new_key()]), path)
+        keys.save()
+        return keys
+
+    @classmethod
+    def load(cls, path: Path) -> SigningKeys:
+        data = json.loads(path.read_text())
+        return cls(KeySet.import_key_set(data), path)
+
+    @classmethod
+    def load_or_generate(cls, path: Path) -> SigningKeys:
+        return cls.load(path) if path.exists() else cls.generate(path)
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(self.keys.as_dict(private=True), out)
+        os.replace(tmp, self.path)
+
+    @property
+    def signing(self) -> ECKey:
+        return self.keys.keys[-1]  # type: ignore[return-value]
+
+    def rotate(self) -> str:
+        """Add a new signing key; older keys keep verifying until ``retire``."""
+        key = _new_key()
+        self.keys.keys.append(key)
+        self.save()
+        return str(key.kid)
+
+    def retire(self, keep: int = 1) -> list[str]:
+        """Drop all but the newest ``keep`` keys (after the overlap: the token lifetime)."""
+        dropped = self.keys.keys[:-keep] if keep else []
+        self.keys.keys[:] = self.keys.keys[-keep:]
+        self.save()
+        return [str(k.kid) for k in dropped]
+
+    def public(self) -> dict[str, Any]:
+        """The JWKS document: public halves only."""
+        return dict(self.keys.as_dict(private=False))
+
+
+def _new_key() -> ECKey:
+    key = ECKey.generate_key("P-256", {"use": "sig", "alg": "ES256"}, private=True)
+    key.ensure_kid()
+    return key
+
+
+# -- issuing ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    issuer: str
+    audience: str
+    lifetime: int = 3600
+
+
+def issue(keys: SigningKeys, cfg: TokenSettings, client_id: str, tenant: str, scopes: Iterable[str]) -> str:
+    """An RFC 9068 access token."""
+    now = int(time.time())
+    key = keys.signing
+    header = {"alg": "ES256", "typ": "at+jwt", "kid": key.kid}
+    claims = {
+        "iss": cfg.issuer,
+        "aud": cfg.audience,
+        "sub": client_id,
+        "client_id": client_id,
+        "tenant": tenant,
+        "scope": " ".join(sorted(set(scopes))),
+        "iat": now,
+        "nbf": now,
+        "exp": now + cfg.lifetime,
+        "jti": uuid.uuid4().hex,
+    }
+    return jwt.encode(header, claims, key, algorithms=ALGORITHMS)
+
+
+# -- verifying ---------------------------------------------------------------------------
+
+
+@dataclass
+class Verifier:
+    """Checks bearer tokens; verified tokens are cached until they expire (a hash-keyed dict)."""
+
+    keys: SigningKeys
+    cfg: TokenSettings
+    leeway: int = 30
+    _cache: dict[bytes, Principal] = field(default_factory=dict)
+
+    def verify(self, token: str) -> Principal:
+        digest = hashlib.blake2b(token.encode(), digest_size=20).digest()
+        now = int(time.time())
+        known = self._cache.get(digest)
+        if known is not None and known.expires > now - self.leeway:
+            return known
+        principal = self._verify(token, now)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = principal
+        return principal
+
+    def _verify(self, token: str, now: int) -> Principal:
+        if token.count(".") != 2:
+            raise InvalidToken("not a JWS compact token")
+        try:
+            decoded = jwt.decode(token, self.keys.keys, algorithms=ALGORITHMS)
+        except (JoseError, ValueError, KeyError, TypeError) as exc:
+            raise InvalidToken(f"signature or format: {type(exc).__name__}") from None
+        header, claims = decoded.header, decoded.claims
+        if any(name in header for name in _REFUSED_HEADERS):
+            raise InvalidToken("key references in the header are not accepted")
+        if header.get("alg") not in ALGORITHMS or str(header.get("typ", "")).lower() not in TOKEN_TYPES:
+            raise InvalidToken("wrong alg or typ")
+        if header.get("kid") not in {k.kid for k in self.keys.keys.keys}:
+            raise InvalidToken("unknown key")
+        self._check_claims(claims, now)
+        return Principal(
+            client_id=claims["client_id"],
+            tenant=claims["tenant"],
+            scopes=frozenset(str(claims.get("scope", "")).split()),
+            token_id=claims["jti"],
+            expires=int(claims["exp"]),
+        )
+
+    def _check_claims(self, claims: dict[str, Any], now: int) -> None:
+        for name in ("iss", "aud", "exp", "iat", "jti", "client_id", "tenant"):
+            if name not in claims:
+                raise InvalidToken(f"missing claim {name}")
+        if claims["iss"] != self.cfg.issuer:
+            raise InvalidToken("wrong issuer")
+        audience = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
+        if self.cfg.audience not in audience:
+            raise InvalidToken("wrong audience")
+        for name in ("exp", "iat", "nbf"):
+            if name in claims and not isinstance(claims[name], int):
+                raise InvalidToken(f"{name} is not a number")
+        if claims["exp"] <= now - self.leeway:
+            raise InvalidToken("expired")
+        if claims.get("nbf", 0) > now + self.leeway or claims["iat"] > now + self.leeway:
+            raise InvalidToken("not valid yet")
+        if not all(isinstance(claims[n], str) and claims[n] for n in ("client_id", "tenant", "jti")):
+            raise InvalidToken("malformed claims")
+
+
+# -- the token endpoint (authlib) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Client(ClientMixin):  # type: ignore[misc]
+    """A registered client as the token endpoint needs it."""
+
+    client_id: str
+    tenant: str
+    scopes: frozenset[str]
+    secret_hashes: tuple[str, ...]
+    disabled: bool = False
+
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_default_redirect_uri(self) -> None:
+        return None
+
+    def get_allowed_scope(self, scope: str | None) -> str:
+        """What is asked for and allowed; everything allowed when nothing is asked (RFC 6749 §3.3)."""
+        asked = set((scope or "").split()) or set(self.scopes)
+        return " ".join(sorted(asked & self.scopes))
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return False
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        return not self.disabled and secret_matches(client_secret, self.secret_hashes)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        return endpoint == "token" and method in ("client_secret_basic", "client_secret_post")
+
+    def check_response_type(self, response_type: str) -> bool:
+        return False
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type == "client_credentials" and not self.disabled
+
+
+class _Grant(ClientCredentialsGrant):  # type: ignore[misc]
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+
+class _Payload(OAuth2Payload):  # type: ignore[misc]
+    def __init__(self, form: list[tuple[str, str]]):
+        self._datalist: dict[str, list[str]] = {}
+        for key, value in form:
+            self._datalist.setdefault(key, []).append(value)
+        self._data = {k: v[0] for k, v in self._datalist.items()}
+
+    @property
+    def data(self) -> dict[str, str]:
+        return self._data
+
+    @property
+    def datalist(self) -> dict[str, list[str]]:
+        return self._datalist
+
+
+class _Request(OAuth2Request):  # type: ignore[misc]
+    """A token request: parameters come from the form body only, never the query (RFC 6749 §3.2)."""
+
+    @property
+    def form(self) -> dict[str, str]:
+        return self.payload.data  # type: ignore[no-any-return]
+
+    @property
+    def args(self) -> dict[str, str]:
+        return {}
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """What the edge hands the token endpoint: the parsed form and the headers."""
+
+    form: list[tuple[str, str]]
+    headers: dict[str, str]
+
+
+class TokenServer(AuthorizationServer):  # type: ignore[misc]
+    """authlib's authorization server, for the client credentials grant only.
+
+    ``find_client`` is called (from the thread authlib runs in) with a client id and
+    returns the registered client or None.
+    """
+
+    def __init__(
+        self, keys: SigningKeys, cfg: TokenSettings, find_client: Callable[[str], Client | None]
+    ) -> None:
+        super().__init__(scopes_supported=list(SCOPES))
+        self.keys = keys
+        self.cfg = cfg
+        self.find_client = find_client
+        self.register_grant(_Grant)
+        self.register_token_generator("client_credentials", self._token)
+
+    def query_client(self, client_id: str) -> Client | None:
+        return self.find_client(client_id)
+
+    def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
+        pass  # self-contained JWTs: nothing to store (the edge audits the issue)
+
+    def create_oauth2_request(self, request: TokenRequest) -> OAuth2Request:
+        # TLS terminates at the proxy in front of us (README): the URI is only checked for it.
+        req = _Request("POST", "https://token", headers=request.headers)
+        req.payload = _Payload(request.form)
+        return req
+
+    def handle_response(
+        self, status: int, body: Any, headers: list[tuple[str, str]]
+    ) -> tuple[int, Any, dict[str, str]]:
+        return status, body, dict(headers)
+
+    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def _token(
+        self,
+        grant_type: str,
+        client: Client,
+        user: Any = None,
+        scope: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = False,
+    ) -> dict[str, Any]:
+        granted = client.get_allowed_scope(scope)
+        token = issue(self.keys, self.cfg, client.client_id, client.tenant, granted.split())
+        return {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": self.cfg.lifetime,
+            "scope": granted,
+        }
+
+    def respond(self, request: TokenRequest) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Run the token endpoint: (status, JSON body, headers)."""
+        status, body, headers = self.create_token_response(request)
+        headers = {**headers, "Cache-Control": "no-store", "Pragma": "no-cache"}
+        return status, body, headers
+
+
+__all__ = ["OAuth2Error"]
