@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint unit bench bench-deps viewer-check gc clean
+.PHONY: install run test test-deps lint unit bench bench-deps viewer-check gc clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
