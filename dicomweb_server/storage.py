@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from .errors import StorageError
 from .settings import S3Settings
@@ -94,6 +94,22 @@ class ObjectStore(Protocol):
 # Local filesystem
 
 
+def _open_and_read(path: Path, start: int, n: int) -> tuple[BinaryIO | None, bytes]:
+    """Open, seek and read up to ``n`` bytes; the file comes back open only if there may be more."""
+    f = open(path, "rb")  # noqa: SIM115 - closed here or by the caller
+    try:
+        if start:
+            f.seek(start)
+        chunk = f.read(n)
+    except BaseException:
+        f.close()
+        raise
+    if len(chunk) < n:
+        f.close()
+        return None, chunk
+    return f, chunk
+
+
 class FileStore:
     """Objects as files under ``root``: temp file, fsync, rename, fsync of the directory."""
 
@@ -129,23 +145,27 @@ class FileStore:
         await asyncio.to_thread(_fsync_dir, path)
 
     async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        # One worker-thread hop opens the file and reads the first chunk; an object (or range)
+        # that fits in it is closed in the same hop: most instances and every frame cost one hop.
+        want = None if end is None else end - start
+        first = READ_CHUNK if want is None else min(READ_CHUNK, want)
         try:
-            f = await asyncio.to_thread(open, self.path(key), "rb")
+            f, chunk = await asyncio.to_thread(_open_and_read, self.path(key), start, first)
         except OSError as exc:
             raise StorageError(f"cannot open object: {exc.strerror}") from None
         try:
-            f.seek(start)
-            remaining = None if end is None else end - start
-            while remaining is None or remaining > 0:
+            remaining = None if want is None else want - len(chunk)
+            while chunk:
+                yield chunk
+                if f is None or (remaining is not None and remaining <= 0):
+                    break
                 n = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
                 chunk = await asyncio.to_thread(f.read, n)
-                if not chunk:
-                    break
                 if remaining is not None:
                     remaining -= len(chunk)
-                yield chunk
         finally:
-            f.close()
+            if f is not None:
+                f.close()
 
     async def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -146,7 +146,14 @@ async def retrieve(request: Request) -> Response:
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
     boundary = _boundary()
-    return StreamingResponse(_dicom_parts(store, plan, boundary), media_type=_multipart_type(DICOM, boundary))
+    headers = {}
+    if all(syntax == inst.transfer_syntax_uid for inst, syntax in plan):
+        # Every part's size is known: a Content-Length spares the chunked framing (and its copies).
+        heads = sum(len(_part_head(boundary, f"{DICOM}; transfer-syntax={s}", i.size)) + 2 for i, s in plan)
+        headers["Content-Length"] = str(heads + sum(i.size for i, _ in plan) + len(_closing(boundary)))
+    return StreamingResponse(
+        _dicom_parts(store, plan, boundary), headers=headers, media_type=_multipart_type(DICOM, boundary)
+    )
 
 
 async def _transcode_one(store: ObjectStore, inst: db.StoredInstance, syntax: str) -> bytes:

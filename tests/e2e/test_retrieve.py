@@ -92,6 +92,7 @@ async def test_study_retrieve_streams_every_instance_of_the_study(app: App) -> N
     r = await app.client.get(f"{STUDIES}/{study}", headers={"Accept": DICOM_ANY})
     assert r.status_code == 200
     assert r.headers["content-type"].startswith('multipart/related; type="application/dicom"; boundary=')
+    assert int(r.headers["content-length"]) == len(r.content)  # every part as stored: length known
     bodies = {uids(b)[2]: b for _, b in split_multipart(r.content, r.headers["content-type"])}
     assert {uids(f)[2]: f for f in files} == bodies
     series = uids(files[1])[1]
