@@ -240,7 +240,7 @@ async def token(request: Request) -> Response:
     pairs = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
     try:
         status, body, headers = await asyncio.to_thread(
-            server.respond, auth.TokenRequest(pairs, dict(request.headers))
+            server.respond, auth.TokenRequest(pairs, request.headers)  # case-insensitive, as authlib expects
         )
     except _Throttled as exc:
         return _oauth_error(429, "slow_down", "Too many token requests", rate_headers(exc.decision))

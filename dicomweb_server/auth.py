@@ -18,7 +18,7 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -327,7 +327,7 @@ class TokenRequest:
     """What the edge hands the token endpoint: the parsed form and the headers."""
 
     form: list[tuple[str, str]]
-    headers: dict[str, str]
+    headers: Mapping[str, str]  # looked up case-insensitively by authlib ("Authorization")
 
 
 class TokenServer(AuthorizationServer):  # type: ignore[misc]
