@@ -83,6 +83,12 @@ try {
   const context = await browser.newContext({ viewport: { width: 1440, height: 900 }, serviceWorkers: 'block' });
   // As for a returning user: the onboarding tour would cover the viewport in the screenshot.
   await context.addInitScript(() => localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour'])));
+  // The bearer token a signed-in user's OHIF would send (OHIF gets it from its OIDC login;
+  // here the check adds it to every request to our server).
+  if (job.token) {
+    await context.route((url) => url.href.startsWith(job.server), (route) =>
+      route.continue({ headers: { ...route.request().headers(), authorization: `Bearer ${job.token}` } }));
+  }
   const page = await context.newPage();
 
   context.on('request', (request) => {

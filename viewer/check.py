@@ -300,7 +300,20 @@ def jpeg_study() -> Dataset:
     return ds
 
 
-def stow(base: str, datasets: list[Dataset]) -> None:
+def access_token(base: str, work: Path) -> str:
+    """A token for the development client `make run`'s bootstrap created in the data folder."""
+    saved = json.loads((work / "data" / "dev-client.json").read_text())
+    response = httpx.post(
+        base + "/oauth/token",
+        data={"grant_type": "client_credentials", "scope": "dicomweb.read dicomweb.write"},
+        auth=(saved["client_id"], saved["client_secret"]),
+        timeout=30,
+    )
+    response.raise_for_status()
+    return str(response.json()["access_token"])
+
+
+def stow(base: str, datasets: list[Dataset], token: str) -> None:
     """POST /dicomweb/studies, multipart/related; type="application/dicom"."""
     boundary = "viewer-check-" + generate_uid().replace(".", "")
     body = io.BytesIO()
@@ -317,6 +330,7 @@ def stow(base: str, datasets: list[Dataset]) -> None:
         headers={
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
             "Accept": "application/dicom+json",
+            "Authorization": f"Bearer {token}",
         },
         timeout=60,
     )
@@ -419,9 +433,10 @@ def main() -> int:
     try:
         say(f"starting the server on {base} (embedded PostgreSQL, data in {work / 'data'})")
         server = start_server(work, server_port, origin, timeout=120, source=args.source.resolve())
+        token = access_token(base, work)
         mr, jpeg = phantom_study(), jpeg_study()
-        stow(base, mr)
-        stow(base, [jpeg])
+        stow(base, mr, token)
+        stow(base, [jpeg], token)
         say(f"stored {len(mr)} MR instances (study {mr[0].StudyInstanceUID}) and 1 JPEG baseline instance")
         with static_server(dist, work, ohif_port, base + "/dicomweb") as ohif:
             say(f"OHIF {json.loads((dist.parent / 'package.json').read_text())['version']} served at {ohif}")
@@ -436,6 +451,7 @@ def main() -> int:
                 "listScreenshot": str(work / "study-list.png"),
                 "phase": "start",
                 "disableWebSecurity": args.without_cors,
+                "token": token,
                 "studies": [
                     {
                         "label": "MR phantom",
