@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from . import auth, db
-from .errors import DicomWebError
+from .errors import DicomWebError, PayloadTooLarge
 from .ratelimit import Decision, Policy, RateLimiter
 from .ratelimit import headers as rate_headers
 
@@ -187,6 +187,8 @@ def guard(handler: Handler, transaction: str) -> Handler:
             raise TooManyRequests(decision)
         length = request.headers.get("content-length")
         if transaction == "store" and length and length.isdigit():
+            if policy.bytes and int(length) > policy.bytes:  # could never fit: no point retrying
+                raise PayloadTooLarge(f"The body exceeds this client's upload budget of {policy.bytes} bytes")
             charged = await access.limiter.hit_bytes(principal.client_id, int(length), policy)
             if not charged.allowed:
                 raise TooManyRequests(charged)
