@@ -393,10 +393,10 @@ async def _run_queries(
     return out
 
 
-def query_client() -> httpx.AsyncClient:
+def query_client(endpoint: Endpoint) -> httpx.AsyncClient:
     """One keep-alive connection: requests are sequential and stay on one server worker."""
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    return httpx.AsyncClient(timeout=httpx.Timeout(120.0), limits=limits)
+    return httpx.AsyncClient(timeout=httpx.Timeout(120.0), limits=limits, headers=endpoint.headers)
 
 
 # ---------------------------------------------------------------------------
@@ -481,7 +481,7 @@ async def run_small(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context)
         dsn = qido_load.ours_dsn(endpoint.workdir)
         load.notes.append(f"index before the queries: {await qido_load.table_state(dsn)}")
     aux = endpoint.aux_roots()
-    async with query_client() as qclient:
+    async with query_client(endpoint) as qclient:
         with ProcessSampler(lambda: [endpoint.app_pid], lambda: aux) as sampler:
             t0 = time.perf_counter()
             queries = await run_queries(qclient, endpoint, probes, check_warning=ours)
@@ -547,7 +547,7 @@ async def run_big(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context) -
     _quiet(endpoint)
     probes = plan_probes(pop, opts.warmup, opts.iterations)
     aux = endpoint.aux_roots()
-    async with query_client() as qclient:
+    async with query_client(endpoint) as qclient:
         with ProcessSampler(lambda: [endpoint.app_pid], lambda: aux) as sampler:
             t0 = time.perf_counter()
             queries = await run_queries(qclient, endpoint, probes, check_warning=True)

@@ -43,12 +43,13 @@ class Answer:
 class Connection:
     """One keep-alive connection to ``base_url``'s host; reconnects when the server closes it."""
 
-    def __init__(self, base_url: str, timeout: float = 900.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 900.0, headers: dict[str, str] | None = None) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"only http://host:port URLs: {base_url}")
         self.host, self.port = parts.hostname, parts.port or 80
         self.timeout = timeout  # seconds for one whole request
+        self.headers = dict(headers or {})  # sent with every request (e.g. Authorization)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._answered = False  # the current request's status line arrived
@@ -80,7 +81,7 @@ class Connection:
         path = urlsplit(url)
         target = path.path + (f"?{path.query}" if path.query else "")
         head = f"GET {target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in {**self.headers, **headers}.items()) + "\r\n"
         fresh = self._writer is None
         try:
             async with asyncio.timeout(self.timeout):

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import qido_report, wado_report
+from bench import access, qido_report, wado_report
 from bench.outcome import Outcomes
 from bench.sampling import MIB
 from bench.workloads import WORKLOADS, Result
@@ -42,7 +42,7 @@ def _fmt(value: float, unit: str) -> str:
     if unit == "x":
         return f"{value:.2f}x"
     if unit == "ms":
-        return f"{value:.2f} ms"
+        return f"{value:.3f} ms" if abs(value) < 1 else f"{value:.2f} ms"
     return f"{value:.1f} {unit}"
 
 
@@ -150,6 +150,17 @@ GOALS = (
         "MiB",
         "wado-big",
     ),
+    *(
+        Goal(
+            f"Access: QIDO p50 overhead, {label} (vs. no access layer)",
+            access.overhead(variant),
+            access.TARGET_MS,
+            False,
+            "ms",
+            access.WORKLOAD,
+        )
+        for variant, label in access.VARIANTS.items()
+    ),
 )
 
 COLUMNS = (
@@ -235,6 +246,7 @@ def console_table(outcomes: Outcomes) -> str:
         lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines += qido_report.console_lines(outcomes)
     lines += wado_report.console_lines(outcomes)
+    lines += access.console_lines(outcomes)
     lines += ["", "Goals:"]
     for goal in GOALS:
         value, verdict = goal.evaluate(outcomes)
@@ -263,6 +275,7 @@ def markdown(env: dict[str, str], outcomes: Outcomes, details: list[str]) -> str
         out += ["", f"## {title}", "", *_md_table(list(COLUMNS), rows)]
     out += qido_report.markdown_lines(outcomes)
     out += wado_report.markdown_lines(outcomes, env)
+    out += access.markdown_lines(outcomes, env.get("Access baseline (ours-noauth)", ""))
     out += ["", "## Targets", ""]
     for o in outcomes.values():
         if o.skipped:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+
+import httpx
 
 from bench.orthanc import OrthancTarget
 from bench.procs import ManagedProcess, TargetUnavailable, free_port, http_ok, terminate_leftovers
@@ -14,6 +18,11 @@ from bench.target import Endpoint, Target
 
 REPO = Path(__file__).resolve().parent.parent
 WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))  # uvicorn worker processes, ours and sink alike
+# Per-client rate limit for ours: counted (the limiter is active) but never reached, so that the
+# benchmark measures the server, not the limiter.
+RATE_REQUESTS = 10**9
+RATE_BYTES = 10**15
+ACCESS_SUBJECT = "Access: OAuth2 client credentials"  # the commit that put every route behind a token
 UVICORN_FLAGS = ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
 
 
@@ -57,6 +66,14 @@ def export_revision(rev: str, cache_dir: Path) -> Path:
         subprocess.run(["tar", "-x", "-C", str(partial)], input=archive.stdout, check=True)
         partial.rename(target)
     return target
+
+
+def baseline_revision() -> str:
+    """The commit just before the access layer (token guard + rate limits) landed."""
+    sha = _git("log", "-1", "--format=%H", "--fixed-strings", f"--grep={ACCESS_SUBJECT}", "HEAD")
+    if not sha:
+        raise SystemExit(f"bench: no commit whose message has {ACCESS_SUBJECT!r}; pass --baseline-rev")
+    return f"{sha}^"
 
 
 class _UvicornLike(Target):
@@ -107,6 +124,10 @@ class _UvicornLike(Target):
 
 
 class OursTarget(_UvicornLike):
+    """Ours with the access layer: a token for the dev client (bootstrapped by ``serve`` on loopback)
+    is fetched after the start and sent with every request. A revision from before the access layer
+    has no dev client: its requests go without a token."""
+
     name = "ours"
 
     def __init__(self, executable: Path | None = None, source: Path | None = None) -> None:
@@ -118,10 +139,41 @@ class OursTarget(_UvicornLike):
         return self.source or REPO  # multiprocessing's spawned workers put their cwd first on sys.path
 
     def start(self, workdir: Path, log_dir: Path) -> Endpoint:
+        self.before_start(workdir)
         endpoint = super().start(workdir, log_dir)
         if self.source is not None:
             endpoint.notes["source"] = f"exported {self.source.name[:7]}"
-        return endpoint
+        return self.authorize(endpoint, workdir / "data" / "dev-client.json")
+
+    def before_start(self, workdir: Path) -> None:
+        """Side services the server needs (ours-redis: its Redis)."""
+
+    def authorize(self, endpoint: Endpoint, credentials: Path) -> Endpoint:
+        """The endpoint with ``Authorization: Bearer`` for the dev client (client credentials grant)."""
+        if not credentials.exists():
+            endpoint.notes["auth"] = "none (this revision has no access layer)"
+            return endpoint
+        client = json.loads(credentials.read_text())
+        try:
+            response = httpx.post(
+                f"{endpoint.base_url}/oauth/token",
+                data={"grant_type": "client_credentials"},
+                auth=(client["client_id"], client["client_secret"]),
+                timeout=30.0,
+            )
+            response.raise_for_status()
+            answer = response.json()
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            raise TargetUnavailable(f"{self.name}: no access token from /oauth/token: {exc}") from exc
+        endpoint.notes["auth"] = (
+            f"bearer token of {client['client_id']} (scopes {answer.get('scope', '?')}, "
+            f"expires in {answer.get('expires_in', '?')} s); rate limit {RATE_REQUESTS:.0e} requests, "
+            f"{RATE_BYTES:.0e} bytes per window"
+        )
+        headers = {"Authorization": f"Bearer {answer['access_token']}"}
+        from dicomweb_server.admin import DEV_TENANT
+
+        return replace(endpoint, headers=headers, tenant=DEV_TENANT)
 
     def argv(self, port: int) -> list[str]:
         exe = self.executable or ours_executable()
@@ -133,12 +185,75 @@ class OursTarget(_UvicornLike):
 
     def env(self, workdir: Path) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}  # use the embedded PostgreSQL
+        for name in [k for k in env if k.startswith(("DICOMWEB_RATE", "DICOMWEB_SIGNING"))]:
+            del env[name]  # the harness decides: dev keys and client bootstrapped, limits below
         data_dir = workdir / "data"
         data_dir.mkdir(exist_ok=True)
         env["DICOMWEB_DATA_DIR"] = str(data_dir)
+        env["DICOMWEB_RATE_REQUESTS"] = str(RATE_REQUESTS)
+        env["DICOMWEB_RATE_BYTES"] = str(RATE_BYTES)
         if self.source is not None:  # first on the path, also for the uvicorn workers it spawns
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.source), env.get("PYTHONPATH")]))
         return env
+
+
+class OursBaselineTarget(OursTarget):
+    """Ours from the commit just before the access layer: the no-auth baseline of the access A/B."""
+
+    name = "ours-noauth"
+
+
+class OursRedisTarget(OursTarget):
+    """Ours with the rate-limit counters in a Redis of its own (``redis-server`` on a free port,
+    no persistence), database 15: the shared-storage variant of the access measurement."""
+
+    name = "ours-redis"
+    redis_db = 15
+
+    def __init__(self, executable: Path | None = None, source: Path | None = None) -> None:
+        super().__init__(executable, source)
+        self._redis: ManagedProcess | None = None
+        self.redis_port = 0
+
+    def before_start(self, workdir: Path) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise TargetUnavailable("ours-redis: no redis-server on PATH")
+        self.redis_port = free_port()
+        redis_dir = workdir / "redis"
+        redis_dir.mkdir(exist_ok=True)
+        argv = [exe, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "no", "--dir", str(redis_dir)]
+        self._redis = ManagedProcess("redis", argv, workdir / "redis.log")
+        self._redis.wait_ready(self._redis_up, 20.0)
+
+    def _redis_up(self) -> bool:
+        return self.redis_cli("PING") == "PONG"
+
+    def redis_cli(self, *command: str) -> str:
+        done = subprocess.run(
+            ["redis-cli", "-p", str(self.redis_port), "-n", str(self.redis_db), *command],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return done.stdout.strip()
+
+    def env(self, workdir: Path) -> dict[str, str]:
+        env = super().env(workdir)
+        env["DICOMWEB_RATE_LIMIT_STORAGE"] = f"async+redis://127.0.0.1:{self.redis_port}/{self.redis_db}"
+        return env
+
+    def start(self, workdir: Path, log_dir: Path) -> Endpoint:
+        endpoint = super().start(workdir, log_dir)
+        endpoint.notes["rate-limit storage"] = f"redis-server 127.0.0.1:{self.redis_port}/{self.redis_db}"
+        return endpoint
+
+    def stop(self) -> None:
+        super().stop()
+        if self._redis is not None:
+            self._redis.stop()
+            self._redis = None
 
 
 class SinkTarget(_UvicornLike):
@@ -163,14 +278,26 @@ class SinkTarget(_UvicornLike):
         ]
 
 
-TARGET_NAMES = ("ours", "orthanc-sqlite", "orthanc-postgresql", "sink")
+# ours-redis and ours-noauth only run the access suite: right after ours's access session, so the
+# A/B of the access overhead is measured back to back.
+TARGET_NAMES = ("ours", "ours-redis", "ours-noauth", "orthanc-sqlite", "orthanc-postgresql", "sink")
 
 
 def make_target(
-    name: str, pg_index_connections: int = 1, ours_bin: Path | None = None, ours_src: Path | None = None
+    name: str,
+    pg_index_connections: int = 1,
+    ours_bin: Path | None = None,
+    ours_src: Path | None = None,
+    baseline_src: Path | None = None,
 ) -> Target:
     if name == "ours":
         return OursTarget(ours_bin, ours_src)
+    if name == "ours-redis":
+        return OursRedisTarget(ours_bin, ours_src)
+    if name == "ours-noauth":
+        if baseline_src is None:
+            raise ValueError("ours-noauth needs the exported baseline revision")
+        return OursBaselineTarget(ours_bin, baseline_src)
     if name == "sink":
         return SinkTarget()
     if name == "orthanc-sqlite":

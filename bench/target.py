@@ -24,6 +24,8 @@ class Endpoint:
     log_path: Path
     stores_dicom: bool = True  # False for the sink, which only counts bytes
     notes: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request (ours: the bearer token)
+    tenant: str = "default"  # the tenant the requests act for (ours: the token's)
 
     @property
     def stow_url(self) -> str:

@@ -369,7 +369,7 @@ async def run_study(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context)
         started = time.perf_counter()
 
         async def worker() -> None:
-            async with rawhttp.Connection(endpoint.base_url) as conn:
+            async with rawhttp.Connection(endpoint.base_url, headers=endpoint.headers) as conn:
                 while queue and (not record or _budget_left(started, len(measure.latencies))):
                     queue.pop()
                     answer = await _stream_one(conn, url, accept, measure)
@@ -468,7 +468,7 @@ async def run_metadata(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Conte
     gc.collect()
     gc.disable()  # the client's own collector pauses must not count against a server
     try:
-        async with rawhttp.Connection(endpoint.base_url) as conn:
+        async with rawhttp.Connection(endpoint.base_url, headers=endpoint.headers) as conn:
             with ProcessSampler(lambda: [endpoint.app_pid], lambda: aux) as sampler:
                 await _sequential(
                     conn,
@@ -532,7 +532,7 @@ async def run_frames(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context
     gc.collect()
     gc.disable()
     try:
-        async with rawhttp.Connection(endpoint.base_url) as conn:
+        async with rawhttp.Connection(endpoint.base_url, headers=endpoint.headers) as conn:
             with ProcessSampler(lambda: [endpoint.app_pid], lambda: aux) as sampler:
                 for frame in corpus.frames:
                     measure = Measure(frame.key, frame.title, frame.path())
@@ -680,7 +680,7 @@ async def run_big(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context) -
     settle(1.0)
     url = endpoint.dicomweb_root + path
     aux = endpoint.aux_roots()
-    async with rawhttp.Connection(endpoint.base_url) as conn:
+    async with rawhttp.Connection(endpoint.base_url, headers=endpoint.headers) as conn:
         with ProcessSampler(lambda: [endpoint.app_pid], lambda: aux) as sampler:
             accept = STUDY_ACCEPT
             answer = await _stream_one(conn, url, accept, measure, rate=opts.big_rate)

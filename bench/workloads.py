@@ -302,5 +302,13 @@ WORKLOADS: tuple[Workload, ...] = (
         suite="retrieve",
         session="retrieve-big",
     ),
+    Workload(
+        "access-qido",
+        "Access overhead: QIDO p50 with token + rate limiter vs. the commit before the access layer",
+        _lazy("access", "run"),
+        frozenset({"ours", "ours-redis", "ours-noauth"}),
+        suite="access",
+        session="access",
+    ),
 )
 SUITES = tuple(dict.fromkeys(w.suite for w in WORKLOADS))
