@@ -20,6 +20,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Message
 
 from . import auth, db
 from .errors import DicomWebError, PayloadTooLarge
@@ -185,24 +186,46 @@ def guard(handler: Handler, transaction: str) -> Handler:
         decision = await access.limiter.hit_request(principal.client_id, policy)
         if not decision.allowed:
             raise TooManyRequests(decision)
-        length = request.headers.get("content-length")
-        if transaction == "store" and length and length.isdigit():
-            if policy.bytes and int(length) > policy.bytes:  # could never fit: no point retrying
-                raise PayloadTooLarge(f"The body exceeds this client's upload budget of {policy.bytes} bytes")
-            charged = await access.limiter.hit_bytes(principal.client_id, int(length), policy)
-            if not charged.allowed:
-                raise TooManyRequests(charged)
+        if transaction == "store":
+            request = await _charge_upload(request, access, principal.client_id, policy)
         response = await handler(request)
-        if transaction == "store" and not (length and length.isdigit()):
-            # A chunked body: its size is known only now; it counts against the next request.
-            await access.limiter.hit_bytes(
-                principal.client_id, getattr(request.state, "body_bytes", 0), policy
-            )
         response.headers.update(rate_headers(decision))
         return response
 
     endpoint.__name__ = getattr(handler, "__name__", transaction)
     return endpoint
+
+
+UPLOAD_CHARGE = 8 * 1024 * 1024  # a body of unknown length is charged in steps of this many bytes
+
+
+async def _charge_upload(request: Request, access: Access, client_id: str, policy: Policy) -> Request:
+    """Charge a STOW body against the client's byte budget: all of it up front when its length is
+    declared, else as it streams in, so a chunked body cannot escape the budget."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit():
+        if policy.bytes and int(length) > policy.bytes:  # could never fit: no point retrying
+            raise PayloadTooLarge(f"The body exceeds this client's upload budget of {policy.bytes} bytes")
+        charged = await access.limiter.hit_bytes(client_id, int(length), policy)
+        if not charged.allowed:
+            raise TooManyRequests(charged)
+        return request
+    pending = 0
+    receive = request.receive
+
+    async def counting() -> Message:
+        nonlocal pending
+        message = await receive()
+        if message["type"] == "http.request":
+            pending += len(message.get("body", b""))
+            if pending >= UPLOAD_CHARGE or not message.get("more_body", False):
+                charged = await access.limiter.hit_bytes(client_id, pending, policy)
+                pending = 0
+                if not charged.allowed:
+                    raise TooManyRequests(charged)
+        return message
+
+    return Request(request.scope, counting)
 
 
 # -- the token endpoint and the discovery documents ----------------------------------------
@@ -242,7 +265,8 @@ async def token(request: Request) -> Response:
     pairs = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
     try:
         status, body, headers = await asyncio.to_thread(
-            server.respond, auth.TokenRequest(pairs, request.headers)  # case-insensitive, as authlib expects
+            server.respond,
+            auth.TokenRequest(pairs, request.headers),  # case-insensitive, as authlib expects
         )
     except _Throttled as exc:
         return _oauth_error(429, "slow_down", "Too many token requests", rate_headers(exc.decision))

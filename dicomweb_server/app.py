@@ -127,7 +127,7 @@ async def on_error(request: Request, exc: Exception) -> Response:
     """The single mapping from request-level errors to responses."""
     assert isinstance(exc, DicomWebError)
     headers = dict(exc.headers)
-    if exc.status == 413:
+    if exc.status == 413 or (exc.status == 429 and request.method == "POST"):
         headers["Connection"] = "close"  # the rest of the body is not read
     return JSONResponse({"status": exc.status, "message": exc.message}, exc.status, headers)
 

@@ -12,6 +12,7 @@ are kept as argon2id hashes.  Nothing here touches the network or the database:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -98,6 +99,8 @@ class SigningKeys:
 
     keys: KeySet
     path: Path | None = None
+    _stamp: float = 0.0  # the key file's mtime when loaded
+    _checked: float = 0.0
 
     @classmethod
     def generate(cls, path: Path | None = None) -> SigningKeys:
@@ -107,8 +110,26 @@ class SigningKeys:
 
     @classmethod
     def load(cls, path: Path) -> SigningKeys:
+        stamp = path.stat().st_mtime
         data = json.loads(path.read_text())
-        return cls(KeySet.import_key_set(data), path)
+        return cls(KeySet.import_key_set(data), path, stamp, time.monotonic())
+
+    def kids(self) -> set[str]:
+        return {str(k.kid) for k in self.keys.keys}
+
+    def reload_if_changed(self, every: float = 5.0) -> None:
+        """Pick up `keys rotate` / `keys retire` from the file (checked at most every ``every`` s)."""
+        now = time.monotonic()
+        if self.path is None or now - self._checked < every:
+            return
+        self._checked = now
+        try:
+            stamp = self.path.stat().st_mtime
+            if stamp != self._stamp:
+                self.keys = KeySet.import_key_set(json.loads(self.path.read_text()))
+                self._stamp = stamp
+        except (OSError, ValueError):
+            pass  # keep the keys we have; a half-written file is replaced atomically anyway
 
     @classmethod
     def load_or_generate(cls, path: Path) -> SigningKeys:
@@ -193,21 +214,23 @@ class Verifier:
     keys: SigningKeys
     cfg: TokenSettings
     leeway: int = 30
-    _cache: dict[bytes, Principal] = field(default_factory=dict)
+    _cache: dict[bytes, tuple[Principal, str]] = field(default_factory=dict)
 
     def verify(self, token: str) -> Principal:
         digest = hashlib.blake2b(token.encode(), digest_size=20).digest()
         now = int(time.time())
+        self.keys.reload_if_changed()
         known = self._cache.get(digest)
-        if known is not None and known.expires > now - self.leeway:
-            return known
-        principal = self._verify(token, now)
+        # A cached token stays valid only while it has not expired and its key is still ours.
+        if known is not None and known[0].expires > now - self.leeway and known[1] in self.keys.kids():
+            return known[0]
+        principal, kid = self._verify(token, now)
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[digest] = principal
+        self._cache[digest] = (principal, kid)
         return principal
 
-    def _verify(self, token: str, now: int) -> Principal:
+    def _verify(self, token: str, now: int) -> tuple[Principal, str]:
         if token.count(".") != 2:
             raise InvalidToken("not a JWS compact token")
         try:
@@ -219,16 +242,17 @@ class Verifier:
             raise InvalidToken("key references in the header are not accepted")
         if header.get("alg") not in ALGORITHMS or str(header.get("typ", "")).lower() not in TOKEN_TYPES:
             raise InvalidToken("wrong alg or typ")
-        if header.get("kid") not in {k.kid for k in self.keys.keys.keys}:
+        if header.get("kid") not in self.keys.kids():
             raise InvalidToken("unknown key")
         self._check_claims(claims, now)
-        return Principal(
+        principal = Principal(
             client_id=claims["client_id"],
             tenant=claims["tenant"],
             scopes=frozenset(str(claims.get("scope", "")).split()),
             token_id=claims["jti"],
             expires=int(claims["exp"]),
         )
+        return principal, str(header["kid"])
 
     def _check_claims(self, claims: dict[str, Any], now: int) -> None:
         for name in ("iss", "aud", "exp", "iat", "jti", "client_id", "tenant"):
@@ -260,7 +284,7 @@ class Client(ClientMixin):  # type: ignore[misc]
     client_id: str
     tenant: str
     scopes: frozenset[str]
-    secret_hashes: tuple[str, ...]
+    secret_hashes: tuple[str, ...] = field(repr=False)
     disabled: bool = False
 
     def get_client_id(self) -> str:
@@ -278,7 +302,8 @@ class Client(ClientMixin):  # type: ignore[misc]
         return False
 
     def check_client_secret(self, client_secret: str) -> bool:
-        return not self.disabled and secret_matches(client_secret, self.secret_hashes)
+        matched = secret_matches(client_secret, self.secret_hashes)  # the same work whatever the client
+        return matched and not self.disabled
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         return endpoint == "token" and method in ("client_secret_basic", "client_secret_post")
@@ -288,6 +313,11 @@ class Client(ClientMixin):  # type: ignore[misc]
 
     def check_grant_type(self, grant_type: str) -> bool:
         return grant_type == "client_credentials" and not self.disabled
+
+
+@functools.cache
+def _unknown_hash() -> str:
+    return hash_secret(new_secret())
 
 
 class _Grant(ClientCredentialsGrant):  # type: ignore[misc]
@@ -347,8 +377,12 @@ class TokenServer(AuthorizationServer):  # type: ignore[misc]
         self.register_grant(_Grant)
         self.register_token_generator("client_credentials", self._token)
 
-    def query_client(self, client_id: str) -> Client | None:
-        return self.find_client(client_id)
+    def query_client(self, client_id: str) -> Client:
+        """The client, or a stand-in that fails the same way at the same cost: an unknown id and a
+        wrong secret are indistinguishable (no probing for client ids)."""
+        return self.find_client(client_id) or Client(
+            client_id, "", frozenset(), (_unknown_hash(),), disabled=True
+        )
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
         pass  # self-contained JWTs: nothing to store (the edge audits the issue)

@@ -36,5 +36,7 @@ def configure(level: str = "INFO") -> None:
 
 
 def silence_phi_sources() -> None:
-    """pydicom logs offending values (names, IDs, UIDs) when it meets invalid data: never in our logs."""
+    """pydicom logs offending values (names, IDs, UIDs) when it meets invalid data, and authlib logs
+    issued tokens and client objects at DEBUG: neither ever reaches our logs."""
     logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
+    logging.getLogger("authlib").setLevel(logging.WARNING)

@@ -379,12 +379,9 @@ async def store_instances(request: Request) -> Response:
         request.path_params.get("study"),
         request.state.base_url,
     )
-    try:
-        response = await ingest.run(
-            request.headers.get("content-type"), request.headers.get("content-length"), request.stream()
-        )
-    finally:
-        request.state.body_bytes = ingest.body_bytes  # for the byte rate limit of a chunked body
+    response = await ingest.run(
+        request.headers.get("content-type"), request.headers.get("content-length"), request.stream()
+    )
     request.state.study_uid = ingest.stored_study  # for the audit trail
     state.ingested.set()  # the index grew: let the statistics keeper look
     return response
