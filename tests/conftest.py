@@ -176,6 +176,18 @@ class Server:
             self.process.wait(timeout=20)
 
 
+_STARTED: list[Server] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_leftover_servers() -> Iterator[None]:
+    """A test that fails before stopping its server must not leave the process running."""
+    yield
+    for server in _STARTED:
+        with contextlib.suppress(Exception):
+            server.stop("kill")
+
+
 def start_server(database_url: str, data: Path, **env: str) -> Server:
     port = free_port()
     full = {
@@ -199,6 +211,7 @@ def start_server(database_url: str, data: Path, **env: str) -> Server:
             cwd=ROOT,
         )
     server = Server(f"http://127.0.0.1:{port}", process, full, log)
+    _STARTED.append(server)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -25,7 +25,8 @@ def test_two_processes_share_one_budget(
     env = {"DICOMWEB_RATE_LIMIT_STORAGE": redis.url, "DICOMWEB_RATE_REQUESTS": "6"}
     servers: list[Server] = []
     try:
-        servers = [start_server(database_url, tmp_path / f"s{i}", **env) for i in range(2)]
+        for i in range(2):
+            servers.append(start_server(database_url, tmp_path / f"s{i}", **env))
         statuses = []
         for n in range(8):
             server = servers[n % 2]
