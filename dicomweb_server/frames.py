@@ -15,6 +15,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .errors import BadRequest
+
 ITEM = (0xFFFE, 0xE000)
 SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
 UNDEFINED = 0xFFFFFFFF
@@ -171,3 +173,14 @@ def frame_ranges(index: FrameIndex, frame: int, frame_length: int) -> list[tuple
     if start + frame_length > index.pixel_offset + index.pixel_length:
         raise IndexError(frame)
     return [(start, start + frame_length)]
+
+
+def parse_frame_list(text: str) -> list[int]:
+    """PS3.18 §10.4.1.1.4: a comma-separated list of 1-based frame numbers."""
+    numbers = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item.isdigit() or int(item) < 1:
+            raise BadRequest(f"Frame list must be positive integers separated by commas, got {text!r}")
+        numbers.append(int(item))
+    return numbers

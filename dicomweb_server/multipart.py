@@ -6,6 +6,7 @@ storage write) before feeding the next chunk, which gives backpressure.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
@@ -163,3 +164,26 @@ class MultipartReader:
 
     def _on_end(self) -> None:
         self._ended = True
+
+
+# -- writing (responses) ---------------------------------------------------------------------
+
+
+def new_boundary() -> str:
+    """A response boundary: random, so no part's bytes can contain it by chance (RFC 2046 §5.1.1)."""
+    return secrets.token_hex(16)
+
+
+def multipart_type(part_type: str, boundary: str) -> str:
+    return f'multipart/related; type="{part_type}"; boundary={boundary}'
+
+
+def part_head(boundary: str, content_type: str, length: int | None = None) -> bytes:
+    head = f"--{boundary}\r\nContent-Type: {content_type}\r\n"
+    if length is not None:
+        head += f"Content-Length: {length}\r\n"
+    return (head + "\r\n").encode()
+
+
+def closing(boundary: str) -> bytes:
+    return f"--{boundary}--\r\n".encode()

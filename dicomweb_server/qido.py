@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
-
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -11,6 +9,7 @@ from starlette.responses import Response
 from . import db
 from .dicom_xml import to_xml
 from .media import DICOM_JSON, MULTIPART, Offer, negotiate
+from .multipart import closing, multipart_type, new_boundary, part_head
 from .query import PageCache, Resource, parse_query, signature, to_sql
 from .results import remaining_warning, result
 
@@ -45,14 +44,9 @@ async def search(request: Request, resource: Resource) -> Response:
     if total is not None:
         headers["Warning"] = remaining_warning(base, total - query.offset - len(rows))
     if choice.offer.media_type == MULTIPART:
-        boundary = secrets.token_hex(16)
-        body = (
-            b"".join(
-                f"--{boundary}\r\nContent-Type: {DICOM_XML}\r\n\r\n".encode() + to_xml(r) + b"\r\n"
-                for r in results
-            )
-            + f"--{boundary}--\r\n".encode()
+        boundary = new_boundary()
+        body = b"".join(part_head(boundary, DICOM_XML) + to_xml(r) + b"\r\n" for r in results)
+        return Response(
+            body + closing(boundary), 200, headers, media_type=multipart_type(DICOM_XML, boundary)
         )
-        ctype = f'multipart/related; type="{DICOM_XML}"; boundary={boundary}'
-        return Response(body, 200, headers, media_type=ctype)
     return Response(orjson.dumps(results), 200, headers, media_type=choice.offer.media_type)

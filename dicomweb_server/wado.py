@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import secrets
 import time
 import zipfile
 from collections.abc import AsyncIterator, Callable
@@ -25,13 +24,14 @@ from . import db, dicom, frames, render, transcode
 from .dicom_xml import to_xml
 from .errors import BadRequest, NotAcceptable, NotFound
 from .media import DICOM, DICOM_JSON, MULTIPART, Offer, negotiate
+from .multipart import closing, multipart_type, new_boundary, part_head
 from .storage import ObjectStore
 
 OCTET = frames.OCTET_STREAM
 ZIP = "application/zip"
 DICOM_XML = "application/dicom+xml"
 EVRLE = transcode.EXPLICIT_VR_LITTLE_ENDIAN
-PIXEL_DATA = "7FE00010"
+PIXEL_DATA = ("7FE00010", "7FE00008", "7FE00009")  # Pixel Data, Float and Double Float Pixel Data
 
 
 @dataclass(frozen=True)
@@ -51,25 +51,6 @@ def scope_of(request: Request) -> Scope:
 def accept_of(request: Request) -> str | None:
     """The ``accept`` query parameter overrides the Accept header (PS3.18 Table 8.3.3.1-2)."""
     return request.query_params.get("accept") or request.headers.get("accept")
-
-
-def _boundary() -> str:
-    return secrets.token_hex(16)
-
-
-def _multipart_type(part_type: str, boundary: str) -> str:
-    return f'multipart/related; type="{part_type}"; boundary={boundary}'
-
-
-def _part_head(boundary: str, content_type: str, length: int | None = None) -> bytes:
-    head = f"--{boundary}\r\nContent-Type: {content_type}\r\n"
-    if length is not None:
-        head += f"Content-Length: {length}\r\n"
-    return (head + "\r\n").encode()
-
-
-def _closing(boundary: str) -> bytes:
-    return f"--{boundary}--\r\n".encode()
 
 
 async def _read_all(store: ObjectStore, key: str, start: int = 0, end: int | None = None) -> bytes:
@@ -145,14 +126,14 @@ async def retrieve(request: Request) -> Response:
             media_type=ZIP,
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
-    boundary = _boundary()
+    boundary = new_boundary()
     headers = {}
     if all(syntax == inst.transfer_syntax_uid for inst, syntax in plan):
         # Every part's size is known: a Content-Length spares the chunked framing (and its copies).
-        heads = sum(len(_part_head(boundary, f"{DICOM}; transfer-syntax={s}", i.size)) + 2 for i, s in plan)
-        headers["Content-Length"] = str(heads + sum(i.size for i, _ in plan) + len(_closing(boundary)))
+        heads = sum(len(part_head(boundary, f"{DICOM}; transfer-syntax={s}", i.size)) + 2 for i, s in plan)
+        headers["Content-Length"] = str(heads + sum(i.size for i, _ in plan) + len(closing(boundary)))
     return StreamingResponse(
-        _dicom_parts(store, plan, boundary), headers=headers, media_type=_multipart_type(DICOM, boundary)
+        _dicom_parts(store, plan, boundary), headers=headers, media_type=multipart_type(DICOM, boundary)
     )
 
 
@@ -170,14 +151,14 @@ async def _dicom_parts(
     for inst, syntax in plan:
         ctype = f"{DICOM}; transfer-syntax={syntax}"
         if syntax == inst.transfer_syntax_uid:
-            yield _part_head(boundary, ctype, inst.size)
+            yield part_head(boundary, ctype, inst.size)
             async for chunk in store.read(inst.object_key):
                 yield chunk
         else:
             data = b"".join([c async for c in _dicom_bytes(store, inst, syntax)])
-            yield _part_head(boundary, ctype, len(data)) + data
+            yield part_head(boundary, ctype, len(data)) + data
         yield b"\r\n"
-    yield _closing(boundary)
+    yield closing(boundary)
 
 
 class _Sink:
@@ -259,25 +240,14 @@ async def metadata(request: Request) -> Response:
         return Response(status_code=304, headers=headers)
     if media != MULTIPART:
         return Response(body, headers=headers, media_type=media)
-    boundary = _boundary()
-    parts = [_part_head(boundary, DICOM_XML) + to_xml(ds) + b"\r\n" for ds in orjson.loads(body)]
+    boundary = new_boundary()
+    parts = [part_head(boundary, DICOM_XML) + to_xml(ds) + b"\r\n" for ds in orjson.loads(body)]
     return Response(
-        b"".join(parts) + _closing(boundary), headers=headers, media_type=_multipart_type(DICOM_XML, boundary)
+        b"".join(parts) + closing(boundary), headers=headers, media_type=multipart_type(DICOM_XML, boundary)
     )
 
 
 # -- frames -------------------------------------------------------------------------
-
-
-def parse_frame_list(text: str) -> list[int]:
-    """PS3.18 §10.4.1.1.4: a comma-separated list of 1-based frame numbers."""
-    numbers = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item.isdigit() or int(item) < 1:
-            raise BadRequest(f"Frame list must be positive integers separated by commas, got {text!r}")
-        numbers.append(int(item))
-    return numbers
 
 
 @dataclass(frozen=True)
@@ -321,7 +291,7 @@ async def _frame_source(request: Request) -> FrameSource:
         raise NotFound("No such instance")
     assert inst.metadata is not None
     meta = orjson.loads(inst.metadata)
-    if PIXEL_DATA not in meta:
+    if not any(tag in meta for tag in PIXEL_DATA):
         raise BadRequest("The instance has no Pixel Data, so it has no frames")
     try:
         return FrameSource(inst, transcode.PixelInfo.from_json(meta))
@@ -352,7 +322,7 @@ def _frame_producible(source: FrameSource) -> Callable[[Offer, str | None], bool
 
 async def retrieve_frames(request: Request) -> Response:
     """GET .../instances/{i}/frames/{list}: only the requested frames' bytes are read."""
-    numbers = parse_frame_list(request.path_params["frames"])
+    numbers = frames.parse_frame_list(request.path_params["frames"])
     source = await _frame_source(request)
     for n in numbers:
         if n > source.count:
@@ -371,10 +341,10 @@ async def retrieve_frames(request: Request) -> Response:
             ctype = f"{frames.FRAME_MEDIA_TYPES[stored]}; transfer-syntax={stored}"
     else:
         ctype = f"{OCTET}; transfer-syntax={EVRLE}"
-    boundary = _boundary()
+    boundary = new_boundary()
     return StreamingResponse(
         _frame_parts(request.app.state.store, source, numbers, as_stored, ctype, boundary),
-        media_type=_multipart_type(ctype.split(";")[0], boundary),  # RFC 2387: the parts' type
+        media_type=multipart_type(ctype.split(";")[0], boundary),  # RFC 2387: the parts' type
     )
 
 
@@ -393,8 +363,8 @@ async def _frame_parts(
             if not as_stored:
                 syntax = source.inst.transfer_syntax_uid
                 data = await asyncio.to_thread(transcode.decode_frame, data, syntax, source.info)
-        yield _part_head(boundary, ctype, len(data)) + data + b"\r\n"
-    yield _closing(boundary)
+        yield part_head(boundary, ctype, len(data)) + data + b"\r\n"
+    yield closing(boundary)
 
 
 async def _frames_from_object(store: ObjectStore, source: FrameSource, as_stored: bool) -> list[bytes]:
@@ -442,7 +412,7 @@ async def retrieve_bulkdata(request: Request) -> Response:
     path = request.path_params["path"].strip("/").split("/")
     choice = negotiate(accept_of(request), BULK_OFFERS)
     store: ObjectStore = request.app.state.store
-    source = await _frame_source(request) if path == [PIXEL_DATA] else None
+    source = await _frame_source(request) if len(path) == 1 and path[0].upper() in PIXEL_DATA else None
     if source is not None and source.encapsulated:
         # Compressed Pixel Data has no single value: its frames, as stored (PS3.18 §8.7.3.3.2).
         request.scope["path_params"]["frames"] = ",".join(str(n) for n in range(1, source.count + 1))
@@ -466,12 +436,12 @@ async def retrieve_bulkdata(request: Request) -> Response:
     if choice.offer.media_type == OCTET:
         headers["Content-Length"] = str(stop - start)
         return StreamingResponse(value_reader(start, stop), status, headers, media_type=OCTET)
-    boundary = _boundary()
+    boundary = new_boundary()
     return StreamingResponse(
         _wrap(value_reader(start, stop), boundary, stop - start),
         status,
         headers,
-        media_type=_multipart_type(OCTET, boundary),
+        media_type=multipart_type(OCTET, boundary),
     )
 
 
@@ -480,10 +450,10 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
 
 
 async def _wrap(chunks: AsyncIterator[bytes], boundary: str, length: int) -> AsyncIterator[bytes]:
-    yield _part_head(boundary, OCTET, length)
+    yield part_head(boundary, OCTET, length)
     async for chunk in chunks:
         yield chunk
-    yield b"\r\n" + _closing(boundary)
+    yield b"\r\n" + closing(boundary)
 
 
 async def _value_from_object(request: Request, path: list[str]) -> bytes:
@@ -524,7 +494,8 @@ async def rendered(request: Request, *, thumbnail: bool = False) -> Response:
     """GET {study|series|instance|frames}/rendered and /thumbnail: consumer-ready images."""
     state = request.app.state
     scope = scope_of(request)
-    numbers = parse_frame_list(request.path_params["frames"]) if "frames" in request.path_params else [1]
+    listed = request.path_params.get("frames")
+    numbers = frames.parse_frame_list(listed) if listed is not None else [1]
     choice = negotiate(accept_of(request), RENDER_OFFERS)
     media = choice.offer.media_type
     params = dict(request.query_params)
@@ -541,9 +512,9 @@ async def rendered(request: Request, *, thumbnail: bool = False) -> Response:
     images = [await _render(state.store, inst, n, settings) for inst, n in targets]
     if len(images) == 1:
         return Response(images[0], media_type=media)
-    boundary = _boundary()
-    body = b"".join(_part_head(boundary, media, len(img)) + img + b"\r\n" for img in images)
-    return Response(body + _closing(boundary), media_type=_multipart_type(media, boundary))
+    boundary = new_boundary()
+    body = b"".join(part_head(boundary, media, len(img)) + img + b"\r\n" for img in images)
+    return Response(body + closing(boundary), media_type=multipart_type(media, boundary))
 
 
 async def _render(
