@@ -157,7 +157,7 @@ async def run(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context) -> Re
         workload=WORKLOAD,
         requests=len(detail.qido),
         instances=len(detail.qido),  # so that "inst/s" (which picks the median round) is requests/s
-        payload_bytes=0,
+        payload_bytes=corpus.payload_bytes,  # the load, for the stored-instance check
         elapsed=elapsed,
         latencies=detail.qido,
         proc=sampler.stats(),
