@@ -10,6 +10,7 @@ handler per resource kind, whatever the level.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 import zipfile
@@ -51,6 +52,40 @@ def scope_of(request: Request) -> Scope:
 def accept_of(request: Request) -> str | None:
     """The ``accept`` query parameter overrides the Accept header (PS3.18 Table 8.3.3.1-2)."""
     return request.query_params.get("accept") or request.headers.get("accept")
+
+
+READ_AHEAD = 2  # chunks read from storage ahead of the socket
+
+
+async def read_ahead(chunks: AsyncIterator[bytes], depth: int = READ_AHEAD) -> AsyncIterator[bytes]:
+    """Read the next chunks from storage while the current one is being sent.
+
+    Without this, a response alternates between waiting for a file read (in a worker thread)
+    and waiting for the socket; with it, both go on at once.  At most ``depth`` chunks wait in
+    memory.  When the client goes away the reader is cancelled and its object closed.
+    """
+    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(depth)
+
+    async def pump() -> None:
+        try:
+            async for chunk in chunks:
+                await queue.put(chunk)
+            await queue.put(None)
+        except Exception as exc:  # handed to the consumer, raised there
+            await queue.put(exc)
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+
+    task = asyncio.ensure_future(pump())
+    try:
+        while (item := await queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _read_all(store: ObjectStore, key: str, start: int = 0, end: int | None = None) -> bytes:
@@ -115,14 +150,16 @@ async def retrieve(request: Request) -> Response:
         inst, syntax = plan[0]
         if syntax == inst.transfer_syntax_uid:
             return StreamingResponse(
-                store.read(inst.object_key), media_type=DICOM, headers={"Content-Length": str(inst.size)}
+                read_ahead(store.read(inst.object_key)),
+                media_type=DICOM,
+                headers={"Content-Length": str(inst.size)},
             )
         data = await _transcode_one(store, inst, syntax)
         return Response(data, media_type=f"{DICOM}; transfer-syntax={syntax}")
     if media == ZIP:
         name = (scope.sop or scope.series or scope.study) + ".zip"
         return StreamingResponse(
-            _zip(store, plan),
+            read_ahead(_zip(store, plan)),
             media_type=ZIP,
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
@@ -133,7 +170,9 @@ async def retrieve(request: Request) -> Response:
         heads = sum(len(part_head(boundary, f"{DICOM}; transfer-syntax={s}", i.size)) + 2 for i, s in plan)
         headers["Content-Length"] = str(heads + sum(i.size for i, _ in plan) + len(closing(boundary)))
     return StreamingResponse(
-        _dicom_parts(store, plan, boundary), headers=headers, media_type=multipart_type(DICOM, boundary)
+        read_ahead(_dicom_parts(store, plan, boundary)),
+        headers=headers,
+        media_type=multipart_type(DICOM, boundary),
     )
 
 
