@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -121,6 +121,7 @@ class Access:
     default_policy: Policy
     pool: Any
     _clients: dict[str, tuple[float, db.ClientRecord | None]]
+    _tenants: dict[str, tuple[float, bool]] = field(default_factory=dict)
 
     async def client(self, client_id: str) -> db.ClientRecord | None:
         """A client record, cached for a few seconds (a disabled client is refused within that)."""
@@ -133,6 +134,18 @@ class Access:
             self._clients.clear()
         self._clients[client_id] = (now, record)
         return record
+
+    async def tenant_enabled(self, tenant: str) -> bool:
+        """Whether a tenant exists and is enabled, cached like client records."""
+        now = time.monotonic()
+        cached = self._tenants.get(tenant)
+        if cached is not None and now - cached[0] < CLIENT_CACHE_SECONDS:
+            return cached[1]
+        enabled = await db.tenant_enabled(self.pool, tenant)
+        if len(self._tenants) > 10_000:
+            self._tenants.clear()
+        self._tenants[tenant] = (now, enabled)
+        return enabled
 
     def policy(self, client: db.ClientRecord) -> Policy:
         base = self.default_policy
@@ -175,14 +188,19 @@ def guard(handler: Handler, transaction: str) -> Handler:
             principal = access.verifier.verify(token)
         except auth.InvalidToken as exc:
             raise Unauthorized(f"The access token is not valid ({exc})", "invalid_token") from None
-        client = await access.client(principal.client_id)
-        if client is None or client.disabled or client.tenant != principal.tenant:
-            raise Unauthorized("The client of this token is disabled or unknown", "invalid_token")
+        if principal.external:  # the identity provider's client: its tenant must be ours and enabled
+            if not await access.tenant_enabled(principal.tenant):
+                raise Unauthorized("The tenant of this token is disabled or unknown", "invalid_token")
+            client = None
+        else:
+            client = await access.client(principal.client_id)
+            if client is None or client.disabled or client.tenant != principal.tenant:
+                raise Unauthorized("The client of this token is disabled or unknown", "invalid_token")
         request.state.client_id = principal.client_id
         request.state.tenant = principal.tenant
         if scope not in principal.scopes:
             raise Forbidden(scope)
-        policy = access.policy(client)
+        policy = access.policy(client) if client is not None else access.default_policy
         counting = access.limiter.hit_request(principal.client_id, policy)
         if request.method == "GET" and access.limiter.remote:
             response = await _while_counting(handler(request), counting)

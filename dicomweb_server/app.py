@@ -155,7 +155,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.access = access.Access(
         keys=keys,
         tokens=tokens,
-        verifier=auth.Verifier(keys, tokens),
+        verifier=auth.Verifier(keys, tokens, _external_issuer(settings, tokens)),
         limiter=await RateLimiter.open(settings.rate_limit_storage),
         default_policy=Policy(settings.rate_requests, settings.rate_bytes, settings.rate_window_seconds),
         pool=app.state.pool,
@@ -176,6 +176,19 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await app.state.access.limiter.close()
         await app.state.store.close()
         await app.state.pool.close()
+
+
+def _external_issuer(settings: Settings, tokens: auth.TokenSettings) -> auth.ExternalIssuer | None:
+    if not settings.external_issuer:
+        return None
+    if not settings.external_jwks:
+        raise RuntimeError("DICOMWEB_EXTERNAL_ISSUER needs DICOMWEB_EXTERNAL_JWKS (a JWKS file or URL)")
+    if settings.external_issuer == tokens.issuer:
+        raise RuntimeError("DICOMWEB_EXTERNAL_ISSUER must differ from our own issuer")
+    audience = settings.external_audience or tokens.audience
+    return auth.ExternalIssuer.load(
+        settings.external_issuer, audience, settings.external_jwks, settings.external_tenant_claim
+    )
 
 
 async def _fresh_statistics(app: Starlette) -> None:

@@ -11,11 +11,13 @@ are kept as argon2id hashes.  Nothing here touches the network or the database:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import hashlib
 import json
 import os
+import re
 import secrets
 import time
 import uuid
@@ -62,6 +64,7 @@ class Principal:
     scopes: frozenset[str]
     token_id: str
     expires: int
+    external: bool = False  # issued by the configured external identity provider
 
 
 # -- secrets ----------------------------------------------------------------------------
@@ -207,12 +210,53 @@ def issue(keys: SigningKeys, cfg: TokenSettings, client_id: str, tenant: str, sc
 # -- verifying ---------------------------------------------------------------------------
 
 
+TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # as the tenant table and object keys require
+
+
+@dataclass(frozen=True)
+class ExternalIssuer:
+    """One identity provider whose access tokens we also accept (RFC 9068 profile), its keys
+    from a JWKS file or URL read at startup, one claim naming the tenant."""
+
+    issuer: str
+    audience: str
+    keys: KeySet
+    tenant_claim: str = "tenant"
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+
+    @classmethod
+    def load(cls, issuer: str, audience: str, jwks: str, tenant_claim: str = "tenant") -> ExternalIssuer:
+        if jwks.startswith("https://") or jwks.startswith("http://"):
+            import urllib.request
+
+            with urllib.request.urlopen(jwks, timeout=10) as response:
+                data = json.loads(response.read())
+        else:
+            data = json.loads(Path(jwks).read_text())
+        return cls(issuer, audience, KeySet.import_key_set(data), tenant_claim)
+
+    def kids(self) -> set[str]:
+        return {str(k.kid) for k in self.keys.keys}
+
+
+def _unverified_issuer(token: str) -> str | None:
+    """The ``iss`` a token claims, only to choose whose keys verify it (nothing is trusted yet)."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, IndexError):
+        return None
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return issuer if isinstance(issuer, str) else None
+
+
 @dataclass
 class Verifier:
     """Checks bearer tokens; verified tokens are cached until they expire (a hash-keyed dict)."""
 
     keys: SigningKeys
     cfg: TokenSettings
+    external: ExternalIssuer | None = None
     leeway: int = 30
     _cache: dict[bytes, tuple[Principal, str]] = field(default_factory=dict)
 
@@ -222,7 +266,7 @@ class Verifier:
         self.keys.reload_if_changed()
         known = self._cache.get(digest)
         # A cached token stays valid only while it has not expired and its key is still ours.
-        if known is not None and known[0].expires > now - self.leeway and known[1] in self.keys.kids():
+        if known is not None and known[0].expires > now - self.leeway and known[1] in self._kids(known[0]):
             return known[0]
         principal, kid = self._verify(token, now)
         if len(self._cache) > 10_000:
@@ -230,39 +274,56 @@ class Verifier:
         self._cache[digest] = (principal, kid)
         return principal
 
+    def _kids(self, principal: Principal) -> set[str]:
+        return self.external.kids() if principal.external and self.external else self.keys.kids()
+
     def _verify(self, token: str, now: int) -> tuple[Principal, str]:
         if token.count(".") != 2:
             raise InvalidToken("not a JWS compact token")
+        ext = self.external
+        external = ext is not None and _unverified_issuer(token) == ext.issuer
+        if external and ext is not None:
+            keyset, algorithms, kids = ext.keys, list(ext.algorithms), ext.kids()
+            issuer, audience, tenant_claim = ext.issuer, ext.audience, ext.tenant_claim
+        else:
+            keyset, algorithms, kids = self.keys.keys, ALGORITHMS, self.keys.kids()
+            issuer, audience, tenant_claim = self.cfg.issuer, self.cfg.audience, "tenant"
         try:
-            decoded = jwt.decode(token, self.keys.keys, algorithms=ALGORITHMS)
+            decoded = jwt.decode(token, keyset, algorithms=algorithms)
         except (JoseError, ValueError, KeyError, TypeError) as exc:
             raise InvalidToken(f"signature or format: {type(exc).__name__}") from None
         header, claims = decoded.header, decoded.claims
         if any(name in header for name in _REFUSED_HEADERS):
             raise InvalidToken("key references in the header are not accepted")
-        if header.get("alg") not in ALGORITHMS or str(header.get("typ", "")).lower() not in TOKEN_TYPES:
+        if header.get("alg") not in algorithms or str(header.get("typ", "")).lower() not in TOKEN_TYPES:
             raise InvalidToken("wrong alg or typ")
-        if header.get("kid") not in self.keys.kids():
+        if header.get("kid") not in kids:
             raise InvalidToken("unknown key")
-        self._check_claims(claims, now)
+        client_id = claims.get("client_id") or (claims.get("azp") if external else None)
+        self._check_claims(
+            {**claims, "client_id": client_id, "tenant": claims.get(tenant_claim)}, now, issuer, audience
+        )
         principal = Principal(
-            client_id=claims["client_id"],
-            tenant=claims["tenant"],
+            client_id=str(client_id),
+            tenant=str(claims[tenant_claim]),
             scopes=frozenset(str(claims.get("scope", "")).split()),
             token_id=claims["jti"],
             expires=int(claims["exp"]),
+            external=external,
         )
         return principal, str(header["kid"])
 
-    def _check_claims(self, claims: dict[str, Any], now: int) -> None:
+    def _check_claims(self, claims: dict[str, Any], now: int, issuer: str, audience: str) -> None:
         for name in ("iss", "aud", "exp", "iat", "jti", "client_id", "tenant"):
-            if name not in claims:
+            if claims.get(name) is None:
                 raise InvalidToken(f"missing claim {name}")
-        if claims["iss"] != self.cfg.issuer:
+        if claims["iss"] != issuer:
             raise InvalidToken("wrong issuer")
-        audience = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
-        if self.cfg.audience not in audience:
+        audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
+        if audience not in audiences:
             raise InvalidToken("wrong audience")
+        if not isinstance(claims["tenant"], str) or not TENANT_ID.fullmatch(claims["tenant"]):
+            raise InvalidToken("the tenant claim is not a tenant id")
         for name in ("exp", "iat", "nbf"):
             if name in claims and not isinstance(claims[name], int):
                 raise InvalidToken(f"{name} is not a number")

@@ -651,6 +651,11 @@ async def create_tenant(pool: asyncpg.Pool, tenant: str, name: str) -> bool:
     return bool(status.endswith(" 1"))
 
 
+async def tenant_enabled(pool: asyncpg.Pool, tenant: str) -> bool:
+    async with connection(pool) as conn:
+        return bool(await conn.fetchval("SELECT NOT disabled FROM tenant WHERE id = $1", tenant))
+
+
 async def list_tenants(pool: asyncpg.Pool) -> list[dict[str, Any]]:
     async with connection(pool) as conn:
         rows = await conn.fetch("SELECT id, name, disabled, created_at FROM tenant ORDER BY id")

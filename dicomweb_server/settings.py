@@ -71,6 +71,12 @@ class Settings:
     rate_requests: int = 600  # per client and window, unless the client has its own
     rate_bytes: int = 10 * GiB
     rate_window_seconds: int = 60
+    # Optionally, one external identity provider's RFC 9068 tokens, verified with its JWKS
+    # (a file or a URL read at startup); the tenant comes from one claim.
+    external_issuer: str | None = None
+    external_jwks: str | None = None
+    external_audience: str | None = None  # default: our own audience
+    external_tenant_claim: str = "tenant"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -119,4 +125,8 @@ class Settings:
             rate_requests=_int(e, "DICOMWEB_RATE_REQUESTS", 600),
             rate_bytes=_int(e, "DICOMWEB_RATE_BYTES", 10 * GiB),
             rate_window_seconds=_int(e, "DICOMWEB_RATE_WINDOW_SECONDS", 60),
+            external_issuer=e.get("DICOMWEB_EXTERNAL_ISSUER") or None,
+            external_jwks=e.get("DICOMWEB_EXTERNAL_JWKS") or None,
+            external_audience=e.get("DICOMWEB_EXTERNAL_AUDIENCE") or None,
+            external_tenant_claim=e.get("DICOMWEB_EXTERNAL_TENANT_CLAIM") or "tenant",
         )
