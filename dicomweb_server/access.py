@@ -120,7 +120,7 @@ class Access:
     limiter: RateLimiter
     default_policy: Policy
     pool: Any
-    _clients: dict[str, tuple[float, db.ClientRecord | None]]
+    _clients: dict[str, tuple[float, db.ClientRecord | None]] = field(default_factory=dict)
     _tenants: dict[str, tuple[float, bool]] = field(default_factory=dict)
 
     async def client(self, client_id: str) -> db.ClientRecord | None:

@@ -159,7 +159,6 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         limiter=await RateLimiter.open(settings.rate_limit_storage),
         default_policy=Policy(settings.rate_requests, settings.rate_bytes, settings.rate_window_seconds),
         pool=app.state.pool,
-        _clients={},
     )
     app.state.audit = access.AuditTrail(app.state.pool)
     tasks = [asyncio.create_task(_fresh_statistics(app)), asyncio.create_task(app.state.audit.run())]

@@ -362,7 +362,12 @@ def _frame_producible(source: FrameSource) -> Callable[[Offer, str | None], bool
 async def retrieve_frames(request: Request) -> Response:
     """GET .../instances/{i}/frames/{list}: only the requested frames' bytes are read."""
     numbers = frames.parse_frame_list(request.path_params["frames"])
-    source = await _frame_source(request)
+    return _frames_response(request, await _frame_source(request), numbers)
+
+
+def _frames_response(
+    request: Request, source: FrameSource, numbers: list[int], *, as_stored: bool = False
+) -> Response:
     for n in numbers:
         if n > source.count:
             raise NotFound(f"Frame {n} does not exist: the instance has {source.count} frame(s)")
@@ -370,7 +375,8 @@ async def retrieve_frames(request: Request) -> Response:
     stored = source.inst.transfer_syntax_uid
     # As stored when asked (``*``, the stored syntax, the native type); otherwise uncompressed.
     as_stored = (
-        (not source.encapsulated)
+        as_stored
+        or (not source.encapsulated)
         or choice.transfer_syntax in ("*", stored)
         or (choice.offer.part_type != OCTET)
     )
@@ -454,8 +460,7 @@ async def retrieve_bulkdata(request: Request) -> Response:
     source = await _frame_source(request) if len(path) == 1 and path[0].upper() in PIXEL_DATA else None
     if source is not None and source.encapsulated:
         # Compressed Pixel Data has no single value: its frames, as stored (PS3.18 §8.7.3.3.2).
-        request.scope["path_params"]["frames"] = ",".join(str(n) for n in range(1, source.count + 1))
-        return await retrieve_frames(request)
+        return _frames_response(request, source, list(range(1, source.count + 1)), as_stored=True)
     if source is not None and source.inst.frames.pixel_offset is not None and source.ranges(1) is not None:
         offset, length = source.inst.frames.pixel_offset, source.inst.frames.pixel_length or 0
         value_reader: Callable[[int, int], AsyncIterator[bytes]] = lambda a, b: store.read(  # noqa: E731

@@ -394,3 +394,13 @@ async def test_capabilities_describe_every_route(app: App) -> None:
     assert any(p.get("name") == "fuzzymatching" for p in root.iter("{http://wadl.dev.java.net/2009/02}param"))
     r = await app.client.options("/dicomweb", headers={"Accept": "application/json"})
     assert r.json()["fuzzyMatching"] is True
+
+
+async def test_bulk_data_of_compressed_pixel_data_is_its_frames_as_stored(app: App) -> None:
+    data = multiframe(generate_uid(), generate_uid(), frames=3, compress=RLE)
+    await store(app, [data])
+    r = await app.client.get(url(data) + "/bulkdata/7FE00010")
+    assert r.status_code == 200
+    parts = split_multipart(r.content, r.headers["content-type"])
+    assert [body for _, body in parts] == list(generate_frames(dataset(data).PixelData, number_of_frames=3))
+    assert all(h["content-type"] == f"image/dicom-rle; transfer-syntax={RLE}" for h, _ in parts)
