@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from . import admin, logs
+from . import admin, logs, workers
 from .settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,9 +101,6 @@ def serve(args: argparse.Namespace) -> None:
     settings = Settings.from_env()
     url, server = _database(settings)
     os.environ["DATABASE_URL"] = url  # workers build their settings from the environment
-    # libuv accepts one connection per loop turn, so simultaneous connections spread over the
-    # worker processes instead of all landing on whichever woke first.
-    os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
     migrate(url)
     base = settings.public_base_url or f"http://{args.host}:{args.port}"
     os.environ.setdefault("DICOMWEB_ISSUER", settings.issuer or base)
@@ -114,27 +111,38 @@ def serve(args: argparse.Namespace) -> None:
     else:
         admin.refuse_insecure(args.host, settings, url)
     print(_banner(base, dev), file=sys.stderr, flush=True)
+    config = uvicorn.Config(
+        "dicomweb_server.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        # X-Forwarded-* only from the configured proxies (uvicorn trusts 127.0.0.1 by default).
+        proxy_headers=bool(os.environ.get("DICOMWEB_TRUSTED_PROXIES")),
+        forwarded_allow_ips=os.environ.get("DICOMWEB_TRUSTED_PROXIES") or "",
+        timeout_graceful_shutdown=10,
+    )
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler it found:
     # make that handler an exit, so the finally below still stops the embedded PostgreSQL.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    status = 0
     try:
-        uvicorn.run(
-            "dicomweb_server.app:create_app",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            loop="uvloop",
-            http="httptools",
-            log_config=None,
-            access_log=False,
-            # X-Forwarded-* only from the configured proxies (uvicorn trusts 127.0.0.1 by default).
-            proxy_headers=bool(os.environ.get("DICOMWEB_TRUSTED_PROXIES")),
-            forwarded_allow_ips=os.environ.get("DICOMWEB_TRUSTED_PROXIES") or "",
-            timeout_graceful_shutdown=10,
-        )
+        if args.workers > 1:
+            status = workers.Supervisor(config, args.workers, _log_level()).run()
+        else:
+            uvicorn.Server(config).run()
     finally:
         _stop(server)  # uvicorn returns on SIGINT and SIGTERM: the embedded PostgreSQL stops with us
+    if status:
+        sys.exit(status)
+
+
+def _log_level() -> str:
+    return os.environ.get("DICOMWEB_LOG_LEVEL", "INFO")
 
 
 def gc(args: argparse.Namespace) -> None:
@@ -172,7 +180,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--host", default=os.environ.get("DICOMWEB_HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("DICOMWEB_PORT", "8080")))
-    p.add_argument("--workers", type=int, default=int(os.environ.get("DICOMWEB_WORKERS", "1")))
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("DICOMWEB_WORKERS", "1")),
+        help="worker processes; each connection goes to the one with the fewest (see workers.py)",
+    )
     p.set_defaults(func=serve)
     p = sub.add_parser("migrate", help="apply database migrations")
     p.set_defaults(func=lambda a: migrate(_database(Settings.from_env())[0]))
@@ -180,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("gc", help="remove objects no index row references, older than the grace period")
     p.add_argument("--grace", type=float, default=None, help="seconds (default: DICOMWEB_GC_GRACE_SECONDS)")
     p.set_defaults(func=gc)
-    logs.configure(os.environ.get("DICOMWEB_LOG_LEVEL", "INFO"))
+    logs.configure(_log_level())
     args = parser.parse_args(argv)
     if args.command in ("keys", "tenants", "clients"):
         settings = Settings.from_env()

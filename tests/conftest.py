@@ -188,7 +188,7 @@ def _stop_leftover_servers() -> Iterator[None]:
             server.stop("kill")
 
 
-def start_server(database_url: str, data: Path, **env: str) -> Server:
+def start_server(database_url: str, data: Path, workers: int = 1, **env: str) -> Server:
     port = free_port()
     full = {
         **os.environ,
@@ -204,7 +204,16 @@ def start_server(database_url: str, data: Path, **env: str) -> Server:
     data.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dicomweb_server.cli", "serve", "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "dicomweb_server.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
             env=full,
             stdout=out,
             stderr=subprocess.STDOUT,
