@@ -111,7 +111,7 @@ async def run(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context) -> Re
     assert corpus is not None
     pop = corpus.population
     print(f"[{endpoint.target}] {WORKLOAD}: loading {pop.instance_count} instances by STOW ...", flush=True)
-    posted = await _post_all(client, endpoint, corpus.bodies, ctx.concurrency)
+    posted = await _post_all(endpoint, corpus.bodies, ctx.concurrency)
     wait_until_quiet(0.10, 30.0, endpoint.target)
     warm, measured = iterations(ctx)
     paths = probes(pop)

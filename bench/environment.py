@@ -126,7 +126,11 @@ def stow_notes(args: argparse.Namespace, big_gib: float) -> list[str]:
         "client and servers share the same CPUs, so the client's own cost is part of every figure.",
         "- Each target starts fresh (empty data directory), receives the warm-up series, then the measured "
         f"series with {args.concurrency} requests in flight; each request is one whole series as "
-        '`multipart/related; type="application/dicom"`, bodies prebuilt in memory (httpx async client).',
+        '`multipart/related; type="application/dicom"`, bodies prebuilt in memory and sent by the lean '
+        "client of bench/rawhttp.py (httpx copied each body into a fresh buffer, a quarter of a core), "
+        "each client over its own keep-alive connection; the one big body goes with httpx (chunked).",
+        "- Each target's data directory is removed when the whole run ends, not between targets: on this "
+        "machine's ext4 (no journal) file creation right after a large deletion is several times dearer.",
         "- inst/s and MB/s (10^6 bytes of DICOM payload per second) are over the wall time from the first "
         "measured request to the last response; p50/p95 are per-request latencies.",
         "- Peak RSS / growth: sum of RSS over the server's process tree, sampled every 50 ms; growth is peak "

@@ -469,7 +469,7 @@ async def run_small(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context)
         f"({len(corpus.bodies)} STOW requests) ...",
         flush=True,
     )
-    posted = await _post_all(client, endpoint, corpus.bodies, ctx.concurrency)
+    posted = await _post_all(endpoint, corpus.bodies, ctx.concurrency)
     load = LoadStats(f"STOW, {ctx.concurrency} requests in flight", pop.instance_count, posted.elapsed)
     print(f"[{endpoint.target}] qido-20k: loaded in {posted.elapsed:.1f} s ({load.inst_per_s:.0f} inst/s)")
     load.notes.append(f"then waited {_quiet(endpoint):.0f} s for a quiet machine")

@@ -291,8 +291,10 @@ def bench_session(
         return False
     finally:
         target.stop()
-        if not args.keep_data:
-            shutil.rmtree(workdir, ignore_errors=True)
+        # Removed at the end of the run, not now: on an ext4 without a journal (this machine's) the
+        # inode allocator steps one by one over inodes freed in the last minutes, which made file
+        # creation several times dearer for whichever target ran right after a deletion.
+        args.leftover_dirs.append(workdir)
         os.sync()
         outcome.seconds += time.monotonic() - started
     return True
@@ -344,6 +346,7 @@ def wado_options(args: argparse.Namespace, workloads: list[str]) -> WadoOptions 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    args.leftover_dirs = []  # each target's data directory, removed when the run ends
     if not args.no_netns:
         enter_private_netns(argv)
     args.ours_src = export_revision(args.ours_rev, args.cache_dir) if args.ours_rev else None
@@ -378,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted; servers stopped; logs in {log_dir}", flush=True)
         return 130
+    finally:
+        if not args.keep_data:
+            for workdir in args.leftover_dirs:
+                shutil.rmtree(workdir, ignore_errors=True)
     outcomes: Outcomes = {name: merge_rounds(per_target) for name, per_target in rounds.items()}
 
     waited = sum(o.waited for o in outcomes.values())

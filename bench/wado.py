@@ -211,7 +211,7 @@ async def ensure_loaded(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Cont
     assert corpus is not None
     jobs = [(build_body(instances), len(instances)) for _, instances in corpus.uploads]
     print(f"[{endpoint.target}] retrieve: storing {corpus.instance_count} instances by STOW ...", flush=True)
-    posted = await _post_all(client, endpoint, jobs, ctx.concurrency)
+    posted = await _post_all(endpoint, jobs, ctx.concurrency)
     info = LoadInfo(
         corpus.instance_count,
         sum(len(i) for _, instances in corpus.uploads for i in instances),
@@ -663,7 +663,9 @@ async def run_big(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context) -
             except httpx.HTTPError as exc:
                 errors.append(f"store {index}: {type(exc).__name__}: {exc}")
                 continue
-            error, _warning = check_response(endpoint, response, 1, length)
+            error, _warning = check_response(
+                endpoint, response.status_code, response.content, response.headers, 1, length
+            )
             if error:
                 errors.append(f"store {index}: {error}")
 

@@ -16,7 +16,7 @@ import io
 import json
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ import httpx
 import numpy as np
 import pydicom
 
+from bench import rawhttp
 from bench.corpus import Corpus, Series
 from bench.multipart import CONTENT_TYPE, BigBodyPlan, build_body
 from bench.sampling import ProcessSampler, ProcStats, settle
@@ -91,16 +92,16 @@ def _reasons(items: list[dict[str, Any]], tag: str) -> str:
 
 
 def check_response(
-    endpoint: Endpoint, response: httpx.Response, instances: int, body_bytes: int
+    endpoint: Endpoint, code: int, content: bytes, headers: Mapping[str, str], instances: int, body_bytes: int
 ) -> tuple[str | None, str | None]:
     """(error, warning): error if not every instance was stored; warning if stored but not a plain 200."""
-    code = response.status_code
+    text = content.decode(errors="replace")
     if code not in (200, 202, 409):
-        return f"HTTP {code}: {response.text[:300]}", None
+        return f"HTTP {code}: {text[:300]}", None
     try:
-        payload = json.loads(response.content)
+        payload = json.loads(content)
     except ValueError:
-        return f"HTTP {code}, not JSON ({response.headers.get('content-type')}): {response.text[:200]}", None
+        return f"HTTP {code}, not JSON ({headers.get('content-type')}): {text[:200]}", None
     if not endpoint.stores_dicom:
         got = payload.get("received")
         return (None if got == body_bytes else f"sink received {got} of {body_bytes} bytes"), None
@@ -111,7 +112,7 @@ def check_response(
         summary += f" (failure reasons {_reasons(failed, FAILURE_REASON)})"
     if warned := _reasons(stored, WARNING_REASON):
         summary += f" (warning reasons {warned})"
-    if header := response.headers.get("warning"):
+    if header := headers.get("warning"):
         summary += f" (Warning: {header})"
     if failed or len(stored) != instances:
         return summary, None
@@ -126,10 +127,9 @@ class Posted:
     elapsed: float
 
 
-async def _post_all(
-    client: httpx.AsyncClient, endpoint: Endpoint, jobs: Sequence[tuple[bytes, int]], concurrency: int
-) -> Posted:
-    """POST each (body, instance count), ``concurrency`` at a time; returns latencies, errors, wall time."""
+async def _post_all(endpoint: Endpoint, jobs: Sequence[tuple[bytes, int]], concurrency: int) -> Posted:
+    """POST each (body, instance count), ``concurrency`` at a time, each over its own keep-alive connection
+    with the lean client (bench/rawhttp.py); returns latencies, errors, wall time."""
     queue: asyncio.Queue[tuple[bytes, int]] = asyncio.Queue()
     for job in jobs:
         queue.put_nowait(job)
@@ -138,20 +138,23 @@ async def _post_all(
     warnings: list[str] = []
 
     async def worker() -> None:
-        while not queue.empty():
-            body, count = queue.get_nowait()
-            t0 = time.perf_counter()
-            try:
-                response = await client.post(endpoint.stow_url, content=body, headers=STOW_HEADERS)
-            except httpx.HTTPError as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
-                continue
-            latencies.append(time.perf_counter() - t0)
-            error, warning = check_response(endpoint, response, count, len(body))
-            if error:
-                errors.append(error)
-            if warning:
-                warnings.append(warning)
+        async with rawhttp.Connection(endpoint.base_url, 900.0, endpoint.headers) as conn:
+            while not queue.empty():
+                body, count = queue.get_nowait()
+                t0 = time.perf_counter()
+                try:
+                    answer = await conn.post(endpoint.stow_url, STOW_HEADERS, body)
+                except rawhttp.HttpError as exc:
+                    errors.append(str(exc))
+                    continue
+                latencies.append(time.perf_counter() - t0)
+                error, warning = check_response(
+                    endpoint, answer.status, bytes(answer.body), answer.headers, count, len(body)
+                )
+                if error:
+                    errors.append(error)
+                if warning:
+                    warnings.append(warning)
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -170,12 +173,12 @@ def stow_workload(corpus_name: str) -> WorkloadFn:
         corpus = ctx.corpora[corpus_name]
         warm_bodies, bodies = ctx.bodies(corpus_name)
         warm_jobs = [(b, len(s.instances)) for b, s in zip(warm_bodies, corpus.warmup, strict=True)]
-        warm = await _post_all(client, endpoint, warm_jobs, ctx.concurrency)
+        warm = await _post_all(endpoint, warm_jobs, ctx.concurrency)
         settle()
         jobs = [(b, len(s.instances)) for b, s in zip(bodies, corpus.measured, strict=True)]
         aux = endpoint.aux_roots()
         with ProcessSampler(lambda: [endpoint.app_pid], lambda: aux) as sampler:
-            posted = await _post_all(client, endpoint, jobs, ctx.concurrency)
+            posted = await _post_all(endpoint, jobs, ctx.concurrency)
         return Result(
             workload=f"stow-{corpus_name}",
             requests=len(jobs),
@@ -207,7 +210,9 @@ async def big_body(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context) 
         warning: str | None = None
         try:
             response = await client.post(endpoint.stow_url, content=plan.stream(), headers=STOW_HEADERS)
-            error, warning = check_response(endpoint, response, parts, plan.nbytes)
+            error, warning = check_response(
+                endpoint, response.status_code, response.content, response.headers, parts, plan.nbytes
+            )
             if error:
                 errors.append(error)
         except httpx.HTTPError as exc:

@@ -111,7 +111,8 @@ def _open_and_read(path: Path, start: int, n: int) -> tuple[BinaryIO | None, byt
 
 
 class FileStore:
-    """Objects as files under ``root``: temp file, fsync, rename, fsync of the directory."""
+    """Objects as files under ``root``: temp file, fsync, rename, fsync of the directory.
+    A committed object's pages leave the page cache (see ``_FileWriter._commit``)."""
 
     def __init__(self, root: Path):
         self.root = root.resolve()
@@ -269,6 +270,11 @@ class _FileWriter:
             self._open_and_flush()
         assert self.fd is not None
         os.fsync(self.fd)
+        # Durable now: drop its pages from the page cache.  An object is written once and read
+        # later (often much later); the cache is better spent on the index.  Growing the cache
+        # with every object also costs: here a 0.5 MB write took 1 to 2.8 ms of CPU as the cache
+        # grew, and a flat 0.33 ms when each file's pages were dropped (and so reused).
+        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(self.fd)
         self.fd = None
         try:

@@ -98,6 +98,11 @@ def test_simultaneous_keepalive_connections_spread_evenly(
     finally:
         server.stop()
     assert server.process.returncode == 0
+    # The workers log like a single process does (uvicorn's own workers left logging unconfigured,
+    # which dropped every access line).
+    lines = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith("{")]
+    served = [line for line in lines if line.get("message") == "request" and line.get("route") == "/healthz"]
+    assert len(served) == 5
 
 
 def test_a_killed_worker_is_replaced_and_requests_keep_succeeding(
