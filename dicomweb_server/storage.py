@@ -25,6 +25,8 @@ from .errors import StorageError
 from .settings import S3Settings
 
 READ_CHUNK = 1024 * 1024
+COMMIT_THREADS = 4  # batches of commits made durable at once (FileStore.commit)
+COMMIT_BATCH = 32  # most objects one thread hop commits
 CONTENT_TYPE = "application/dicom"
 _KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,62}/\d{8}/\d{4}/[0-9a-f]{32}")
 
@@ -118,7 +120,9 @@ class FileStore:
         self.root = root.resolve()
         self.staging = self.root / ".staging"
         self.staging.mkdir(parents=True, exist_ok=True)
-        self._dir_syncs: dict[Path, _DirSync] = {}
+        self._queue: list[tuple[_FileWriter, asyncio.Future[None]]] = []
+        self._runners = 0
+        self._tasks: set[asyncio.Future[None]] = set()
 
     def path(self, key: str) -> Path:
         _check_key(key)
@@ -127,23 +131,43 @@ class FileStore:
     def writer(self, key: str) -> _FileWriter:
         return _FileWriter(self, self.path(key), self.staging / f"{key.rsplit('/', 1)[-1]}.part")
 
-    async def sync_dir(self, path: Path) -> None:
-        """Make renames into ``path`` durable.  Concurrent commits into one directory share
-        an fsync that had not started when their rename finished (group commit)."""
-        state = self._dir_syncs.get(path)
-        if state is None or state.started:
-            state = _DirSync()
-            self._dir_syncs[path] = state
-            state.task = asyncio.ensure_future(self._run_dir_sync(path, state))
-        assert state.task is not None
-        await asyncio.shield(state.task)
+    async def commit(self, writer: _FileWriter) -> None:
+        """Make ``writer``'s object durable (group commit).
 
-    async def _run_dir_sync(self, path: Path, state: _DirSync) -> None:
-        await asyncio.sleep(0)  # let the renames finishing now join this fsync
-        state.started = True
-        if self._dir_syncs.get(path) is state:
-            del self._dir_syncs[path]
-        await asyncio.to_thread(_fsync_dir, path)
+        Commits queue up and worker threads take them in batches: one thread hop makes a whole
+        batch durable (write, fsync, rename each file, then one fsync per directory), where a hop
+        per object cost a Future, a Condition and two thread switches each.  Up to COMMIT_THREADS
+        batches run at once, so at low load a commit starts at once, alone."""
+        done = asyncio.get_running_loop().create_future()
+        self._queue.append((writer, done))
+        if self._runners < COMMIT_THREADS:
+            self._runners += 1
+            task = asyncio.ensure_future(self._run_batches())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        await done
+
+    async def _run_batches(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:COMMIT_BATCH], self._queue[COMMIT_BATCH:]
+                try:
+                    errors = await asyncio.to_thread(_commit_batch, [w for w, _ in batch])
+                except Exception as exc:  # the thread pool itself failed: every waiter hears of it
+                    errors = [exc] * len(batch)
+                except BaseException:  # cancelled (the server is stopping): no waiter is left hanging
+                    for _, done in batch + self._queue:
+                        done.cancel()
+                    raise
+                for (_, done), error in zip(batch, errors, strict=True):
+                    if done.done():
+                        continue  # its request was cancelled meanwhile
+                    if error is None:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(error)
+        finally:
+            self._runners -= 1
 
     async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         # One worker-thread hop opens the file and reads the first chunk; an object (or range)
@@ -258,14 +282,14 @@ class _FileWriter:
 
     async def commit(self) -> bytes:
         try:
-            await asyncio.to_thread(self._commit)
-            await self.store.sync_dir(self.final.parent)
+            await self.store.commit(self)
         except OSError as exc:
             await self.abort()
             raise _os_error(exc) from None
         return self.sha.digest()
 
     def _commit(self) -> None:
+        """In a worker thread: write what is pending, fsync, drop from the cache, rename into place."""
         if self.fd is None:
             self._open_and_flush()
         assert self.fd is not None
@@ -292,12 +316,26 @@ class _FileWriter:
             os.unlink(self.temp)
 
 
-class _DirSync:
-    """One directory fsync that renames finished before it starts can share."""
-
-    def __init__(self) -> None:
-        self.started = False
-        self.task: asyncio.Future[None] | None = None
+def _commit_batch(writers: list[_FileWriter]) -> list[BaseException | None]:
+    """In a worker thread: make each writer's file durable, then each directory they were renamed
+    into (the rename is durable only then).  Returns each writer's error, or None."""
+    errors: list[BaseException | None] = []
+    directories: dict[Path, list[int]] = {}
+    for i, writer in enumerate(writers):
+        try:
+            writer._commit()
+        except OSError as exc:
+            errors.append(exc)
+            continue
+        errors.append(None)
+        directories.setdefault(writer.final.parent, []).append(i)
+    for path, members in directories.items():
+        try:
+            _fsync_dir(path)
+        except OSError as exc:
+            for i in members:
+                errors[i] = exc
+    return errors
 
 
 def _fsync_dir(path: Path) -> None:

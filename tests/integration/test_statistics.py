@@ -20,3 +20,30 @@ async def test_stale_tables_are_analyzed_and_fresh_ones_left_alone(db: asyncpg.P
         "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'study'"
     )
     assert await index.analyze_if_stale(db) == []  # nothing changed since
+
+
+async def test_analyze_skips_the_stored_dicom_json(db: asyncpg.Pool) -> None:
+    """Those documents are returned, never searched: ANALYZE must not read them (migration 0006)."""
+    async with db.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO study (tenant, study_uid, attrs) "
+            """SELECT 'bulk', '1.3.' || g, jsonb_build_object('00100010', repeat('x', 4000) || g)
+               FROM generate_series(1, 300) AS g"""
+        )
+        await conn.execute("ANALYZE study")
+        analyzed = {
+            row["attname"]
+            for row in await conn.fetch("SELECT attname FROM pg_stats WHERE tablename = 'study'")
+        }
+    assert "study_uid" in analyzed
+    assert "attrs" not in analyzed
+    targets = await db.fetch(
+        "SELECT attrelid::regclass::text AS t, attname, attstattarget FROM pg_attribute "
+        "WHERE (attrelid, attname) IN (('instance'::regclass, 'metadata'), "
+        "('study'::regclass, 'attrs'), ('series'::regclass, 'attrs'))"
+    )
+    assert sorted((r["t"], r["attname"], r["attstattarget"]) for r in targets) == [
+        ("instance", "metadata", 0),
+        ("series", "attrs", 0),
+        ("study", "attrs", 0),
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import time
@@ -103,3 +104,38 @@ async def test_keys_are_server_derived_and_checked(store: ObjectStore) -> None:
 
 async def test_ping(store: ObjectStore) -> None:
     await store.ping()
+
+
+async def test_many_concurrent_commits_each_durable_with_its_own_digest(store: ObjectStore) -> None:
+    """The file backend commits in batches (one thread hop for many objects): every object still
+    gets its own bytes and digest, small ones and one spilled past the in-memory limit alike."""
+    objects = {new_key("t"): os.urandom(1000 + 37 * i) for i in range(40)}
+    objects[new_key("t")] = os.urandom(3 * 1024 * 1024 + 5)
+
+    async def commit(key: str, data: bytes) -> bytes:
+        writer = store.writer(key)
+        for i in range(0, len(data), 65536):
+            await writer.write(data[i : i + 65536])
+        return await writer.commit()
+
+    digests = await asyncio.gather(*(commit(k, d) for k, d in objects.items()))
+    assert digests == [hashlib.sha256(d).digest() for d in objects.values()]
+    for key, data in objects.items():
+        assert await read_all(store, key) == data
+    assert await keys(store) == set(objects)
+
+
+async def test_a_failing_object_fails_alone_in_its_commit_batch(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "objects")
+    (store.root / "blocked").write_bytes(b"")  # a file where tenant "blocked" needs its directory
+    good = {new_key("good"): os.urandom(2000 + i) for i in range(30)}
+    bad = new_key("blocked")
+    writers = {key: store.writer(key) for key in [*good, bad]}
+    for key, writer in writers.items():
+        await writer.write(good.get(key, b"never stored"))
+    results = await asyncio.gather(*(w.commit() for w in writers.values()), return_exceptions=True)
+    outcome = dict(zip(writers, results, strict=True))
+    assert isinstance(outcome.pop(bad), StorageError)
+    assert outcome == {key: hashlib.sha256(data).digest() for key, data in good.items()}
+    assert await keys(store) == set(good)
+    assert list(store.staging.iterdir()) == []  # the failed object's temp file is gone too
