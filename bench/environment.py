@@ -129,8 +129,10 @@ def stow_notes(args: argparse.Namespace, big_gib: float) -> list[str]:
         '`multipart/related; type="application/dicom"`, bodies prebuilt in memory and sent by the lean '
         "client of bench/rawhttp.py (httpx copied each body into a fresh buffer, a quarter of a core), "
         "each client over its own keep-alive connection; the one big body goes with httpx (chunked).",
-        "- Each target's data directory is removed when the whole run ends, not between targets: on this "
-        "machine's ext4 (no journal) file creation right after a large deletion is several times dearer.",
+        "- Each target's data directory is removed when the whole run ends, not between targets, and a run "
+        "starts no sooner than 6 minutes after the previous run's clean-up: on this machine's ext4 (no "
+        "journal) the inode allocator steps over every recently freed inode, which made STOW right after a "
+        "large deletion run at about half speed.",
         "- inst/s and MB/s (10^6 bytes of DICOM payload per second) are over the wall time from the first "
         "measured request to the last response; p50/p95 are per-request latencies.",
         "- Peak RSS / growth: sum of RSS over the server's process tree, sampled every 50 ms; growth is peak "

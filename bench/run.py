@@ -343,6 +343,32 @@ def wado_options(args: argparse.Namespace, workloads: list[str]) -> WadoOptions 
     return opts
 
 
+DELETED_STAMP = "last-cleanup"
+DELETION_SHADOW = 360.0  # seconds; ext4 avoids reusing inodes freed within 60 s, or 360 s while dirty
+
+
+def wait_after_deletion(cache_dir: Path) -> float:
+    """Sleep until the previous run's clean-up is old enough not to slow file creation.
+
+    On ext4 without a journal (this machine's) the inode allocator steps, one by one, over every
+    inode freed in the last minutes; a run right after another's clean-up measured the first
+    targets' STOW at about half speed.  Returns the seconds waited."""
+    stamp = cache_dir / DELETED_STAMP
+    try:
+        deleted = float(stamp.read_text())
+    except (OSError, ValueError):
+        return 0.0
+    wait = deleted + DELETION_SHADOW - time.time()
+    if wait <= 0:
+        return 0.0
+    print(
+        f"[bench] waiting {wait:.0f} s: the previous run removed its data {DELETION_SHADOW - wait:.0f} s ago",
+        flush=True,
+    )
+    time.sleep(wait)
+    return wait
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -371,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         env["Access baseline (ours-noauth)"] = f"git {args.baseline_src.name[:7]} (exported)"
 
     targets = [t for t in targets if sessions(t, workloads)]  # e.g. the sink has no QIDO workload
+    env["Waited after the previous run's clean-up"] = f"{wait_after_deletion(args.cache_dir):.0f} s"
     rounds: dict[str, list[Outcome]] = {name: [] for name in targets}
     try:
         for number in range(1, args.rounds + 1):  # interleaved, so slow drifts hit every target alike
@@ -382,9 +409,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted; servers stopped; logs in {log_dir}", flush=True)
         return 130
     finally:
-        if not args.keep_data:
+        if not args.keep_data and args.leftover_dirs:
             for workdir in args.leftover_dirs:
                 shutil.rmtree(workdir, ignore_errors=True)
+            (args.cache_dir / DELETED_STAMP).write_text(f"{time.time()}\n")
     outcomes: Outcomes = {name: merge_rounds(per_target) for name, per_target in rounds.items()}
 
     waited = sum(o.waited for o in outcomes.values())

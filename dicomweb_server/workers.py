@@ -77,6 +77,8 @@ class _Handoff:
         for fd in fds:
             conn = socket.socket(fileno=fd)
             conn.setblocking(False)
+            if conn.family in (socket.AF_INET, socket.AF_INET6):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task = self.loop.create_task(
                 self.loop.connect_accepted_socket(self.create_protocol, conn, ssl=self.ssl)
             )
