@@ -5,4 +5,4 @@ COPY alembic ./alembic
 COPY dicomweb_server ./dicomweb_server
 RUN pip install --no-cache-dir -e .  # editable: migrations are read from /app/alembic
 # Migrations are applied by `serve` before the workers start.
-CMD ["sh", "-c", "dicomweb-server serve --host ${DICOMWEB_HOST:-0.0.0.0} --port 8080 --workers ${DICOMWEB_WORKERS:-2}"]
+CMD ["sh", "-c", "exec dicomweb-server serve --host ${DICOMWEB_HOST:-0.0.0.0} --port 8080 --workers ${DICOMWEB_WORKERS:-2}"]
