@@ -53,12 +53,14 @@ class _Handoff:
         create_protocol: Callable[[], asyncio.Protocol],
         ssl: Any,
         on_eof: Callable[[], None],
+        on_lost: Callable[[], None],
     ):
         self.loop = loop
         self.channel = channel
         self.create_protocol = create_protocol
         self.ssl = ssl
         self.on_eof = on_eof
+        self.on_lost = on_lost  # a connection that never reached its protocol still counts as closed
         self.pending: set[asyncio.Task[Any]] = set()
         channel.setblocking(False)
         loop.add_reader(channel.fileno(), self._receive)
@@ -87,8 +89,10 @@ class _Handoff:
 
     def _accepted(self, task: asyncio.Task[Any]) -> None:
         self.pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("could not take over a connection", extra={"event": "handoff_failed"})
+        if task.cancelled() or task.exception() is not None:
+            self.on_lost()
+            if not task.cancelled():
+                log.warning("could not take over a connection", extra={"event": "handoff_failed"})
 
     def close(self) -> None:
         if self.channel.fileno() >= 0:
@@ -113,22 +117,26 @@ class _WorkerServer(uvicorn.Server):
         await self.lifespan.startup()
         if self.lifespan.should_exit:
             sys.exit(STARTUP_FAILURE)
-        config, closed, index = self.config, self.closed, self.index
+        config, lost = self.config, self._lost
 
         class Counted(config.http_protocol_class):  # type: ignore[name-defined,misc]
             def connection_lost(self, exc: Exception | None) -> None:
                 super().connection_lost(exc)
-                closed[index] += 1  # this worker is the only writer of its slot
+                lost()
 
         def create_protocol() -> asyncio.Protocol:
             return Counted(config=config, server_state=self.server_state, app_state=self.lifespan.state)
 
-        handoff = _Handoff(asyncio.get_running_loop(), self.channel, create_protocol, config.ssl, self._exit)
+        loop = asyncio.get_running_loop()
+        handoff = _Handoff(loop, self.channel, create_protocol, config.ssl, self._exit, lost)
         self.servers = [handoff]  # type: ignore[list-item]  # uvicorn only calls close() and wait_closed()
         self.started = True
 
     def _exit(self) -> None:
         self.should_exit = True
+
+    def _lost(self) -> None:
+        self.closed[self.index] += 1  # this worker is the only writer of its slot
 
 
 def _worker_main(config: uvicorn.Config, channel: socket.socket, closed: Any, index: int, level: str) -> None:
