@@ -174,3 +174,30 @@ def test_error_comment_fits_lo() -> None:
     body = store_response(BASE, None, [], [Failure(CANNOT_UNDERSTAND, "é" * 100)])
     comment = body["0008119A"]["Value"][0]["00000902"]["Value"][0]
     assert comment == "é" * 64
+
+
+def test_records_of_one_series_keep_one_copy_of_the_shared_attributes() -> None:
+    """A long STOW body keeps every index record until its transaction: the study and series
+    attributes, identical across a series, are held once (stow._record), never mixed between studies."""
+    from dicomweb_server import dicom
+    from dicomweb_server.stow import _record
+    from tests.dicomfiles import instance
+
+    def describe(data: bytes) -> dicom.Description:
+        desc = dicom.describe(data, complete=True, budget=1 << 20, threshold=1024)
+        assert isinstance(desc, dicom.Description)
+        return desc
+
+    shared: dict[str, Any] = {}
+    first, second = (
+        _record(describe(instance("1.2.3", "1.2.3.4", f"1.2.3.4.{n}")), f"k{n}", 1, None, shared)
+        for n in (1, 2)
+    )
+    other = _record(
+        describe(instance("1.2.9", "1.2.9.4", "1.2.9.4.1", patient="Roe^Rick")), "k3", 1, None, shared
+    )
+    assert first.study_attrs is second.study_attrs and first.study is second.study
+    assert first.series_attrs is second.series_attrs and first.series is second.series
+    assert first.sop_uid != second.sop_uid and first.metadata != second.metadata
+    assert "Roe^Rick" in other.study_attrs and "Roe^Rick" not in first.study_attrs
+    assert other.study is not first.study
