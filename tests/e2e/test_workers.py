@@ -34,13 +34,13 @@ def _workers(server: Server) -> list[int]:
     return sorted(found)
 
 
-def _server_side_inodes(port: int) -> set[int]:
-    """Inodes of the established sockets whose local end is ``port`` (the server's side)."""
+def _server_side_inodes(port: int, state: str = "01") -> set[int]:
+    """Inodes of the sockets in ``state`` (01 ESTABLISHED, 08 CLOSE_WAIT) whose local end is ``port``."""
     inodes = set()
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         local_port = int(fields[1].split(":")[1], 16)
-        if local_port == port and fields[3] == "01":  # ESTABLISHED
+        if local_port == port and fields[3] == state:
             inodes.add(int(fields[9]))
     return inodes
 
@@ -88,7 +88,10 @@ def test_simultaneous_keepalive_connections_spread_evenly(
             assert [_owned(pid, inodes) for pid in pids] == [2, 2]
             # A closed connection frees its worker's place: the next one goes there.
             conns.pop(0).close()
-            time.sleep(0.3)  # the worker notices the close
+            # The worker has closed its end (so counted the connection as gone) when no server-side
+            # socket waits in CLOSE_WAIT any more.
+            _wait_for(lambda: len(_server_side_inodes(port)) == 3 and not _server_side_inodes(port, "08"))
+            time.sleep(0.1)  # connection_lost runs just after that close, in the same loop turn or the next
             conns.append(_keepalive_request(port))
             inodes = _server_side_inodes(port)
             assert [_owned(pid, inodes) for pid in pids] == [2, 2]
