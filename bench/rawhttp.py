@@ -174,6 +174,16 @@ class Connection:
                 if ahead > 0.001:
                     await asyncio.sleep(ahead)
 
+        async def span(remaining: int) -> None:
+            """Exactly ``remaining`` body bytes, in blocks."""
+            while remaining > 0:
+                block = await reader.read(min(remaining, READ_SIZE))
+                if not block:
+                    raise asyncio.IncompleteReadError(b"", remaining)
+                remaining -= len(block)
+                take(block)
+                await pace()
+
         close = answer.headers.get("connection", "").lower() == "close"
         if answer.status in (204, 304) or answer.status < 200:
             pass  # no body
@@ -185,23 +195,10 @@ class Connection:
                     while (await reader.readline()) not in (b"\r\n", b"\n", b""):
                         pass  # trailers
                     break
-                while size > 0:
-                    block = await reader.read(min(size, READ_SIZE))
-                    if not block:
-                        raise asyncio.IncompleteReadError(b"", size)
-                    size -= len(block)
-                    take(block)
-                    await pace()
+                await span(size)
                 await reader.readexactly(2)
         elif "content-length" in answer.headers:
-            remaining = int(answer.headers["content-length"])
-            while remaining > 0:
-                block = await reader.read(min(remaining, READ_SIZE))
-                if not block:
-                    raise asyncio.IncompleteReadError(b"", remaining)
-                remaining -= len(block)
-                take(block)
-                await pace()
+            await span(int(answer.headers["content-length"]))
         else:  # delimited by the end of the connection
             close = True
             while block := await reader.read(READ_SIZE):
