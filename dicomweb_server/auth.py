@@ -29,6 +29,7 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from authlib.oauth2.rfc6749 import AuthorizationServer, ClientMixin, OAuth2Error
+from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidScopeError
 from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
 from authlib.oauth2.rfc6749.requests import OAuth2Payload, OAuth2Request
 from joserfc import jwt
@@ -46,6 +47,13 @@ SCOPES = (
     "admin",
 )
 ALGORITHMS = ["ES256"]  # pinned: never taken from the token (RFC 8725 §3.1)
+# One clock leeway (seconds) for exp, nbf and iat, ours and the external issuer's alike.
+LEEWAY = 30
+# The longest lifetime (exp - iat) accepted from the external identity provider.
+EXTERNAL_MAX_LIFETIME = 24 * 3600
+# The order of the P-256 group: an ES256 signature (r, s) with s > n/2 is refused.  (r, n - s)
+# verifies as well as (r, s), so without this a valid token has a second, different spelling.
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 TOKEN_TYPES = ("at+jwt", "application/at+jwt")  # RFC 9068 §4
 _REFUSED_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
 _HASHER = PasswordHasher()  # argon2id, the library's defaults (RFC 9106 second recommendation)
@@ -204,7 +212,34 @@ def issue(keys: SigningKeys, cfg: TokenSettings, client_id: str, tenant: str, sc
         "exp": now + cfg.lifetime,
         "jti": uuid.uuid4().hex,
     }
-    return jwt.encode(header, claims, key, algorithms=ALGORITHMS)
+    return canonical_es256(jwt.encode(header, claims, key, algorithms=ALGORITHMS))
+
+
+def _b64decode(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def canonical_es256(token: str) -> str:
+    """The same token with its ES256 signature in low-S form (s <= n/2), the only one we accept.
+
+    ECDSA signing picks s or n - s by chance; both verify, so we normalise what we sign."""
+    head, payload, signature = token.split(".")
+    raw = _b64decode(signature)
+    r, s = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+    if s > P256_ORDER // 2:
+        s = P256_ORDER - s
+    low = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    return f"{head}.{payload}.{base64.urlsafe_b64encode(low).rstrip(b'=').decode()}"
+
+
+def _high_s(token: str) -> bool:
+    """Whether a compact token's signature is an ES256 r||s with s > n/2 (checked before verifying;
+    anything that is not 64 bytes of base64url is left to the verifier to refuse)."""
+    try:
+        raw = _b64decode(token.rsplit(".", 1)[1])
+    except (ValueError, IndexError):
+        return False
+    return len(raw) == 64 and int.from_bytes(raw[32:], "big") > P256_ORDER // 2
 
 
 # -- verifying ---------------------------------------------------------------------------
@@ -223,6 +258,7 @@ class ExternalIssuer:
     keys: KeySet
     tenant_claim: str = "tenant"
     algorithms: tuple[str, ...] = ("RS256", "ES256")
+    max_lifetime: int = EXTERNAL_MAX_LIFETIME
 
     @classmethod
     def load(cls, issuer: str, audience: str, jwks: str, tenant_claim: str = "tenant") -> ExternalIssuer:
@@ -257,7 +293,7 @@ class Verifier:
     keys: SigningKeys
     cfg: TokenSettings
     external: ExternalIssuer | None = None
-    leeway: int = 30
+    leeway: int = LEEWAY
     _cache: dict[bytes, tuple[Principal, str]] = field(default_factory=dict)
 
     def verify(self, token: str) -> Principal:
@@ -285,9 +321,13 @@ class Verifier:
         if external and ext is not None:
             keyset, algorithms, kids = ext.keys, list(ext.algorithms), ext.kids()
             issuer, audience, tenant_claim = ext.issuer, ext.audience, ext.tenant_claim
+            max_lifetime = ext.max_lifetime
         else:
             keyset, algorithms, kids = self.keys.keys, ALGORITHMS, self.keys.kids()
             issuer, audience, tenant_claim = self.cfg.issuer, self.cfg.audience, "tenant"
+            max_lifetime = self.cfg.lifetime
+            if _high_s(token):  # ours are all ES256, signed in low-S form (canonical_es256)
+                raise InvalidToken("the signature is not in canonical (low-S) form")
         try:
             decoded = jwt.decode(token, keyset, algorithms=algorithms)
         except (JoseError, ValueError, KeyError, TypeError) as exc:
@@ -301,7 +341,11 @@ class Verifier:
             raise InvalidToken("unknown key")
         client_id = claims.get("client_id") or (claims.get("azp") if external else None)
         self._check_claims(
-            {**claims, "client_id": client_id, "tenant": claims.get(tenant_claim)}, now, issuer, audience
+            {**claims, "client_id": client_id, "tenant": claims.get(tenant_claim)},
+            now,
+            issuer,
+            audience,
+            max_lifetime,
         )
         principal = Principal(
             client_id=str(client_id),
@@ -313,7 +357,9 @@ class Verifier:
         )
         return principal, str(header["kid"])
 
-    def _check_claims(self, claims: dict[str, Any], now: int, issuer: str, audience: str) -> None:
+    def _check_claims(
+        self, claims: dict[str, Any], now: int, issuer: str, audience: str, max_lifetime: int
+    ) -> None:
         for name in ("iss", "aud", "exp", "iat", "jti", "client_id", "tenant"):
             if claims.get(name) is None:
                 raise InvalidToken(f"missing claim {name}")
@@ -325,12 +371,18 @@ class Verifier:
         if not isinstance(claims["tenant"], str) or not TENANT_ID.fullmatch(claims["tenant"]):
             raise InvalidToken("the tenant claim is not a tenant id")
         for name in ("exp", "iat", "nbf"):
-            if name in claims and not isinstance(claims[name], int):
+            if name in claims and (not isinstance(claims[name], int) or isinstance(claims[name], bool)):
                 raise InvalidToken(f"{name} is not a number")
-        if claims["exp"] <= now - self.leeway:
+        leeway = self.leeway
+        exp, iat = claims["exp"], claims["iat"]
+        if exp <= now - leeway:
             raise InvalidToken("expired")
-        if claims.get("nbf", 0) > now + self.leeway or claims["iat"] > now + self.leeway:
+        if claims.get("nbf", 0) > now + leeway or iat > now + leeway:
             raise InvalidToken("not valid yet")
+        # Never longer-lived than we (or the external issuer) would issue: a leaked key or a
+        # mistaken issuer cannot mint a token that outlives a key rotation.
+        if exp - iat > max_lifetime + leeway or exp - now > max_lifetime + leeway:
+            raise InvalidToken("the token lives longer than tokens are issued for")
         if not all(isinstance(claims[n], str) and claims[n] for n in ("client_id", "tenant", "jti")):
             raise InvalidToken("malformed claims")
 
@@ -381,8 +433,45 @@ def _unknown_hash() -> str:
     return hash_secret(new_secret())
 
 
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,64}")  # RFC 6749 §3.3, and not too long
+
+
+def _named(scopes: Iterable[str]) -> str:
+    """Scopes for an error_description (RFC 6749 §5.2 allows printable ASCII but '"' and '\\')."""
+    shown = sorted(s for s in set(scopes) if _SCOPE_TOKEN.fullmatch(s))[:10]
+    return " ".join(shown) if shown else "(malformed)"
+
+
 class _Grant(ClientCredentialsGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+    def validate_token_request(self) -> None:
+        """authlib's checks, then: asking only for scopes this client lacks is ``invalid_scope``
+        (a token with an empty scope helps no one); asking for some it has narrows to those."""
+        super().validate_token_request()
+        client: Client = self.request.client
+        asked = set((self.request.payload.scope or "").split())
+        if asked and not asked & client.scopes:
+            raise InvalidScopeError(
+                description=f"This client is not allowed the scope(s) asked for: {_named(asked)}"
+            )
+
+
+_ACCEPTED = "The client credentials were not accepted"
+_NO_CREDENTIALS = (
+    "No client credentials: send them with HTTP Basic, or client_id and client_secret in the form"
+)
+
+
+class _CredentialsRefused(InvalidClientError):  # type: ignore[misc]
+    """401 invalid_client (RFC 6749 §5.2) with a Basic challenge, in our words."""
+
+    status_code = 401
+
+    def get_headers(self) -> list[tuple[str, str]]:
+        headers: list[tuple[str, str]] = list(OAuth2Error.get_headers(self))
+        headers.append(("WWW-Authenticate", 'Basic realm="token", charset="UTF-8"'))
+        return headers
 
 
 class _Payload(OAuth2Payload):  # type: ignore[misc]
@@ -444,6 +533,26 @@ class TokenServer(AuthorizationServer):  # type: ignore[misc]
         return self.find_client(client_id) or Client(
             client_id, "", frozenset(), (_unknown_hash(),), disabled=True
         )
+
+    def validate_requested_scope(self, scope: str | None) -> None:
+        unknown = set((scope or "").split()) - set(SCOPES)
+        if unknown:
+            raise InvalidScopeError(
+                description=f"Unknown scope(s): {_named(unknown)}; known: {' '.join(SCOPES)}"
+            )
+
+    def authenticate_client(
+        self, request: OAuth2Request, methods: list[str], endpoint: str = "token"
+    ) -> Client:
+        """authlib's client authentication, its failure worded for people: an unknown client id and
+        a wrong secret get the same answer (no probing for client ids)."""
+        try:
+            return super().authenticate_client(request, methods, endpoint)  # type: ignore[no-any-return]
+        except InvalidClientError:
+            sent = "authorization" in request.headers or (
+                request.form.get("client_id") and request.form.get("client_secret")
+            )
+            raise _CredentialsRefused(description=_ACCEPTED if sent else _NO_CREDENTIALS) from None
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
         pass  # self-contained JWTs: nothing to store (the edge audits the issue)

@@ -79,6 +79,10 @@ def test_our_own_tokens_still_verify_alongside(tmp_path: Path) -> None:
         ("wrong audience", lambda: idp_token(aud="https://elsewhere")),
         ("expired", lambda: idp_token(exp=int(time.time()) - 3600)),
         ("no client id", lambda: idp_token(azp=None)),
+        ("exp of 2^62", lambda: idp_token(exp=2**62)),
+        ("a lifetime over the maximum", lambda: idp_token(exp=int(time.time()) + 86400 + 60)),
+        ("nbf past the leeway", lambda: idp_token(nbf=int(time.time()) + 45)),
+        ("iat past the leeway", lambda: idp_token(iat=int(time.time()) + 45)),
         ("our issuer, signed by the idp", lambda: idp_token(iss=ASGI_ISSUER)),
     ],
 )
@@ -116,3 +120,11 @@ def test_an_ec_idp_key_works_too(tmp_path: Path) -> None:
     ext = auth.ExternalIssuer.load(IDP, AUDIENCE, str(jwks), "hospital")
     v = auth.Verifier(KEYS, auth.TokenSettings(ASGI_ISSUER, AUDIENCE), ext)
     assert v.verify(idp_token(key, "ES256")).tenant == "default"
+
+
+def test_idp_tokens_get_the_same_leeway_and_up_to_a_day_of_lifetime(tmp_path: Path) -> None:
+    now = int(time.time())
+    v = verifier(tmp_path)
+    assert v.verify(idp_token(nbf=now + 20, iat=now + 20)).external
+    assert v.verify(idp_token(iat=now - 600, exp=now - 20)).external
+    assert v.verify(idp_token(iat=now, exp=now + auth.EXTERNAL_MAX_LIFETIME)).external

@@ -69,20 +69,25 @@ def header(**changes: Any) -> dict[str, Any]:
 
 
 def signed(hdr: dict[str, Any] | None = None, body: dict[str, Any] | None = None, key: Any = None) -> str:
-    """Signed with joserfc (our key unless told), the header taken verbatim."""
+    """Signed with joserfc (our key unless told), the header taken verbatim; an ES256 signature
+    in the low-S form we sign in, so that a forgery fails on its one defect, not on that."""
     hdr = header() if hdr is None else hdr
-    return jwt.encode(
+    token = jwt.encode(
         hdr,
         claims() if body is None else body,
         OURS.signing if key is None else key,
         algorithms=[hdr["alg"]],
         default_type=None,
     )
+    return auth.canonical_es256(token) if hdr["alg"] == "ES256" else token
 
 
-def es256(key: ECKey, data: bytes) -> bytes:
+def es256(key: ECKey, data: bytes, high_s: bool = False) -> bytes:
+    """An ES256 r||s signature, low-S unless ``high_s`` (then the same signature as (r, n - s))."""
     der = key.private_key.sign(data, ec.ECDSA(hashes.SHA256()))
     r, s = decode_dss_signature(der)
+    low = min(s, auth.P256_ORDER - s)
+    s = auth.P256_ORDER - low if high_s else low
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
@@ -128,6 +133,14 @@ def valid() -> str:
     return signed()
 
 
+def high_s(token: str) -> str:
+    """The same token with its signature respelled as (r, n - s): still a valid ECDSA signature."""
+    head, payload, sig = token.split(".")
+    data = base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))
+    r, s = data[:32], int.from_bytes(data[32:], "big")
+    return f"{head}.{payload}.{b64(r + (auth.P256_ORDER - s).to_bytes(32, 'big'))}"
+
+
 NOW = int(time.time())
 FORGERIES: dict[str, Callable[[], str]] = {
     # -- the algorithm (RFC 8725 §2.1, §3.1) --
@@ -153,6 +166,21 @@ FORGERIES: dict[str, Callable[[], str]] = {
     "exp-as-a-string": lambda: signed(body=claims(exp=str(NOW + 600))),
     "exp-as-a-float": lambda: signed(body=claims(exp=NOW + 600.5)),
     "nbf-as-a-string": lambda: signed(body=claims(nbf=str(NOW))),
+    "exp-as-a-boolean": lambda: signed(body=claims(exp=True)),
+    "nbf-just-past-the-leeway": lambda: signed(body=claims(nbf=NOW + 45)),
+    "nbf-a-minute-ahead": lambda: signed(body=claims(nbf=NOW + 60)),
+    "iat-just-past-the-leeway": lambda: signed(body=claims(iat=NOW + 45, nbf=NOW)),
+    "exp-2-to-the-62": lambda: signed(body=claims(exp=2**62)),
+    "exp-a-day-ahead": lambda: signed(body=claims(exp=NOW + 86400)),
+    "lifetime-over-the-maximum": lambda: signed(
+        body=claims(iat=NOW - 3000, nbf=NOW - 3000, exp=NOW + CFG.lifetime)  # exp - iat = lifetime + 3000
+    ),
+    "exp-a-huge-integer": lambda: signed(body=claims(exp=10**400)),
+    # -- the signature's form --
+    "high-s-signature-of-a-valid-token": lambda: raw(
+        header(), json.dumps(claims()).encode(), lambda d: es256(OURS.signing, d, high_s=True)
+    ),
+    "high-s-of-an-issued-token": lambda: high_s(auth.issue(OURS, CFG, "client-a", "tenant-a", ["admin"])),
     # -- issuer and audience --
     "wrong-iss": lambda: signed(body=claims(iss="https://evil.test")),
     "iss-with-a-trailing-slash": lambda: signed(body=claims(iss=ISSUER + "/")),
@@ -252,6 +280,42 @@ def test_a_refused_forgery_does_not_poison_the_cache_for_the_real_token() -> Non
     assert verifier.verify(real).tenant == "tenant-a"
     with pytest.raises(auth.InvalidToken):
         verifier.verify(tampered("tenant", "tenant-b"))
+
+
+# -- time: one leeway, a capped lifetime ---------------------------------------------------------
+
+
+def test_the_one_leeway_is_30_seconds_for_exp_nbf_and_iat() -> None:
+    assert auth.LEEWAY == 30 and auth.Verifier(OURS, CFG).leeway == 30
+    verifier = auth.Verifier(OURS, CFG)
+    now = int(time.time())
+    # Inside the leeway (a few seconds of it kept for the test's own clock): accepted.
+    for inside in (
+        claims(nbf=now + 20),
+        claims(iat=now + 20, nbf=now),
+        claims(iat=now - 600, nbf=now - 600, exp=now - 20),
+        claims(iat=now, exp=now + CFG.lifetime + 20),
+    ):
+        assert verifier.verify(signed(body=inside)).client_id == "client-a", inside
+
+
+def test_issued_tokens_are_low_s_and_a_high_s_respelling_is_refused() -> None:
+    verifier = auth.Verifier(OURS, CFG)
+    for _ in range(16):  # ECDSA picks s or n - s by chance: 16 tokens all low-S
+        token = auth.issue(OURS, CFG, "client-a", "tenant-a", ["dicomweb.read"])
+        sig = base64.urlsafe_b64decode(token.split(".")[2] + "==")
+        assert int.from_bytes(sig[32:], "big") <= auth.P256_ORDER // 2
+        assert verifier.verify(token).client_id == "client-a"
+        with pytest.raises(auth.InvalidToken, match="low-S"):
+            auth.Verifier(OURS, CFG).verify(high_s(token))
+
+
+def test_a_longer_configured_lifetime_is_honoured_and_capped() -> None:
+    long = auth.TokenSettings(ISSUER, ISSUER + "/dicomweb", lifetime=8 * 3600)
+    token = auth.issue(OURS, long, "client-a", "tenant-a", ["dicomweb.read"])
+    assert auth.Verifier(OURS, long).verify(token).tenant == "tenant-a"
+    with pytest.raises(auth.InvalidToken, match="longer"):
+        auth.Verifier(OURS, CFG).verify(token)  # a server configured for 1 h refuses it
 
 
 # -- positive cases: issue and verify, key rotation with overlap ---------------------------------
