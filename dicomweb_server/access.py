@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Message
 
 from . import auth, db
+from .audit import EVENTS, SECURITY_ALERT, AuditTrail, read_audit
 from .errors import DicomWebError, PayloadTooLarge
 from .ratelimit import Decision, Policy, RateLimiter
 from .ratelimit import headers as rate_headers
@@ -30,23 +31,6 @@ from .ratelimit import headers as rate_headers
 log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
 
-# PS3.15 A.5.3 audit events per transaction: (EventID code, meaning, EventActionCode).
-EVENTS = {
-    "store": (110104, "DICOM Instances Transferred", "C"),
-    "search-studies": (110112, "Query", "E"),
-    "search-series": (110112, "Query", "E"),
-    "search-instances": (110112, "Query", "E"),
-    "retrieve": (110103, "DICOM Instances Accessed", "R"),
-    "metadata": (110103, "DICOM Instances Accessed", "R"),
-    "frames": (110103, "DICOM Instances Accessed", "R"),
-    "bulkdata": (110103, "DICOM Instances Accessed", "R"),
-    "rendered": (110103, "DICOM Instances Accessed", "R"),
-    "thumbnail": (110103, "DICOM Instances Accessed", "R"),
-    "delete": (110103, "DICOM Instances Accessed", "D"),
-    "token": (110114, "User Authentication", "E"),
-    "audit": (110101, "Audit Log Used", "R"),
-}
-SECURITY_ALERT = (110113, "Security Alert", "E")
 # The scope each transaction needs (the access issue's table).
 SCOPE_OF = {
     "store": "dicomweb.write",
@@ -281,7 +265,12 @@ class _Throttled(Exception):
 
 
 async def token(request: Request) -> Response:
-    """POST /oauth/token: client credentials only (RFC 6749 §4.4), by authlib."""
+    """POST /oauth/token: client credentials only (RFC 6749 §4.4), by authlib.
+
+    Throttled per address, and its failures per (claimed client id, address) and per address
+    (ratelimit.py): a wrong secret from one address never locks the client out elsewhere.  Audited
+    as User Authentication under the client's tenant when it names a known client, else as a
+    Security Alert under no tenant (only the operator sees it)."""
     request.state.transaction = "token"
     access: Access = request.app.state.access
     address = request.client.host if request.client else "unknown"
@@ -290,17 +279,21 @@ async def token(request: Request) -> Response:
     form = await request.form()
     loop = asyncio.get_running_loop()
     asked: list[str] = []
+    known: list[db.ClientRecord] = []
 
     def find_client(client_id: str) -> auth.Client | None:
         asked.append(client_id)
         decision = asyncio.run_coroutine_threadsafe(
             access.limiter.hit_token_attempt(client_id, address), loop
         ).result(30)
-        if not decision.allowed:
+        if not decision.allowed:  # attributed from the cache (the audit), not looked up afresh
+            cached = asyncio.run_coroutine_threadsafe(access.client(client_id), loop).result(30)
+            known.extend([cached] if cached is not None else [])
             raise _Throttled(decision)
         record = asyncio.run_coroutine_threadsafe(db.find_client(access.pool, client_id), loop).result(30)
         if record is None:
             return None
+        known.append(record)
         return auth.Client(
             record.client_id, record.tenant, record.scopes, record.secret_hashes, record.disabled
         )
@@ -308,18 +301,35 @@ async def token(request: Request) -> Response:
     server = auth.TokenServer(access.keys, access.tokens, find_client)
     pairs = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
     try:
-        status, body, headers = await asyncio.to_thread(
-            server.respond,
-            auth.TokenRequest(pairs, request.headers),  # case-insensitive, as authlib expects
-        )
+        try:
+            status, body, headers = await asyncio.to_thread(
+                server.respond,
+                auth.TokenRequest(pairs, request.headers),  # case-insensitive, as authlib expects
+            )
+        finally:
+            _who(request, asked, known)
     except _Throttled as exc:
         return _oauth_error(429, "slow_down", "Too many token requests", rate_headers(exc.decision))
     if not asked:  # never got as far as a client id: still counts against the address
         decision = await access.limiter.hit_token_attempt(None, address)
         if not decision.allowed:
             return _oauth_error(429, "slow_down", "Too many token requests", rate_headers(decision))
-    request.state.client_id = asked[0] if asked and status == 200 else None
+    elif status == 401:  # the client's credentials were refused: a failure where it came from
+        await access.limiter.hit_token_failure(asked, address)
     return JSONResponse(body, status, headers)
+
+
+def _who(request: Request, asked: list[str], known: list[db.ClientRecord]) -> None:
+    """Who a token request claimed to be, for the audit and the access log: a known client with its
+    tenant, or an unknown id in a form that cannot carry what was typed (a pasted secret, say)."""
+    if known:
+        request.state.client_id = known[-1].client_id
+        request.state.tenant = known[-1].tenant
+    elif asked:
+        request.state.client_id = (
+            "unknown:"
+            + hashlib.blake2b(asked[-1].encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+        )
 
 
 def _oauth_error(status: int, error: str, description: str, extra: dict[str, str] | None = None) -> Response:
@@ -351,77 +361,5 @@ async def metadata(request: Request) -> Response:
     )
 
 
-async def read_audit(request: Request) -> Response:
-    """GET /admin/audit?after=&limit=: the caller's tenant's audit trail (admin scope)."""
-    try:
-        after = int(request.query_params.get("after", "0"))
-        limit = min(int(request.query_params.get("limit", "100")), 1000)
-    except ValueError:
-        raise DicomWebError("after and limit must be integers", status=400) from None
-    rows = await db.read_audit(request.app.state.pool, request.state.tenant, after, limit)
-    for row in rows:
-        row["at"] = row["at"].isoformat()
-    return JSONResponse(rows)
-
-
-# -- the audit trail ------------------------------------------------------------------------
-
-
-MAX_QUEUED = 100_000
-
-
-class AuditTrail:
-    """Audit rows are queued by the request and appended in batches by one background task."""
-
-    def __init__(self, pool: Any):
-        self.pool = pool
-        self.queue: list[tuple[Any, ...]] = []
-        self.wake = asyncio.Event()
-
-    def record(self, state: dict[str, Any], status: int, request_id: str, study_uid: str | None) -> None:
-        transaction = state.get("transaction")
-        if transaction is None:
-            return  # an open route (health, discovery, capabilities)
-        event = SECURITY_ALERT if status in (401, 403, 429) else EVENTS[transaction]
-        outcome = 0 if status < 400 else 4 if status < 500 else 8  # PS3.15 A.5.1 EventOutcomeIndicator
-        self.queue.append(
-            (
-                datetime.now(UTC),
-                state.get("tenant"),
-                state.get("client_id"),
-                event[0],
-                event[1],
-                event[2],
-                transaction,
-                study_uid,
-                status,
-                outcome,
-                request_id,
-            )
-        )
-        self.wake.set()
-
-    async def flush(self) -> None:
-        rows, self.queue = self.queue, []
-        if not rows:
-            return
-        try:
-            await db.append_audit(self.pool, rows)
-        except BaseException:
-            self.queue[:0] = rows[-MAX_QUEUED:]  # kept for the next attempt, within a bound
-            raise
-
-    async def run(self) -> None:
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            await asyncio.sleep(0.05)  # gather a batch
-            try:
-                await self.flush()
-            except Exception:
-                log.exception("audit write failed", extra={"event": "audit_failed"})
-                await asyncio.sleep(1)
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.flush()
+# The audit trail lives in audit.py; the app reaches it through here.
+__all__ = ["EVENTS", "SECURITY_ALERT", "AuditTrail", "read_audit"]

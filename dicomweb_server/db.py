@@ -763,16 +763,37 @@ async def append_audit(pool: asyncpg.Pool, rows: Sequence[tuple[Any, ...]]) -> N
         await conn.copy_records_to_table("audit", records=rows, columns=AUDIT_COLUMNS)
 
 
+_AUDIT_FILTERS = {  # filter name: its condition, the value as $n
+    "after": "pk > {}",
+    "before": "pk < {}",
+    "since": "at >= {}",
+    "until": "at < {}",
+    "client_id": "client_id = {}",
+    "event_id": "event_id = {}",
+    "transaction": "transaction = {}",
+    "outcome": "outcome = {}",
+}
+
+
 async def read_audit(
-    pool: asyncpg.Pool, tenant: str | None, after: int = 0, limit: int = 100
+    pool: asyncpg.Pool, tenant: str | None, *, limit: int = 100, **filters: Any
 ) -> list[dict[str, Any]]:
-    """Audit rows after ``after`` (a pk), oldest first; one tenant's, or everyone's for None."""
+    """Audit rows newest first (by pk, the order they were appended); one tenant's, or everyone's
+    for None (the operator; rows with no tenant are only seen so).  ``filters`` are the keys of
+    ``_AUDIT_FILTERS``; only those given become conditions, so the (tenant, pk) index serves."""
+    conditions: list[str] = []
+    args: list[Any] = []
+    if tenant is not None:
+        args.append(tenant)
+        conditions.append("tenant = $1")
+    for name, value in filters.items():
+        args.append(value)
+        conditions.append(_AUDIT_FILTERS[name].format(f"${len(args)}"))
+    where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+    args.append(limit)
     async with connection(pool) as conn:
         rows = await conn.fetch(
-            f"SELECT pk, {', '.join(AUDIT_COLUMNS)} FROM audit WHERE pk > $1 "
-            "AND ($2::text IS NULL OR tenant = $2) ORDER BY pk LIMIT $3",
-            after,
-            tenant,
-            limit,
+            f"SELECT pk, {', '.join(AUDIT_COLUMNS)} FROM audit {where}ORDER BY pk DESC LIMIT ${len(args)}",
+            *args,
         )
     return [dict(r) for r in rows]

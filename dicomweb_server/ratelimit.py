@@ -18,7 +18,8 @@ Storage: ``None`` or ``memory://`` keeps counters in this process (one worker);
 ``redis://host:port/db`` (or ``async+redis://``, ``rediss://``) shares them between
 workers and hosts.  Counters are keyed on the *verified* client id
 (RELIABILITY.md, "Rate limits"); the token endpoint, where nothing is verified yet, is
-keyed on the claimed client id and on the remote address.
+keyed on the remote address, and its failures on (claimed client id, address): never on the
+claimed client id alone, which anyone could use to lock a client out.
 
 Keys: every identifier is hashed (BLAKE2b, 128 bits) before it reaches a storage key.  This
 keeps keys short and of one shape whatever a client sends (a pasted secret in the
@@ -94,11 +95,19 @@ class Policy:
 # twice over in a minute; what it stops is a looping or runaway sender filling storage.
 DEFAULT_POLICY = Policy(requests=600, bytes=10 * GIB, window_seconds=60)
 
-# Token endpoint (RFC 6749 §4.4): clients cache their token for its lifetime, so 20
-# grants a minute per client id is generous; 60 per address leaves room for several
-# clients behind one NAT while capping guessing across rotating client ids.
-TOKEN_PER_CLIENT = Policy(requests=20, bytes=0, window_seconds=60)
+# Token endpoint (RFC 6749 §4.4).  Nothing is verified yet, so nothing is keyed on the client id
+# alone: whoever knows a client id could otherwise lock that client out (20 wrong secrets from
+# anywhere used to refuse the real client everywhere).  Instead:
+# - every attempt counts against its address: 60 a minute leaves room for several clients
+#   behind one NAT and bounds the secret-hashing work one address can cause;
+# - failed attempts (401 invalid_client) count against (claimed client id, address), 20 a minute,
+#   and against the address, 30 a minute whatever the client ids: guessing is slowed where it
+#   comes from, and the real client from another address keeps getting tokens.
+# A refused attempt is not hashed at all.  Secrets are 256 random bits, so guessing from many
+# addresses at once gains nothing either.
 TOKEN_PER_ADDRESS = Policy(requests=60, bytes=0, window_seconds=60)
+TOKEN_FAILURES_PER_CLIENT_ADDRESS = Policy(requests=20, bytes=0, window_seconds=60)
+TOKEN_FAILURES_PER_ADDRESS = Policy(requests=30, bytes=0, window_seconds=60)
 
 OUTAGE_BACKOFF_SECONDS = 1.0
 # Redis timeouts (seconds): a lost Redis must cost a request little, once.
@@ -301,40 +310,61 @@ class RateLimiter:
         return decision if allowed else replace(decision, reset_seconds=policy.window_seconds)
 
     async def hit_token_attempt(self, client_id: str | None, address: str) -> Decision:
-        """Count one token request per claimed client id and per remote address.
+        """Count one token request against its address, and check (without counting) the failures
+        of (claimed client id, address) and of the address.
 
-        Both are counted on every attempt; the answer is the refused one if either refused
-        (the longer wait if both did), else the one closer to its limit.  Raises
-        :class:`ServiceUnavailable` if the storage is down (fail closed).
+        The answer is the refused one if any refused (the longest wait if several did), else the
+        one closest to its limit.  Raises :class:`ServiceUnavailable` if the storage is down
+        (fail closed).  Failures are counted by :meth:`hit_token_failure`.
         """
-        checks = [(TOKEN_PER_ADDRESS, "token-address", _address_key(address))]
+        where = _address_key(address)
+        decisions = [await self._token_check(TOKEN_PER_ADDRESS, "token-address", where, hit=True)]
+        decisions.append(
+            await self._token_check(TOKEN_FAILURES_PER_ADDRESS, "token-address-failures", where, hit=False)
+        )
         if client_id is not None:
-            checks.append((TOKEN_PER_CLIENT, "token-client", client_id))
-
-        async def check(policy: Policy, name: str, who: str) -> Decision:
-            item = _item(policy.requests, policy.window_seconds, self._namespace)
-            outcome = await self._guarded(item, (name, _digest(who)), 1)
-            if outcome is None:
-                raise ServiceUnavailable("token endpoint throttle unavailable", retry_after=5)
-            return _decision(outcome[0], item, outcome[1], name, policy.window_seconds)
-
-        # One after the other: the token endpoint's cost is the secret hash (milliseconds),
-        # not these two round trips.
-        decisions = [await check(*c) for c in checks]
+            decisions.append(
+                await self._token_check(
+                    TOKEN_FAILURES_PER_CLIENT_ADDRESS, "token-failures", f"{client_id}\n{where}", hit=False
+                )
+            )
         refused = [d for d in decisions if not d.allowed]
         if refused:
             return max(refused, key=lambda d: d.reset_seconds)
         return min(decisions, key=lambda d: d.remaining / d.limit)
 
+    async def hit_token_failure(self, client_ids: Sequence[str], address: str) -> None:
+        """Count one failed token request (its client authentication was refused) against each
+        claimed client id from this address, and once against the address.
+
+        The answer to this request is already decided: a storage outage here is only logged
+        (the next attempt fails closed in :meth:`hit_token_attempt`)."""
+        where = _address_key(address)
+        checks = [(TOKEN_FAILURES_PER_ADDRESS, "token-address-failures", where)]
+        checks += [
+            (TOKEN_FAILURES_PER_CLIENT_ADDRESS, "token-failures", f"{c}\n{where}") for c in set(client_ids)
+        ]
+        for policy, name, who in checks:
+            item = _item(policy.requests, policy.window_seconds, self._namespace)
+            await self._guarded(item, (name, _digest(who)), 1)
+
+    async def _token_check(self, policy: Policy, name: str, who: str, *, hit: bool) -> Decision:
+        item = _item(policy.requests, policy.window_seconds, self._namespace)
+        key = (name, _digest(who))
+        outcome = await (self._guarded(item, key, 1) if hit else self._guarded(item, key, 1, peek=True))
+        if outcome is None:
+            raise ServiceUnavailable("token endpoint throttle unavailable", retry_after=5)
+        return _decision(outcome[0], item, outcome[1], name, policy.window_seconds)
+
     async def _guarded(
-        self, item: RateLimitItem, key: Sequence[str], cost: int
+        self, item: RateLimitItem, key: Sequence[str], cost: int, *, peek: bool = False
     ) -> tuple[bool, WindowStats] | None:
-        """Hit and read the window; None while the storage is unreachable."""
+        """Hit (or with ``peek``, only test) and read the window; None while the storage is unreachable."""
         if self._down_until and time.monotonic() < self._down_until:
             self._outage_calls += 1
             return None
         try:
-            outcome = await self._consume(item, key, cost)
+            outcome = await (self._peek(item, key, cost) if peek else self._consume(item, key, cost))
         except _FAILURES as exc:
             if not self._down_until:
                 log.warning(
@@ -358,11 +388,17 @@ class RateLimiter:
         allowed = await self._strategy.hit(item, *key, cost=cost)
         return allowed, await self._strategy.get_window_stats(item, *key)
 
+    async def _peek(self, item: RateLimitItem, key: Sequence[str], cost: int) -> tuple[bool, WindowStats]:
+        """Whether a hit would be allowed, and the window, without counting anything."""
+        allowed = await self._strategy.test(item, *key, cost=cost)
+        return allowed, await self._strategy.get_window_stats(item, *key)
+
 
 __all__ = [
     "DEFAULT_POLICY",
+    "TOKEN_FAILURES_PER_ADDRESS",
+    "TOKEN_FAILURES_PER_CLIENT_ADDRESS",
     "TOKEN_PER_ADDRESS",
-    "TOKEN_PER_CLIENT",
     "Decision",
     "Policy",
     "RateLimiter",

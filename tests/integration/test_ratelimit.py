@@ -18,8 +18,9 @@ from dicomweb_server.ratelimit import (
     GIB,
     KEY_PREFIX,
     OUTAGE_BACKOFF_SECONDS,
+    TOKEN_FAILURES_PER_ADDRESS,
+    TOKEN_FAILURES_PER_CLIENT_ADDRESS,
     TOKEN_PER_ADDRESS,
-    TOKEN_PER_CLIENT,
     Decision,
     Policy,
     RateLimiter,
@@ -205,19 +206,38 @@ def test_headers_for_several_policies() -> None:
 # Token endpoint
 
 
-async def test_token_attempts_per_client_id(limiter: RateLimiter) -> None:
-    await clear_of_boundary(TOKEN_PER_CLIENT.window_seconds)
-    for _ in range(TOKEN_PER_CLIENT.requests):
-        assert (await limiter.hit_token_attempt("client-a", "192.0.2.10")).allowed
-    refused = await limiter.hit_token_attempt("client-a", "192.0.2.10")
-    assert (refused.allowed, refused.policy_name, refused.limit) == (False, "token-client", 20)
+async def test_token_failures_per_client_id_and_address(limiter: RateLimiter) -> None:
+    await clear_of_boundary(TOKEN_FAILURES_PER_CLIENT_ADDRESS.window_seconds)
+    attacker, real = "192.0.2.10", "198.51.100.7"
+    for _ in range(TOKEN_FAILURES_PER_CLIENT_ADDRESS.requests):
+        assert (await limiter.hit_token_attempt("client-a", attacker)).allowed
+        await limiter.hit_token_failure(["client-a"], attacker)
+    refused = await limiter.hit_token_attempt("client-a", attacker)
+    assert (refused.allowed, refused.policy_name, refused.limit) == (False, "token-failures", 20)
     assert 0 < refused.reset_seconds <= 60
     assert "Retry-After" in headers(refused)
-    # The same client id from another address: still refused (guessing one client's secret).
-    assert not (await limiter.hit_token_attempt("client-a", "198.51.100.7")).allowed
-    # Another client from the first address: allowed, the address has room left.
-    other = await limiter.hit_token_attempt("client-b", "192.0.2.10")
-    assert other.allowed
+    # The same client id from another address is not locked out by those failures.
+    from_real = await limiter.hit_token_attempt("client-a", real)
+    assert from_real.allowed
+    # Another client from the attacker's address: allowed, the address has room left.
+    assert (await limiter.hit_token_attempt("client-b", attacker)).allowed
+
+
+async def test_successes_do_not_count_as_failures(limiter: RateLimiter) -> None:
+    await clear_of_boundary(TOKEN_PER_ADDRESS.window_seconds)
+    for _ in range(TOKEN_FAILURES_PER_CLIENT_ADDRESS.requests + 5):  # attempts, none failed
+        assert (await limiter.hit_token_attempt("client-a", "192.0.2.11")).allowed
+
+
+async def test_token_failures_per_address_across_client_ids(limiter: RateLimiter) -> None:
+    await clear_of_boundary(TOKEN_FAILURES_PER_ADDRESS.window_seconds)
+    address = "203.0.113.9"
+    for i in range(TOKEN_FAILURES_PER_ADDRESS.requests):
+        assert (await limiter.hit_token_attempt(f"guess-{i}", address)).allowed
+        await limiter.hit_token_failure([f"guess-{i}"], address)
+    refused = await limiter.hit_token_attempt("client-a", address)
+    assert (refused.allowed, refused.policy_name) == (False, "token-address-failures")
+    assert (await limiter.hit_token_attempt("client-a", "203.0.113.10")).allowed
 
 
 async def test_token_attempts_per_address(limiter: RateLimiter) -> None:
@@ -238,10 +258,12 @@ async def test_token_attempts_without_client_id_count_the_address(limiter: RateL
     await clear_of_boundary(TOKEN_PER_ADDRESS.window_seconds)
     first = await limiter.hit_token_attempt(None, "192.0.2.99")
     assert (first.allowed, first.policy_name, first.remaining) == (True, "token-address", 59)
+    await limiter.hit_token_failure(["client-a"], "192.0.2.99")
+    await limiter.hit_token_failure(["client-a"], "192.0.2.99")
     second = await limiter.hit_token_attempt("client-a", "192.0.2.99")
     assert second.allowed
-    # The decision reported is the one closest to its limit: 19/20 left beats 58/60 left.
-    assert (second.policy_name, second.remaining) == ("token-client", 19)
+    # The decision reported is the one closest to its limit: 18/20 failures left beats 58/60 left.
+    assert (second.policy_name, second.remaining) == ("token-failures", 18)
 
 
 async def test_ipv6_addresses_share_their_64(limiter: RateLimiter) -> None:
@@ -293,10 +315,14 @@ async def test_workers_sharing_redis_see_the_same_counts(redis_server: RedisServ
         assert not (await two.hit_bytes("client-a", 301, policy)).allowed
         assert (await two.hit_bytes("client-a", 300, policy)).remaining == 0
 
-        for _ in range(TOKEN_PER_CLIENT.requests // 2):
+        for _ in range(TOKEN_FAILURES_PER_CLIENT_ADDRESS.requests // 2):
             assert (await one.hit_token_attempt("client-a", "192.0.2.1")).allowed
-            assert (await two.hit_token_attempt("client-a", "192.0.2.2")).allowed
-        assert not (await one.hit_token_attempt("client-a", "192.0.2.3")).allowed
+            await one.hit_token_failure(["client-a"], "192.0.2.1")
+            assert (await two.hit_token_attempt("client-a", "192.0.2.1")).allowed
+            await two.hit_token_failure(["client-a"], "192.0.2.1")
+        assert not (await one.hit_token_attempt("client-a", "192.0.2.1")).allowed
+        assert not (await two.hit_token_attempt("client-a", "192.0.2.1")).allowed
+        assert (await two.hit_token_attempt("client-a", "192.0.2.2")).allowed
     finally:
         await one.close()
         await two.close()
@@ -326,7 +352,9 @@ async def test_storage_keys_hold_no_raw_identifiers(redis_server: RedisServer) -
         await rl.hit_request(client_id, DEFAULT_POLICY)
         await rl.hit_bytes(client_id, 12345, DEFAULT_POLICY)
         await rl.hit_token_attempt(client_id, address)
+        await rl.hit_token_failure([client_id], address)
         await rl.hit_token_attempt("{x}/y*" * 10_000, address)  # hostile id: bounded, inert key
+        await rl.hit_token_failure(["{x}/y*" * 10_000], address)
     finally:
         await rl.close()
     client = coredis.Redis.from_url(redis_server.url)
@@ -373,6 +401,7 @@ async def test_redis_outage_fails_open_for_data_and_closed_for_tokens(
             await rl.hit_token_attempt("client-a", "192.0.2.1")
         assert refused.value.status == 503
         assert refused.value.headers["Retry-After"] == "5"
+        await rl.hit_token_failure(["client-a"], "192.0.2.1")  # the answer is decided: no error
         with pytest.raises(ServiceUnavailable):
             await rl.ping()
         # The breaker: further calls do not wait for Redis timeouts.
