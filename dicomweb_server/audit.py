@@ -218,6 +218,8 @@ class AuditTrail:
             )
 
     async def run(self) -> None:
+        failing_since = 0.0  # while the database cannot be written: logged then, and every minute
+        logged = 0.0
         while True:
             await self.wake.wait()
             self.wake.clear()
@@ -225,12 +227,27 @@ class AuditTrail:
             try:
                 await self.flush()
             except Exception as exc:
-                log.error(
-                    "audit write failed; rows kept for a retry",
-                    extra={"event": "audit_failed", "queued": len(self.queue), "error": type(exc).__name__},
-                )
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - logged >= 60:
+                    log.error(
+                        "audit write failed; rows kept for a retry",
+                        extra={
+                            "event": "audit_failed",
+                            "queued": len(self.queue),
+                            "error": type(exc).__name__,
+                        },
+                    )
+                    logged = now
                 await asyncio.sleep(1)
                 self.wake.set()  # retry, even if no request comes
+            else:
+                if failing_since:
+                    log.warning(
+                        "audit writes resumed",
+                        extra={"event": "audit_resumed", "seconds": round(time.monotonic() - failing_since)},
+                    )
+                failing_since = logged = 0.0
 
     async def close(self) -> None:
         """Flush (for up to ``CLOSE_SECONDS``); whatever cannot be written is counted as dropped and
@@ -280,9 +297,9 @@ def _time(name: str, value: str) -> datetime:
         if not value.isascii():
             raise ValueError
         moment = datetime.fromisoformat(value)
-    except ValueError:
+        return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
         raise BadParameter(f"{name} must be an ISO 8601 date-time, e.g. 2026-12-03T10:00:00Z") from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def cursor_of(pk: int) -> str:
