@@ -66,7 +66,10 @@ CLOSE_SECONDS = 10.0  # shutdown waits this long for the database
 Row = tuple[Any, ...]  # in db.AUDIT_COLUMNS order
 
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
-_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,80}")  # the client table's alphabet, and "unknown:<digest>"
+# Printable ASCII: our client ids, "unknown:<digest>", and what an external issuer's verified token names.
+_CLIENT_ID = re.compile(r"[!-~]{1,128}")
+_WORD = re.compile(r"[a-z-]{1,32}")
+_PARAMETER = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 _TENANT = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -145,11 +148,11 @@ class AuditTrail:
         row = (
             datetime.now(UTC),
             tenant,
-            safe(state.get("client_id"), _CLIENT_ID),
+            safe(state.get("client_id"), _CLIENT_ID, 128),
             event[0],
             event[1],
             event[2],
-            safe(transaction, _CLIENT_ID, 32),
+            safe(transaction, _WORD, 32),
             safe_uid(study_uid),
             status,
             outcome,
@@ -324,7 +327,7 @@ def audit_filters(pairs: list[tuple[str, str]]) -> tuple[dict[str, Any], int]:
     for name, value in pairs:
         if name not in PARAMETERS:
             raise BadParameter(
-                f"unknown parameter {safe(name, _CLIENT_ID, 32)}; known: {', '.join(PARAMETERS)}"
+                f"unknown parameter {safe(name, _PARAMETER, 32)}; known: {', '.join(PARAMETERS)}"
             )
         if name in seen:
             raise BadParameter(f"{name} is given more than once")
