@@ -141,7 +141,13 @@ def high_s(token: str) -> str:
     return f"{head}.{payload}.{b64(r + (auth.P256_ORDER - s).to_bytes(32, 'big'))}"
 
 
-NOW = int(time.time())
+NOW = int(time.time())  # for cases that only get more wrong as time passes; the others use now()
+
+
+def now() -> int:
+    return int(time.time())
+
+
 FORGERIES: dict[str, Callable[[], str]] = {
     # -- the algorithm (RFC 8725 §2.1, §3.1) --
     "alg-none-empty-signature": lambda: f"{segment(header(alg='none'))}.{segment(claims())}.",
@@ -167,11 +173,11 @@ FORGERIES: dict[str, Callable[[], str]] = {
     "exp-as-a-float": lambda: signed(body=claims(exp=NOW + 600.5)),
     "nbf-as-a-string": lambda: signed(body=claims(nbf=str(NOW))),
     "exp-as-a-boolean": lambda: signed(body=claims(exp=True)),
-    "nbf-just-past-the-leeway": lambda: signed(body=claims(nbf=NOW + 45)),
-    "nbf-a-minute-ahead": lambda: signed(body=claims(nbf=NOW + 60)),
-    "iat-just-past-the-leeway": lambda: signed(body=claims(iat=NOW + 45, nbf=NOW)),
+    "nbf-just-past-the-leeway": lambda: signed(body=claims(nbf=now() + 45)),
+    "nbf-a-minute-ahead": lambda: signed(body=claims(nbf=now() + 60)),
+    "iat-just-past-the-leeway": lambda: signed(body=claims(iat=now() + 45, nbf=now())),
     "exp-2-to-the-62": lambda: signed(body=claims(exp=2**62)),
-    "exp-a-day-ahead": lambda: signed(body=claims(exp=NOW + 86400)),
+    "exp-a-day-ahead": lambda: signed(body=claims(exp=now() + 86400)),
     "lifetime-over-the-maximum": lambda: signed(
         body=claims(iat=NOW - 3000, nbf=NOW - 3000, exp=NOW + CFG.lifetime)  # exp - iat = lifetime + 3000
     ),
