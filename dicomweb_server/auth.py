@@ -548,7 +548,7 @@ class TokenServer(AuthorizationServer):  # type: ignore[misc]
         a wrong secret get the same answer (no probing for client ids)."""
         try:
             return super().authenticate_client(request, methods, endpoint)  # type: ignore[no-any-return]
-        except InvalidClientError:
+        except (InvalidClientError, UnicodeError):  # UnicodeError: Basic credentials not UTF-8
             sent = "authorization" in request.headers or (
                 request.form.get("client_id") and request.form.get("client_secret")
             )

@@ -709,7 +709,14 @@ def _client(row: asyncpg.Record) -> ClientRecord:
     )
 
 
+# The client table's CHECK: ^[A-Za-z0-9._-]{1,64}$
+_CLIENT_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
 async def find_client(pool: asyncpg.Pool, client_id: str) -> ClientRecord | None:
+    """The client, or None; an id the table could never hold (a NUL, say) is not looked up."""
+    if not 1 <= len(client_id) <= 64 or not _CLIENT_ID_CHARS.issuperset(client_id):
+        return None
     async with connection(pool) as conn:
         row = await conn.fetchrow(_CLIENT + " WHERE c.client_id = $1", client_id)
     return None if row is None else _client(row)

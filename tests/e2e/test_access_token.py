@@ -10,9 +10,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import time
 
 import asyncpg
 import httpx
+import pytest
 
 from dicomweb_server import db as index
 from dicomweb_server.ratelimit import TOKEN_FAILURES_PER_CLIENT_ADDRESS
@@ -140,3 +143,39 @@ async def test_a_refused_secret_says_the_credentials_were_not_accepted(app: App,
         r = await anon.post(TOKEN, data={"grant_type": "client_credentials"})
         assert (r.status_code, r.json()["error"]) == (401, "invalid_client")
         assert "No client credentials" in r.json()["error_description"]
+
+
+def _basic(raw: bytes) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+
+
+HOSTILE = {
+    "basic not base64": ({"Authorization": "Basic !!!notbase64"}, b"grant_type=client_credentials"),
+    "basic not utf-8": (_basic(b"\xff\xfe:\xff"), b"grant_type=client_credentials"),
+    "basic without a colon": (_basic(b"nocolon"), b"grant_type=client_credentials"),
+    "basic with a NUL": (_basic(b"a\x00b:c"), b"grant_type=client_credentials"),
+    "basic 100 kB id": (_basic(b"x" * 100_000 + b":y"), b"grant_type=client_credentials"),
+    "post with a NUL": ({}, b"grant_type=client_credentials&client_id=a%00b&client_secret=c"),
+    "post not utf-8": ({}, b"grant_type=client_credentials&client_id=%ff%fe&client_secret=%ff"),
+    "scope with a NUL": ({}, b"grant_type=client_credentials&client_id=a&client_secret=b&scope=%00"),
+    "body not utf-8": ({}, b"\xff\xfe\x00"),
+    "bearer instead of basic": ({"Authorization": "Bearer xyz"}, b"grant_type=client_credentials"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+async def test_hostile_token_requests_are_4xx_and_audited(app: App, db: asyncpg.Pool, case: str) -> None:
+    headers, body = HOSTILE[case]
+    async with anonymous(app) as anon:
+        r = await anon.post(
+            TOKEN, content=body, headers={"Content-Type": "application/x-www-form-urlencoded", **headers}
+        )
+    assert 400 <= r.status_code < 500, (case, r.status_code, r.text)
+    assert "access_token" not in r.json()
+    request_id = r.headers["x-request-id"]
+    deadline = time.monotonic() + 3
+    row = None
+    while row is None and time.monotonic() < deadline:
+        row = await db.fetchrow("SELECT * FROM audit WHERE request_id = $1", request_id)
+        await asyncio.sleep(0.05)
+    assert row is not None and (row["event_id"], row["tenant"]) == (110113, None)
