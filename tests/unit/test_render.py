@@ -288,6 +288,19 @@ def test_parse_params_reads_every_parameter() -> None:
         ("viewport", "512,512,-1,0,10,10"),
         ("viewport", "512,512,0,0,0,10"),
         ("viewport", "1.5,2"),
+        # Digits are ASCII: str.isdigit(), int() and float() take superscripts, other scripts, "_".
+        ("quality", "\u00b3"),
+        ("quality", "\u0663"),
+        ("quality", "9" * 5000),
+        ("quality", "1_0"),
+        ("window", "\u0664\u0660,400"),
+        ("window", "40,4_00"),
+        ("window", "9" * 5000 + ",400"),
+        ("viewport", "\u0663\u0662,32"),
+        ("viewport", "32,32,\u00b9,0,4,4"),
+        ("viewport", "1_0,10"),
+        ("viewport", "9" * 5000 + ",10"),
+        ("viewport", "100000,10"),  # larger than MAX_VIEWPORT: the image would not fit in memory
     ],
 )
 def test_bad_parameters_are_bad_requests(key: str, value: str) -> None:
