@@ -51,7 +51,7 @@ class FrameSource:
         """Byte ranges of a frame in the object, or None when the object must be parsed instead.
 
         The index and the attributes may disagree (Number of Frames larger than the frames the
-        pixel data holds): such a frame is found by parsing the object too, never an IndexError.
+        pixel data holds): a frame the pixel data does not hold is a 404, never an IndexError.
         """
         syntax = self.inst.transfer_syntax_uid
         if not self.encapsulated and syntax not in frames.NATIVE_LITTLE_ENDIAN:
@@ -62,22 +62,26 @@ class FrameSource:
         try:
             return frames.frame_ranges(self.inst.frames, frame, length)
         except IndexError:
-            return None
+            raise NotFound(f"Frame {frame} is not in the stored pixel data") from None
 
     def _bits(self) -> int:
         i = self.info
         return i.rows * i.columns * i.samples_per_pixel
 
 
-async def _frame_source(request: Request) -> FrameSource:
+async def _find(request: Request, *, metadata: bool = False) -> db.StoredInstance:
     state = request.app.state
     scope = scope_of(request)
     assert scope.series is not None and scope.sop is not None
     inst = await db.find_instance(
-        state.pool, request.state.tenant, scope.study, scope.series, scope.sop, metadata=True
+        state.pool, request.state.tenant, scope.study, scope.series, scope.sop, metadata=metadata
     )
     if inst is None:
         raise NotFound("No such instance")
+    return inst
+
+
+def _source_of(inst: db.StoredInstance) -> FrameSource:
     assert inst.metadata is not None
     meta = orjson.loads(inst.metadata)
     if not any(tag in meta for tag in PIXEL_DATA):
@@ -112,7 +116,7 @@ def _frame_producible(source: FrameSource) -> Callable[[Offer, str | None], bool
 async def retrieve_frames(request: Request) -> Response:
     """GET .../instances/{i}/frames/{list}: only the requested frames' bytes are read."""
     numbers = frames.parse_frame_list(request.path_params["frames"])
-    return await _frames_response(request, await _frame_source(request), numbers)
+    return await _frames_response(request, _source_of(await _find(request, metadata=True)), numbers)
 
 
 _Cache = list[tuple[str, list[bytes]]]  # the frames of a parsed object, once per request
@@ -271,18 +275,21 @@ async def retrieve_bulkdata(request: Request) -> Response:
         raise NotFound("No such bulk data: a path is tags (8 hex digits) and item numbers, by turns")
     choice = negotiate(accept_of(request), BULK_OFFERS)
     store: ObjectStore = request.app.state.store
-    source = await _frame_source(request) if len(path) == 1 and path[0].upper() in PIXEL_DATA else None
-    if source is not None and source.encapsulated:
+    pixels = len(path) == 1 and path[0].upper() in PIXEL_DATA
+    inst = await _find(request, metadata=pixels)
+    if pixels and inst.transfer_syntax_uid in frames.FRAME_MEDIA_TYPES:
         # Compressed Pixel Data has no single value: its frames, as stored (PS3.18 §8.7.3.3.2).
+        source = _source_of(inst)
         return await _frames_response(request, source, list(range(1, source.count + 1)), as_stored=True)
-    if source is not None and source.inst.frames.pixel_offset is not None and source.ranges(1) is not None:
-        inst, offset = source.inst, source.inst.frames.pixel_offset
-        length = source.inst.frames.pixel_length or 0
+    index = inst.frames
+    if pixels and index.pixel_offset is not None and index.pixel_length is not None:
+        # Native Pixel Data is one value, at the offset ingest recorded: sent in the stored byte order.
+        offset, length = index.pixel_offset, index.pixel_length
         reader: Callable[[int, int], AsyncIterator[bytes]] = lambda a, b: stream_checked(  # noqa: E731
             store, inst, offset + a, offset + b
         )
     else:
-        value = await _value_from_object(request, path)
+        value = await _value_from_object(store, inst, path)
         length = len(value)
         reader = lambda a, b: _once(value[a:b])  # noqa: E731
     span = parse_range(request.headers.get("range"), length)
@@ -313,17 +320,11 @@ async def _wrap(chunks: AsyncIterator[bytes], boundary: str, length: int) -> Asy
     yield head + b"\r\n" + closing(boundary)
 
 
-async def _value_from_object(request: Request, path: list[str]) -> bytes:
-    state = request.app.state
-    scope = scope_of(request)
-    assert scope.series is not None and scope.sop is not None
-    inst = await db.find_instance(state.pool, request.state.tenant, scope.study, scope.series, scope.sop)
-    if inst is None:
-        raise NotFound("No such instance")
+async def _value_from_object(store: ObjectStore, inst: db.StoredInstance, path: list[str]) -> bytes:
     # Bulk data other than Pixel Data lies in the header: read only that far when it is known.
     index = inst.frames
     end = index.fragments[0] if index.fragments else index.pixel_offset
-    data = await read_checked(state.store, inst, 0, min(end, inst.size) if end is not None else None)
+    data = await read_checked(store, inst, 0, min(end, inst.size) if end is not None else None)
     value = await asyncio.to_thread(dicom.value_at, data, path)
     if value is None:
         raise NotFound("No such bulk data in this instance")

@@ -380,3 +380,28 @@ def test_a_stream_aborted_over_a_socket_is_dropped_and_logged(live_server: Serve
     assert all(line["level"] == "error" and line["bytes_out"] > 0 for line in aborted.values())
     r = httpx.get(live_server.url + "/readyz")  # the server goes on
     assert r.status_code == 200
+
+
+async def test_attributes_that_promise_more_frames_than_the_pixel_data_holds(app: App) -> None:
+    """A complete data set whose Number of Frames (5) is more than its Pixel Data holds (1)."""
+    study, series = generate_uid(), generate_uid()
+    ds = pydicom.dcmread(io.BytesIO(fresh("MR_small.dcm", study, series)))
+    ds.NumberOfFrames = 5
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    data = out.getvalue()
+    r = await app.client.post(STUDIES, content=multipart([data]), headers={"Content-Type": content_type()})
+    assert r.status_code == 200, r.text
+    url = f"{STUDIES}/{study}/series/{series}/instances/{sop_of(data)}"
+    r = await app.client.get(url + "/frames/1")
+    assert r.status_code == 200
+    assert split_multipart(r.content, r.headers["content-type"])[0][1] == ds.PixelData
+    r = await app.client.get(url + "/frames/3")
+    assert r.status_code == 404
+    assert "not in the stored pixel data" in r.json()["message"]
+    for accept in (None, "application/octet-stream"):
+        r = await app.client.get(url + "/bulkdata/7FE00010", headers={"Accept": accept} if accept else {})
+        assert r.status_code == 200
+    assert r.content == ds.PixelData
+    r = await app.client.get(url, headers={"Accept": "application/dicom"})
+    assert r.status_code == 200
