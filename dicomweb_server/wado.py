@@ -34,7 +34,16 @@ from .multipart import closing, multipart_type, new_boundary, part_head
 from .storage import ObjectStore
 from .wado_frames import retrieve_bulkdata, retrieve_frames
 from .wado_render import rendered
-from .wado_stream import accept_of, guarded, primed, read_ahead, read_checked, scope_of, stream_checked
+from .wado_stream import (
+    accept_of,
+    aclose,
+    guarded,
+    primed,
+    read_ahead,
+    read_checked,
+    scope_of,
+    stream_checked,
+)
 
 __all__ = ["metadata", "rendered", "retrieve", "retrieve_bulkdata", "retrieve_frames"]
 
@@ -82,10 +91,13 @@ class _Part:
     rest: AsyncIterator[bytes]
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        if self.first:
-            yield self.first
-        async for chunk in self.rest:
-            yield chunk
+        try:
+            if self.first:
+                yield self.first
+            async for chunk in self.rest:
+                yield chunk
+        finally:
+            await aclose(self.rest)
 
 
 async def _nothing() -> AsyncIterator[bytes]:
@@ -109,7 +121,7 @@ async def _prepare(store: ObjectStore, inst: db.StoredInstance, syntax: str, *, 
         except StopAsyncIteration:
             first = b""
         except BaseException:
-            await rest.aclose()  # type: ignore[attr-defined]
+            await aclose(rest)
             raise
         return _Part(stored, inst.size, first, rest)
     data = await read_checked(store, inst)
@@ -156,7 +168,7 @@ async def retrieve(request: Request) -> Response:
     if media == ZIP:
         name = (scope.sop or scope.series or scope.study) + ".zip"
         return StreamingResponse(
-            read_ahead(await primed(request, _zip(store, plan))),
+            read_ahead(await primed(request, _zip(store, plan, strict))),
             media_type=ZIP,
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
@@ -179,8 +191,12 @@ async def _dicom_parts(
     for inst, syntax in plan:
         part = await _prepare(store, inst, syntax, strict=strict)
         yield part_head(boundary, f"{DICOM}; transfer-syntax={part.syntax}", part.size)
-        async for chunk in part.chunks():
-            yield chunk
+        chunks = part.chunks()
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await aclose(chunks)
         yield b"\r\n"
     yield closing(boundary)
 
@@ -206,7 +222,9 @@ class _Sink:
         return data
 
 
-async def _zip(store: ObjectStore, plan: list[tuple[db.StoredInstance, str]]) -> AsyncIterator[bytes]:
+async def _zip(
+    store: ObjectStore, plan: list[tuple[db.StoredInstance, str]], strict: bool
+) -> AsyncIterator[bytes]:
     """Sup 211 application/zip: one stored (uncompressed) entry per instance, streamed.
 
     The sink cannot seek, so zipfile writes each entry's sizes in a data descriptor
@@ -216,12 +234,16 @@ async def _zip(store: ObjectStore, plan: list[tuple[db.StoredInstance, str]]) ->
     archive = zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True)
     stamp = time.gmtime()[:6]
     for inst, syntax in plan:
-        part = await _prepare(store, inst, syntax, strict=False)
+        part = await _prepare(store, inst, syntax, strict=strict)
         info = zipfile.ZipInfo(f"{inst.series_uid}/{inst.sop_uid}.dcm", date_time=stamp)
-        with archive.open(info, "w", force_zip64=part.size > 0x7FFF0000) as entry:
-            async for chunk in part.chunks():
-                entry.write(chunk)
-                yield sink.take()
+        chunks = part.chunks()
+        try:
+            with archive.open(info, "w", force_zip64=part.size > 0x7FFF0000) as entry:
+                async for chunk in chunks:
+                    entry.write(chunk)
+                    yield sink.take()
+        finally:
+            await aclose(chunks)
         yield sink.take()
     archive.close()
     yield sink.take()

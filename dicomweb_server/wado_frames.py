@@ -23,7 +23,7 @@ from .errors import BadRequest, NotAcceptable, NotFound
 from .media import MULTIPART, Offer, negotiate
 from .multipart import closing, multipart_type, new_boundary, part_head
 from .storage import ObjectStore
-from .wado_stream import accept_of, guarded, primed, read_checked, scope_of, stream_checked
+from .wado_stream import accept_of, aclose, guarded, primed, read_checked, scope_of, stream_checked
 
 log = logging.getLogger("dicomweb_server.wado")
 
@@ -140,9 +140,10 @@ class _Plan:
 async def _frames_response(
     request: Request, source: FrameSource, numbers: list[int], *, as_stored: bool = False
 ) -> Response:
-    for n in numbers:
+    for n in sorted(set(numbers)):
         if n > source.count:
             raise NotFound(f"Frame {n} does not exist: the instance has {source.count} frame(s)")
+        source.ranges(n)  # a frame the pixel data does not hold is a 404 now, not mid-stream
     choice = negotiate(accept_of(request), _frame_offers(source), _frame_producible(source))
     stored = source.inst.transfer_syntax_uid
     # As stored when asked (``*``, the stored syntax, the native type); otherwise uncompressed.
@@ -163,6 +164,10 @@ async def _frames_response(
     cache: _Cache = []
     # The first frame is produced now, before the status line: the response's type is its type.
     first_type, first = await _frame(store, plan, numbers[0], cache)
+    if cache and max(numbers) > len(cache[0][1]):
+        raise NotFound(
+            f"Frame {max(numbers)} does not exist: the pixel data holds {len(cache[0][1])} frame(s)"
+        )
     boundary = new_boundary()
     rest = _frame_parts(store, plan, numbers[1:], boundary, cache)
     return StreamingResponse(
@@ -314,9 +319,12 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
 
 async def _wrap(chunks: AsyncIterator[bytes], boundary: str, length: int) -> AsyncIterator[bytes]:
     head = part_head(boundary, OCTET, length)
-    async for chunk in chunks:
-        yield head + chunk
-        head = b""
+    try:
+        async for chunk in chunks:
+            yield head + chunk
+            head = b""
+    finally:
+        await aclose(chunks)
     yield head + b"\r\n" + closing(boundary)
 
 

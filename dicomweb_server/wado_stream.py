@@ -65,6 +65,14 @@ class ResponseAborted(Exception):
 READ_AHEAD = 2  # chunks read from storage ahead of the socket
 
 
+async def aclose(chunks: AsyncIterator[bytes]) -> None:
+    """Close an async generator now (its object file with it), not when it is collected: a
+    generator left in an ``async for`` that ended by an exception or a disconnect is not closed."""
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        await close()
+
+
 async def read_ahead(chunks: AsyncIterator[bytes], depth: int = READ_AHEAD) -> AsyncIterator[bytes]:
     """Read the next chunks from storage while the current one is being sent.
 
@@ -82,7 +90,7 @@ async def read_ahead(chunks: AsyncIterator[bytes], depth: int = READ_AHEAD) -> A
         except Exception as exc:  # handed to the consumer, raised there
             await queue.put(exc)
         finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await aclose(chunks)
 
     task = asyncio.ensure_future(pump())
     try:
@@ -148,7 +156,7 @@ async def stream_checked(
         if held is not None:
             yield held
     finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
+        await aclose(chunks)
 
 
 async def primed(request: Request, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -159,7 +167,7 @@ async def primed(request: Request, chunks: AsyncIterator[bytes]) -> AsyncIterato
     except StopAsyncIteration:
         first = b""
     except BaseException:
-        await chunks.aclose()  # type: ignore[attr-defined]
+        await aclose(chunks)
         raise
     return guarded(request, first, chunks)
 
@@ -185,4 +193,4 @@ async def guarded(request: Request, first: bytes, chunks: AsyncIterator[bytes]) 
             f"response aborted after {sent} bytes: {getattr(exc, 'message', type(exc).__name__)}"
         ) from exc
     finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
+        await aclose(chunks)

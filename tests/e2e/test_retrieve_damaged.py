@@ -182,7 +182,11 @@ async def test_one_bad_instance_alone_in_every_accept(app: App) -> None:
                 assert int(r.headers["content-length"]) == len(r.content)
                 body = r.content
             assert body[128:] == data[128:]
-        for accept in (f"{DICOM_MP}; transfer-syntax={EVRLE}", f"application/dicom; transfer-syntax={IVRLE}"):
+        for accept in (
+            f"{DICOM_MP}; transfer-syntax={EVRLE}",
+            f"application/dicom; transfer-syntax={IVRLE}",
+            f"application/zip; transfer-syntax={EVRLE}",
+        ):
             r = await app.client.get(url, headers={"Accept": accept})
             assert r.status_code == 406, accept
             assert "cannot be converted" in r.json()["message"]
