@@ -183,8 +183,14 @@ def render(data: bytes, frame: int, params: RenderParams) -> bytes:
     count = _frame_count(ds)
     if not 1 <= frame <= count:
         raise FrameOutOfRange(f"frame {frame} is not in 1..{count}")
-    image = Image.fromarray(_display(ds, frame - 1, params.window))
+    pixels = _display(ds, frame - 1, params.window)
+    try:
+        image = Image.fromarray(pixels)
+    except (TypeError, ValueError) as exc:  # a shape or sample type no image mode holds
+        raise RenderError(f"the decoded frame cannot be shown: {pixels.shape} {pixels.dtype}") from exc
     image = _fit(image, params.viewport)
+    if params.media_type != "image/png" and image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")  # JPEG and GIF hold neither alpha nor 16-bit samples
     return _encode(image, params)
 
 

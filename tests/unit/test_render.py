@@ -348,3 +348,22 @@ def test_every_corpus_image_renders(path: Path) -> None:
     assert img.mode == (
         "L" if ds.SamplesPerPixel == 1 and ds.PhotometricInterpretation != "PALETTE COLOR" else "RGB"
     )
+
+
+@pytest.mark.parametrize("media", ["image/jpeg", "image/gif", "image/png"])
+@pytest.mark.parametrize("samples", [2, 4])
+def test_odd_sample_counts_render_or_fail_as_render_errors(media: str, samples: int) -> None:
+    """A 2- or 4-sample image (no JPEG mode holds it): converted to RGB, or a RenderError, never a crash."""
+    pixels = np.arange(4 * 4 * samples, dtype=np.uint8).reshape(4, 4, samples)
+    data = image(
+        pixels[..., 0],
+        SamplesPerPixel=samples,
+        PhotometricInterpretation="ARGB" if samples == 4 else "MONOCHROME2",
+        PlanarConfiguration=0,
+        PixelData=pixels.tobytes(),
+    )
+    try:
+        out = render(data, 1, RenderParams(media_type=media))
+    except RenderError:
+        return
+    assert Image.open(io.BytesIO(out)).size == (4, 4)
