@@ -47,7 +47,7 @@ def accept_of(request: Request) -> str | None:
 
 
 class DamagedObject(DicomWebError):
-    """410: the stored object no longer holds what ingest recorded (shorter, longer, unreadable).
+    """410: the stored object no longer holds what ingest recorded (fewer bytes, or more).
 
     Not the client's fault, and retrying will not help; the server log names the object.
     """
