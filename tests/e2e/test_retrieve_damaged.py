@@ -409,3 +409,18 @@ async def test_attributes_that_promise_more_frames_than_the_pixel_data_holds(app
     assert r.content == ds.PixelData
     r = await app.client.get(url, headers={"Accept": "application/dicom"})
     assert r.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        f"{DICOM_MP}; transfer-syntax=1.2.840.10008.1.2.4.51",  # the JPEG ones' syntax, not the others'
+        "application/dicom",  # single part names one instance, not a series
+        "image/png",
+    ],
+)
+async def test_a_series_in_a_form_it_cannot_take_is_a_clean_406(app: App, accept: str) -> None:
+    s = await mixed_series(app)
+    r = await app.client.get(s.url, headers={"Accept": accept})
+    assert r.status_code == 406
+    assert r.json()["message"]
