@@ -11,6 +11,7 @@ never decodes or even reads the rest of the instance.
 from __future__ import annotations
 
 import itertools
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -175,12 +176,28 @@ def frame_ranges(index: FrameIndex, frame: int, frame_length: int) -> list[tuple
     return [(start, start + frame_length)]
 
 
+MAX_FRAMES_PER_REQUEST = 1000  # frame numbers in one request's list
+MAX_FRAME_NUMBER = 2**31 - 1  # Number of Frames is an IS (PS3.5 §6.2): at most 2^31 - 1
+_FRAME_NUMBER = re.compile(r"[0-9]{1,10}")  # ASCII digits only: str.isdigit() accepts any script's
+
+
 def parse_frame_list(text: str) -> list[int]:
-    """PS3.18 §10.4.1.1.4: a comma-separated list of 1-based frame numbers."""
+    """PS3.18 §10.4.1.1.4: a comma-separated list of 1-based frame numbers.
+
+    At most MAX_FRAMES_PER_REQUEST numbers, each from 1 to MAX_FRAME_NUMBER in ASCII digits;
+    anything else is a 400 that says which rule was broken.
+    """
+    items = text.split(",", MAX_FRAMES_PER_REQUEST)
+    if len(items) > MAX_FRAMES_PER_REQUEST:
+        raise BadRequest(f"A frame list holds at most {MAX_FRAMES_PER_REQUEST} frame numbers")
     numbers = []
-    for item in text.split(","):
+    for item in items:
         item = item.strip()
-        if not item.isdigit() or int(item) < 1:
-            raise BadRequest(f"Frame list must be positive integers separated by commas, got {text!r}")
+        if not _FRAME_NUMBER.fullmatch(item) or not 1 <= int(item) <= MAX_FRAME_NUMBER:
+            shown = item if len(item) <= 20 else item[:20] + "..."
+            raise BadRequest(
+                f"Frame list must be frame numbers from 1 to {MAX_FRAME_NUMBER} (ASCII digits) "
+                f"separated by commas, got {shown!r}"
+            )
         numbers.append(int(item))
     return numbers

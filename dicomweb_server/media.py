@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import NotAcceptable
+from .errors import BadRequest, NotAcceptable
 from .multipart import MediaType, parse_media_type
 
 DICOM = "application/dicom"
@@ -27,17 +28,33 @@ class Choice:
     transfer_syntax: str | None  # as requested: a UID, "*", or None when not given
 
 
+MAX_ACCEPT = 4096  # characters of an Accept value (header or ``accept`` parameter)
+_QVALUE = re.compile(r"[0-9]{1,5}(\.[0-9]{0,5})?")  # RFC 9110 §12.4.2, leniently; ASCII digits only
+
+
 def parse_accept(value: str) -> list[tuple[MediaType, float]]:
-    """Split an Accept header (or the ``accept`` query parameter) into media ranges with q values."""
+    """Split an Accept header (or the ``accept`` query parameter) into media ranges with q values.
+
+    A header is ISO-8859-1 by construction, but the query parameter is UTF-8 and may hold any
+    character: media types are ASCII tokens (RFC 9110 §8.3.1), so a value with a character
+    beyond ISO-8859-1, or an overlong one, is a 400 that says so.  A q value that is not a
+    number from 0 to 1 in ASCII digits counts as 0 (the range is ignored).
+    """
+    if len(value) > MAX_ACCEPT:
+        raise BadRequest(f"The Accept value is longer than {MAX_ACCEPT} characters")
+    bad = next((ch for ch in value if ord(ch) > 0xFF), None)
+    if bad is not None:
+        raise BadRequest(
+            f"The Accept value (header or accept parameter) holds U+{ord(bad):04X}: "
+            "media types and their parameters are ASCII"
+        )
     ranges = []
     for item in _split(value):
         media = parse_media_type(item)
         if not media.type:
             continue
-        try:
-            q = float(media.params.pop("q", "1"))
-        except ValueError:
-            q = 0.0
+        q_text = media.params.pop("q", "1")
+        q = min(float(q_text), 1.0) if _QVALUE.fullmatch(q_text) else 0.0
         ranges.append((media, q))
     return ranges
 

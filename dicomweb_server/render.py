@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -33,6 +34,7 @@ RENDERED_MEDIA_TYPES: Mapping[str, str] = {"image/jpeg": "JPEG", "image/png": "P
 VOI_FUNCTIONS: Mapping[str, str] = {"LINEAR": "linear", "LINEAR_EXACT": "linear-exact", "SIGMOID": "sigmoid"}
 DEFAULT_QUALITY = 90  # JPEG quality when the request names none (as Orthanc does)
 THUMBNAIL_SIZE = 128  # PS3.18 §9.6 leaves a thumbnail's size to the origin server
+MAX_VIEWPORT = 8192  # pixels a rendered image may be wide or high (an 8192² RGB image is 192 MiB)
 
 Pixels = np.ndarray[Any, Any]
 
@@ -101,10 +103,21 @@ def thumbnail_params(params: Mapping[str, str], media_type: str) -> RenderParams
     return parsed
 
 
+# Numbers in parameters are ASCII: str.isdigit(), int() and float() also take other scripts'
+# digits (and underscores), which a URI parameter never means.
+_INTEGER = re.compile(r"[+-]?[0-9]{1,9}")
+_DECIMAL = re.compile(r"[+-]?([0-9]{1,20}(\.[0-9]{0,20})?|\.[0-9]{1,20})([eE][+-]?[0-9]{1,3})?")
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
 def _quality(text: str) -> int:
     """PS3.18 §8.3.5.1.2: an integer from 1 (smallest) to 100 (best)."""
-    if not text.strip().isdigit() or not 1 <= int(text) <= 100:
-        raise BadRequest(f"quality must be an integer from 1 to 100, got {text!r}")
+    text = text.strip()
+    if not _INTEGER.fullmatch(text) or not 1 <= int(text) <= 100:
+        raise BadRequest(f"quality must be an integer from 1 to 100, got {_shown(text)}")
     return int(text)
 
 
@@ -112,7 +125,7 @@ def _window(text: str) -> Window:
     """PS3.18 §8.3.5.1.4: center, width and a VOI LUT Function (linear when left out)."""
     parts = [p.strip() for p in text.split(",")]
     if len(parts) not in (2, 3):
-        raise BadRequest(f"window must be center,width,function, got {text!r}")
+        raise BadRequest(f"window must be center,width,function, got {_shown(text)}")
     center, width = (_number(p, "window center and width") for p in parts[:2])
     function = parts[2].lower() if len(parts) == 3 else "linear"
     if function not in VOI_FUNCTIONS.values():
@@ -126,12 +139,11 @@ def _window(text: str) -> Window:
 
 
 def _number(text: str, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadRequest(f"{what} must be numbers, got {text!r}") from None
+    if not _DECIMAL.fullmatch(text):
+        raise BadRequest(f"{what} must be numbers, got {_shown(text)}")
+    value = float(text)
     if not math.isfinite(value):
-        raise BadRequest(f"{what} must be finite numbers, got {text!r}")
+        raise BadRequest(f"{what} must be finite numbers, got {_shown(text)}")
     return value
 
 
@@ -139,24 +151,27 @@ def _viewport(text: str) -> Viewport:
     """PS3.18 §8.3.5.1.3: two values, or six of which the last four may be empty."""
     parts = [p.strip() for p in text.split(",")]
     if len(parts) not in (2, 6):
-        raise BadRequest(f"viewport must be vw,vh or vw,vh,sx,sy,sw,sh, got {text!r}")
+        raise BadRequest(f"viewport must be vw,vh or vw,vh,sx,sy,sw,sh, got {_shown(text)}")
     vw, vh, sx, sy, sw, sh = (_integer(p, text) for p in parts + [""] * (6 - len(parts)))
     if vw is None and vh is None:
-        raise BadRequest(f"viewport needs a width or a height, got {text!r}")
+        raise BadRequest(f"viewport needs a width or a height, got {_shown(text)}")
     if (vw is not None and vw < 1) or (vh is not None and vh < 1):
-        raise BadRequest(f"viewport width and height must be positive, got {text!r}")
+        raise BadRequest(f"viewport width and height must be positive, got {_shown(text)}")
+    if max(vw or 0, vh or 0) > MAX_VIEWPORT:
+        raise BadRequest(f"viewport width and height are at most {MAX_VIEWPORT} pixels, got {_shown(text)}")
     if (sx is not None and sx < 0) or (sy is not None and sy < 0) or sw == 0 or sh == 0:
-        raise BadRequest(f"viewport source region must start at sx,sy >= 0 and not be empty, got {text!r}")
+        raise BadRequest(
+            f"viewport source region must start at sx,sy >= 0 and not be empty, got {_shown(text)}"
+        )
     return Viewport(vw, vh, sx or 0, sy or 0, sw, sh)
 
 
 def _integer(text: str, whole: str) -> int | None:
     if not text:
         return None
-    try:
-        return int(text)
-    except ValueError:
-        raise BadRequest(f"viewport values must be integers, got {whole!r}") from None
+    if not _INTEGER.fullmatch(text):
+        raise BadRequest(f"viewport values must be integers (at most 9 digits), got {_shown(whole)}")
+    return int(text)
 
 
 def render(data: bytes, frame: int, params: RenderParams) -> bytes:
@@ -168,8 +183,14 @@ def render(data: bytes, frame: int, params: RenderParams) -> bytes:
     count = _frame_count(ds)
     if not 1 <= frame <= count:
         raise FrameOutOfRange(f"frame {frame} is not in 1..{count}")
-    image = Image.fromarray(_display(ds, frame - 1, params.window))
+    pixels = _display(ds, frame - 1, params.window)
+    try:
+        image = Image.fromarray(pixels)
+    except (TypeError, ValueError) as exc:  # a shape or sample type no image mode holds
+        raise RenderError(f"the decoded frame cannot be shown: {pixels.shape} {pixels.dtype}") from exc
     image = _fit(image, params.viewport)
+    if params.media_type != "image/png" and image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")  # JPEG and GIF hold neither alpha nor 16-bit samples
     return _encode(image, params)
 
 

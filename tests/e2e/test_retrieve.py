@@ -404,3 +404,11 @@ async def test_bulk_data_of_compressed_pixel_data_is_its_frames_as_stored(app: A
     parts = split_multipart(r.content, r.headers["content-type"])
     assert [body for _, body in parts] == list(generate_frames(dataset(data).PixelData, number_of_frames=3))
     assert all(h["content-type"] == f"image/dicom-rle; transfer-syntax={RLE}" for h, _ in parts)
+
+
+async def test_bulk_data_of_big_endian_pixel_data_is_its_stored_bytes(app: App) -> None:
+    data = bundled("MR_small_bigendian.dcm").read_bytes()
+    await store(app, [data])
+    r = await app.client.get(url(data) + "/bulkdata/7FE00010", headers={"Accept": "application/octet-stream"})
+    assert r.status_code == 200
+    assert r.content == dataset(data).PixelData  # as stored: big endian words, as CONFORMANCE says

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dicomweb_server.errors import NotAcceptable
+from dicomweb_server.errors import BadRequest, NotAcceptable
 from dicomweb_server.media import DICOM, DICOM_JSON, MULTIPART, Choice, Offer, negotiate, parse_accept
 from dicomweb_server.multipart import MediaType
 
@@ -137,3 +137,29 @@ def test_wildcard_part_types_match_any_part_of_that_kind() -> None:
     assert negotiate('multipart/related; type="image/*"', offers).offer == offers[1]
     with pytest.raises(NotAcceptable):
         negotiate('multipart/related; type="video/*"', offers)
+
+
+@pytest.mark.parametrize(
+    "accept", ["\u0100", "application/dicom+json\u2603", 'multipart/related; type="\U0001f600"']
+)
+def test_an_accept_with_a_character_beyond_latin_1_is_a_400_that_names_it(accept: str) -> None:
+    with pytest.raises(BadRequest) as raised:
+        negotiate(accept, METADATA)
+    assert raised.value.status == 400
+    assert "U+" in raised.value.message and "ASCII" in raised.value.message
+
+
+def test_an_overlong_accept_is_a_400() -> None:
+    with pytest.raises(BadRequest):
+        parse_accept("application/dicom, " * 1000)
+
+
+@pytest.mark.parametrize("q", ["nan", "inf", "\u00b9", "1_0", "-1", "0x1", ""])
+def test_a_q_value_that_is_not_an_ascii_number_counts_as_zero(q: str) -> None:
+    ((_, weight),) = parse_accept(f"application/dicom; q={q}")
+    assert weight == 0.0
+
+
+def test_q_values_above_one_are_one() -> None:
+    assert parse_accept("application/dicom; q=5")[0][1] == 1.0
+    assert parse_accept("application/dicom; q=0.5")[0][1] == 0.5

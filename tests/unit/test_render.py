@@ -288,6 +288,19 @@ def test_parse_params_reads_every_parameter() -> None:
         ("viewport", "512,512,-1,0,10,10"),
         ("viewport", "512,512,0,0,0,10"),
         ("viewport", "1.5,2"),
+        # Digits are ASCII: str.isdigit(), int() and float() take superscripts, other scripts, "_".
+        ("quality", "\u00b3"),
+        ("quality", "\u0663"),
+        ("quality", "9" * 5000),
+        ("quality", "1_0"),
+        ("window", "\u0664\u0660,400"),
+        ("window", "40,4_00"),
+        ("window", "9" * 5000 + ",400"),
+        ("viewport", "\u0663\u0662,32"),
+        ("viewport", "32,32,\u00b9,0,4,4"),
+        ("viewport", "1_0,10"),
+        ("viewport", "9" * 5000 + ",10"),
+        ("viewport", "100000,10"),  # larger than MAX_VIEWPORT: the image would not fit in memory
     ],
 )
 def test_bad_parameters_are_bad_requests(key: str, value: str) -> None:
@@ -335,3 +348,22 @@ def test_every_corpus_image_renders(path: Path) -> None:
     assert img.mode == (
         "L" if ds.SamplesPerPixel == 1 and ds.PhotometricInterpretation != "PALETTE COLOR" else "RGB"
     )
+
+
+@pytest.mark.parametrize("media", ["image/jpeg", "image/gif", "image/png"])
+@pytest.mark.parametrize("samples", [2, 4])
+def test_odd_sample_counts_render_or_fail_as_render_errors(media: str, samples: int) -> None:
+    """A 2- or 4-sample image (no JPEG mode holds it): converted to RGB, or a RenderError, never a crash."""
+    pixels = np.arange(4 * 4 * samples, dtype=np.uint8).reshape(4, 4, samples)
+    data = image(
+        pixels[..., 0],
+        SamplesPerPixel=samples,
+        PhotometricInterpretation="ARGB" if samples == 4 else "MONOCHROME2",
+        PlanarConfiguration=0,
+        PixelData=pixels.tobytes(),
+    )
+    try:
+        out = render(data, 1, RenderParams(media_type=media))
+    except RenderError:
+        return
+    assert Image.open(io.BytesIO(out)).size == (4, 4)
