@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message
 
-from . import auth, db
+from . import auth, db, metrics
 from .errors import DicomWebError, PayloadTooLarge
 from .ratelimit import Decision, Policy, RateLimiter
 from .ratelimit import headers as rate_headers
@@ -408,8 +408,10 @@ class AuditTrail:
         try:
             await db.append_audit(self.pool, rows)
         except BaseException:
+            metrics.audit_dropped(max(0, len(rows) - MAX_QUEUED))
             self.queue[:0] = rows[-MAX_QUEUED:]  # kept for the next attempt, within a bound
             raise
+        metrics.audit_written(len(rows))
 
     async def run(self) -> None:
         while True:
@@ -425,3 +427,4 @@ class AuditTrail:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.flush()
+        metrics.audit_dropped(len(self.queue))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from urllib.parse import unquote_plus
 
-from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from . import dicom
 from .dicom import fold, is_valid_uid
@@ -118,10 +118,21 @@ def _pairs(raw: str) -> list[tuple[str, str]]:
             continue
         key, _, value = item.partition("=")
         try:
-            out.append((unquote_plus(key, errors="strict"), unquote_plus(value, errors="strict")))
+            pair = unquote_plus(key, errors="strict"), unquote_plus(value, errors="strict")
         except UnicodeDecodeError:
             raise BadRequest(f"Query parameter {key!r} is not valid percent-encoded UTF-8") from None
+        if _CONTROL.search(pair[0] + pair[1]):
+            raise BadRequest(
+                f"Query parameter {key!r} contains a control character (such as NUL or a line break); "
+                "DICOM query values cannot hold them"
+            )
+        out.append(pair)
     return out
+
+
+# C0 controls, DEL and C1 controls: no DICOM text value in a query holds one (ESC sequences of
+# ISO 2022 character sets do not travel in a UTF-8 query string).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def resolve(attribute_id: str) -> str:
@@ -140,7 +151,7 @@ def resolve(attribute_id: str) -> str:
 def _integer(name: str, value: str, default: int, cap: int | None = None) -> int:
     if value == "":
         return default
-    if not re.fullmatch(r"[0-9]{1,12}", value):
+    if not re.fullmatch(r"[0-9]{1,12}", value):  # ASCII digits only ("\\d" also matches "٣")
         raise BadRequest(f"{name} must be a non-negative integer, got {value!r}")
     number = int(value)
     if cap is not None and number > cap:
@@ -166,6 +177,10 @@ def parse_query(
     seen: set[str] = set()
     for key, value in _pairs(raw):
         name = key.strip()
+        if name in _ONCE:
+            if name in seen:
+                raise BadRequest(f"{name} is given more than once")
+            seen.add(name)
         if name == "limit":
             limit = _integer("limit", value, max_limit, max_limit)
             if limit == 0:
@@ -207,11 +222,14 @@ def parse_query(
             Condition(c.attr, "fuzzy", c.values) if c.attr.vr == "PN" and c.kind == "single" else c
             for c in conditions
         ]
+    combined = _combine_datetime(conditions)
+    for condition in combined:
+        _check_order(condition)
     return Query(
         level=resource.level,
         study_uid=study_uid,
         series_uid=series_uid,
-        conditions=tuple(_combine_datetime(conditions)),
+        conditions=tuple(combined),
         returned=frozenset(returned),
         include_all=include_all,
         limit=limit,
@@ -219,10 +237,33 @@ def parse_query(
     )
 
 
+_ONCE = ("limit", "offset", "fuzzymatching")
+
+
 def _include_tag(item: str) -> str:
-    """includefield may name a sequence path; the whole top-level attribute is returned."""
-    tags = [resolve(part) for part in item.split(".")]
+    """includefield may name a sequence path; the whole top-level attribute is returned.
+
+    Every component but the last must be a sequence (SQ): ``ReferencedSeriesSequence.SeriesInstanceUID``
+    is a path, ``PatientName.PatientID`` and ``PatientName.`` are not.
+    """
+    parts = item.split(".")
+    if any(not part.strip() for part in parts):
+        raise BadRequest(f"includefield {item!r} has an empty attribute in its path")
+    tags = [resolve(part.strip()) for part in parts]
+    for part, tag in zip(parts[:-1], tags[:-1], strict=False):
+        if _vr(tag) != "SQ":
+            raise BadRequest(
+                f"includefield {item!r}: {part} is not a sequence, so nothing can be nested in it"
+            )
     return tags[0]
+
+
+def _vr(tag: str) -> str | None:
+    """The dictionary VR of a tag, None for a private or unknown one."""
+    try:
+        return str(dictionary_VR(int(tag, 16)))
+    except KeyError:
+        return None
 
 
 def _match_attribute(name: str, resource: Resource) -> tuple[Attr, list[str]]:
@@ -268,15 +309,19 @@ def _condition(attr: Attr, value: str, max_uids: int) -> Condition | None:
                 raise BadRequest(f"{attr.keyword}: {uid!r} is not a valid UID")
         return Condition(attr, "list" if len(uids) > 1 else "single", tuple(uids))
     if attr.vr in ("DA", "TM"):
+        if value.count("-") > 1:
+            raise BadRequest(_not_date_or_time(attr, value))
         if "-" in value:
             low, _, high = value.partition("-")
-            if not low and not high:
+            if not low.strip() and not high.strip():
                 raise BadRequest(f"{attr.keyword}: a range needs at least one end")
-            return Condition(attr, "range", (_normal(attr, low), _normal(attr, high, upper=True)))
-        return Condition(attr, "single", (_normal(attr, value),))
-    if attr.vr == "IS":
-        if not re.fullmatch(r"[+-]?\d{1,10}", value.strip()) or not -(2**31) <= int(value) < 2**31:
-            raise BadRequest(f"{attr.keyword} must be an integer (32-bit), got {value!r}")
+            return Condition(
+                attr, "range", (_normal(attr, low, value), _normal(attr, high, value, upper=True))
+            )
+        return Condition(attr, "single", (_normal(attr, value, value),))
+    if attr.vr == "IS":  # ASCII digits only: "\d" would also accept "٣" (Arabic-Indic three)
+        if not re.fullmatch(r"[+-]?[0-9]{1,10}", value.strip()) or not -(2**31) <= int(value) < 2**31:
+            raise BadRequest(f"{attr.keyword} must be an integer (32-bit, ASCII digits), got {value!r}")
         return Condition(attr, "single", (str(int(value)),))
     if attr.array and attr.vr == "CS" and ("\\" in value or "," in value):
         return Condition(attr, "list", tuple(v for v in re.split(r"[,\\]", value) if v))
@@ -287,20 +332,37 @@ def _condition(attr: Attr, value: str, max_uids: int) -> Condition | None:
     return Condition(attr, "single", (text,))
 
 
-def _normal(attr: Attr, value: str, *, upper: bool = False) -> str:
-    """DA → YYYYMMDD; TM → HHMMSS.FFFFFF (an open range end stays empty)."""
+def _not_date_or_time(attr: Attr, given: str) -> str:
+    if attr.vr == "DA":
+        return (
+            f"{attr.keyword}: {given!r} is not a DICOM date (YYYYMMDD) or range (YYYYMMDD-YYYYMMDD); "
+            "an open range leaves one end empty (YYYYMMDD- or -YYYYMMDD)"
+        )
+    return (
+        f"{attr.keyword}: {given!r} is not a DICOM time (HHMMSS.FFFFFF; HH, HHMM and HHMMSS too) "
+        "or range (HHMMSS-HHMMSS)"
+    )
+
+
+def _normal(attr: Attr, value: str, given: str, *, upper: bool = False) -> str:
+    """DA → YYYYMMDD; TM → HHMMSS.FFFFFF (an open range end stays empty).  ``given``: the whole value."""
     value = value.strip()
     if value == "":
         return ""
+    if not value.isascii():  # the dicom parsers' "\d" would take other scripts' digits
+        raise BadRequest(_not_date_or_time(attr, given))
     if attr.vr == "DA":
         compact = dicom.normal_date(value)
         try:
             dt.datetime.strptime(compact or "", "%Y%m%d")
         except ValueError:
-            raise BadRequest(f"{attr.keyword}: {value!r} is not a date (YYYYMMDD)") from None
+            raise BadRequest(_not_date_or_time(attr, given)) from None
         assert compact is not None
         return compact
-    return normal_time(value, upper=upper, name=attr.keyword)
+    normal = dicom.normal_time(value, upper=upper)
+    if normal is None:
+        raise BadRequest(_not_date_or_time(attr, given))
+    return normal
 
 
 def normal_time(value: str, *, upper: bool = False, name: str = "time") -> str:
@@ -308,6 +370,24 @@ def normal_time(value: str, *, upper: bool = False, name: str = "time") -> str:
     if normal is None:
         raise BadRequest(f"{name}: {value!r} is not a time (HHMMSS.FFFFFF)")
     return normal
+
+
+def _check_order(c: Condition) -> None:
+    """A range that ends before it starts matches nothing: almost always swapped ends, so a 400."""
+    if c.kind == "range":
+        low, high = c.values
+    elif c.kind == "datetime":
+        if not c.values[0] or not c.values[2]:
+            return
+        low = c.values[0] + (c.values[1] or "000000.000000")
+        high = c.values[2] + (c.values[3] or "235959.999999")
+    else:
+        return
+    if low and high and low > high:
+        raise BadRequest(
+            f"{c.attr.keyword}: the range ends before it starts ({low} > {high}); "
+            "write the earlier value first"
+        )
 
 
 def _combine_datetime(conditions: list[Condition]) -> list[Condition]:
