@@ -197,6 +197,8 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own 404 (no route) and 405 (method not allowed) as JSON like every other error."""
     assert isinstance(exc, HTTPException)
     headers = dict(exc.headers or {})
+    if "Allow" in headers:  # Starlette joins a set: give it a stable order
+        headers["Allow"] = ", ".join(sorted(m.strip() for m in headers["Allow"].split(",")))
     if exc.status_code == 404:
         message = f"No resource at {request.url.path!r}; the routes are listed at /openapi.json"
     elif exc.status_code == 405:
