@@ -22,6 +22,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 from swagger_ui.utils import SWAGGER_UI_PY_ROOT
 
+from .errors import NotFound
 from .media import Offer, negotiate
 
 NAME = "dicomweb-server"
@@ -38,6 +39,8 @@ def version() -> str:
 
 @functools.cache
 def _spec() -> dict[str, Any]:
+    if not OPENAPI.is_file():  # an install without the source tree's openapi/ folder
+        raise NotFound("The OpenAPI document (openapi/openapi.json) is not installed with this server")
     loaded: dict[str, Any] = orjson.loads(OPENAPI.read_bytes())
     return loaded
 
