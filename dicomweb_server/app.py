@@ -112,7 +112,11 @@ async def retrieve_capabilities(request: Request) -> Response:
 
 
 Handler = access.Handler
-_UID_PARAMS = (("study", "Study"), ("series", "Series"), ("instance", "SOP Instance"))
+_UID_PARAMS = (
+    ("study", "Study Instance UID"),
+    ("series", "Series Instance UID"),
+    ("instance", "SOP Instance UID"),
+)
 
 
 def uids_checked(handler: Handler) -> Handler:
@@ -128,7 +132,7 @@ def uids_checked(handler: Handler) -> Handler:
             if value is not None and not is_valid_uid(value):
                 shown = value if len(value) <= 80 else value[:80] + "..."
                 raise BadRequest(
-                    f"{what} Instance UID {shown!r} in the path is not a valid UID "
+                    f"{what} {shown!r} in the path is not a valid UID "
                     "(PS3.5 §9.1: digits and dots, no leading zeros, at most 64 characters)"
                 )
         return await handler(request)
@@ -200,7 +204,8 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     if "Allow" in headers:  # Starlette joins a set: give it a stable order
         headers["Allow"] = ", ".join(sorted(m.strip() for m in headers["Allow"].split(",")))
     if exc.status_code == 404:
-        message = f"No resource at {request.url.path!r}; the routes are listed at /openapi.json"
+        path = request.url.path if len(request.url.path) <= 200 else request.url.path[:200] + "..."
+        message = f"No resource at {path!r}; the routes are listed at /openapi.json"
     elif exc.status_code == 405:
         message = f"{request.method} is not allowed here; allowed: {headers.get('Allow', '')}"
     else:

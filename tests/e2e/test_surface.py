@@ -84,6 +84,7 @@ async def test_a_path_uid_that_is_not_a_uid_is_a_400(app: App, method: str, temp
     r = await app.client.request(method, template.format(bad=bad))
     assert r.status_code == 400, r.text
     message = r.json()["message"]
+    assert "Instance UID '" in message and "Instance Instance" not in message
     assert "in the path is not a valid UID (PS3.5 §9.1" in message
     assert "\x00" not in message  # shown escaped
 
