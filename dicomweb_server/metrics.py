@@ -230,7 +230,7 @@ def prepare(port: int, host: str, workers: int) -> None:
     Call before any worker process starts: they read ``PROMETHEUS_MULTIPROC_DIR`` when they
     import prometheus-client.
     """
-    if workers > 1 and not os.environ.get(MULTIPROC_ENV):
+    if port and workers > 1 and not os.environ.get(MULTIPROC_ENV):
         folder = tempfile.mkdtemp(prefix="dicomweb-metrics-")
         os.environ[MULTIPROC_ENV] = folder
         atexit.register(shutil.rmtree, folder, True)
