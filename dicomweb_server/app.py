@@ -25,7 +25,8 @@ from . import access, auth, capabilities, db, delete, logs, metrics, qido, servi
 from .dicom import is_valid_uid
 from .errors import BadRequest, DicomWebError, ServiceUnavailable, StorageError
 from .media import Offer, negotiate
-from .query import Level, PageCache, Resource
+from .query import Level, Resource
+from .query_sql import PageCache
 from .ratelimit import Policy, RateLimiter
 from .settings import Settings
 from .storage import open_store

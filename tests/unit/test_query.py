@@ -12,17 +12,14 @@ from dicomweb_server.app import API
 from dicomweb_server.errors import BadRequest
 from dicomweb_server.query import (
     ATTRIBUTES,
-    INSTANCE_RETURN,
     SEQUENCE_ATTRIBUTES,
     Condition,
     Level,
-    PageCache,
     Query,
     Resource,
     parse_query,
-    signature,
-    to_sql,
 )
+from dicomweb_server.query_sql import INSTANCE_RETURN, PageCache, signature, to_sql
 
 STUDIES = Resource(Level.STUDY, frozenset({Level.STUDY}))
 SERIES = Resource(Level.SERIES, frozenset({Level.STUDY, Level.SERIES}))
