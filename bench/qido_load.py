@@ -297,7 +297,8 @@ def _resources() -> dict[str, Any]:
 
 def build_sql(path: str, after_pk: int | None = None) -> Any:
     """The statements our server runs for ``path`` (relative to /dicomweb), as qido.search builds them."""
-    from dicomweb_server.query import parse_query, to_sql
+    from dicomweb_server.query import parse_query
+    from dicomweb_server.query_sql import to_sql
     from dicomweb_server.settings import Settings
 
     settings = Settings()

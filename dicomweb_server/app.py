@@ -13,17 +13,20 @@ from functools import partial
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import access, auth, capabilities, db, delete, logs, qido, stow, sweep, wado
-from .errors import DicomWebError, ServiceUnavailable, StorageError
+from . import access, auth, capabilities, db, delete, logs, metrics, qido, service, stow, sweep, wado
+from .dicom import is_valid_uid
+from .errors import BadRequest, DicomWebError, ServiceUnavailable, StorageError
 from .media import Offer, negotiate
-from .query import Level, PageCache, Resource
+from .query import Level, Resource
+from .query_sql import PageCache
 from .ratelimit import Policy, RateLimiter
 from .settings import Settings
 from .storage import open_store
@@ -45,9 +48,12 @@ async def readyz(request: Request) -> Response:
     state = request.app.state
     try:
         await db.ping(state.pool)
+    except (DicomWebError, StorageError):
+        return JSONResponse({"status": "unavailable", "reason": "the index database is unreachable"}, 503)
+    try:
         await state.store.ping()
-    except (DicomWebError, StorageError) as exc:
-        return JSONResponse({"status": "unavailable", "reason": type(exc).__name__}, 503)
+    except (DicomWebError, StorageError):
+        return JSONResponse({"status": "unavailable", "reason": "the object store is unreachable"}, 503)
     return JSONResponse({"status": "ready"})
 
 
@@ -106,21 +112,77 @@ async def retrieve_capabilities(request: Request) -> Response:
     return Response(capabilities.wadl(routes, "/dicomweb", base), media_type=choice.offer.media_type)
 
 
-# Open: health, capabilities, the token endpoint and its discovery documents.  Everything
-# else is guarded: bearer token, the transaction's scope, rate limits, the token's tenant.
-ROUTES = [
-    Route("/healthz", healthz, methods=["GET"]),
-    Route("/readyz", readyz, methods=["GET"]),
-    Route("/dicomweb", retrieve_capabilities, methods=["OPTIONS"]),
-    Route("/oauth/token", access.token, methods=["POST"]),
-    Route("/.well-known/jwks.json", access.jwks, methods=["GET"]),
-    Route("/.well-known/oauth-authorization-server", access.metadata, methods=["GET"]),
-    Route("/admin/audit", access.guard(access.read_audit, "audit"), methods=["GET"]),
-    *[
-        Route(path, access.guard(handler, transaction), methods=methods)
-        for path, methods, handler, transaction in API
-    ],
-]
+Handler = access.Handler
+_UID_PARAMS = (
+    ("study", "Study Instance UID"),
+    ("series", "Series Instance UID"),
+    ("instance", "SOP Instance UID"),
+)
+
+
+def uids_checked(handler: Handler) -> Handler:
+    """400 for a path UID that is not a UID (PS3.5 §9.1), before the handler sees it.
+
+    Runs inside the guard: an unauthenticated request gets its 401 first, and the audit
+    (RequestContext) is given only valid UIDs.
+    """
+
+    async def endpoint(request: Request) -> Response:
+        for name, what in _UID_PARAMS:
+            value = request.path_params.get(name)
+            if value is not None and not is_valid_uid(value):
+                shown = value if len(value) <= 80 else value[:80] + "..."
+                raise BadRequest(
+                    f"{what} {shown!r} in the path is not a valid UID "
+                    "(PS3.5 §9.1: digits and dots, no leading zeros, at most 64 characters)"
+                )
+        return await handler(request)
+
+    return endpoint
+
+
+def dispatch(handlers: dict[str, Handler]) -> Handler:
+    """One route per path, so that a 405 lists every method the path allows in ``Allow``."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return endpoint
+
+
+def _routes() -> list[BaseRoute]:
+    # Open: the service document, the API description, health, capabilities, the token
+    # endpoint and its discovery documents.  Everything else is guarded: bearer token, the
+    # transaction's scope, rate limits, the token's tenant.
+    table: dict[str, dict[str, Handler]] = {
+        "/": {"GET": service.home},
+        "/openapi.json": {"GET": service.openapi},
+        "/docs": {"GET": service.docs},
+        "/healthz": {"GET": healthz},
+        "/readyz": {"GET": readyz},
+        "/dicomweb": {"OPTIONS": retrieve_capabilities, "GET": service.home},
+        "/oauth/token": {"POST": access.token},
+        "/.well-known/jwks.json": {"GET": access.jwks},
+        "/.well-known/oauth-authorization-server": {"GET": access.metadata},
+        "/admin/audit": {"GET": access.guard(access.read_audit, "audit")},
+    }
+    for path, methods, handler, transaction in API:
+        for method in methods:
+            table.setdefault(path, {})[method] = access.guard(uids_checked(handler), transaction)
+    routes: list[BaseRoute] = [
+        Route(
+            path,
+            handlers[next(iter(handlers))] if len(handlers) == 1 else dispatch(handlers),
+            methods=list(handlers),
+        )
+        for path, handlers in table.items()
+    ]
+    routes.append(Mount(service.DOCS_STATIC, app=service.static_files(), name="docs-static"))
+    return routes
+
+
+ROUTES = _routes()
 
 
 async def on_error(request: Request, exc: Exception) -> Response:
@@ -136,6 +198,28 @@ async def on_storage_error(request: Request, exc: Exception) -> Response:
     return await on_error(request, ServiceUnavailable("object storage unavailable"))
 
 
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 (no route) and 405 (method not allowed) as JSON like every other error."""
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    if "Allow" in headers:  # Starlette joins a set: give it a stable order
+        headers["Allow"] = ", ".join(sorted(m.strip() for m in headers["Allow"].split(",")))
+    if exc.status_code == 404:
+        path = request.url.path if len(request.url.path) <= 200 else request.url.path[:200] + "..."
+        message = f"No resource at {path!r}; the routes are listed at /openapi.json"
+    elif exc.status_code == 405:
+        message = f"{request.method} is not allowed here; allowed: {headers.get('Allow', '')}"
+    else:
+        message = str(exc.detail)
+    return JSONResponse({"status": exc.status_code, "message": message}, exc.status_code, headers)
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    """A bug: logged with its traceback by Starlette; the client gets JSON naming only its request id."""
+    request_id = request.scope.get("state", {}).get("request_id", "")
+    return JSONResponse({"status": 500, "message": f"internal error (request id {request_id})"}, 500)
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -147,7 +231,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     if not issuer:
         raise RuntimeError("DICOMWEB_ISSUER (or DICOMWEB_PUBLIC_BASE_URL) must be set")
     app.state.pool = await db.create_pool(settings.database_url, settings.db_pool_size)
-    app.state.store = await open_store(settings.storage_path, settings.s3)
+    app.state.store = metrics.TimedStore(await open_store(settings.storage_path, settings.s3))
     app.state.page_cache = PageCache()
     app.state.ingested = asyncio.Event()
     keys = auth.SigningKeys.load(settings.signing_keys)
@@ -161,7 +245,12 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool=app.state.pool,
     )
     app.state.audit = access.AuditTrail(app.state.pool)
-    tasks = [asyncio.create_task(_fresh_statistics(app)), asyncio.create_task(app.state.audit.run())]
+    metrics.worker_started()
+    tasks = [
+        asyncio.create_task(_fresh_statistics(app)),
+        asyncio.create_task(app.state.audit.run()),
+        asyncio.create_task(metrics.sample_forever(app.state.pool, app.state.audit)),
+    ]
     if settings.gc_interval_seconds > 0:
         tasks.append(asyncio.create_task(_sweep_forever(app)))
     try:
@@ -175,6 +264,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await app.state.access.limiter.close()
         await app.state.store.close()
         await app.state.pool.close()
+        metrics.worker_stopped()
 
 
 def _external_issuer(settings: Settings, tokens: auth.TokenSettings) -> auth.ExternalIssuer | None:
@@ -234,6 +324,7 @@ def base_url(scope: Scope, public: str | None) -> str:
 
 
 _DEFAULT_PORT = {"http": 80, "https": 443}
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 
 
 class RequestContext:
@@ -253,6 +344,8 @@ class RequestContext:
         state.update(request_id=request_id, base_url=base_url(scope, self.public_base_url))
         started = time.perf_counter()
         sent: dict[str, Any] = {"status": 500, "bytes": 0}
+        metrics.api_port((scope.get("server") or (None, None))[1])
+        metrics.IN_PROGRESS.inc()
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -267,6 +360,10 @@ class RequestContext:
         finally:
             # The route's template ("/dicomweb/studies/{study}"): which transaction, never which UIDs.
             route = getattr(scope.get("route"), "path", None)
+            elapsed = time.perf_counter() - started
+            metrics.IN_PROGRESS.dec()
+            method = scope["method"] if scope["method"] in _METHODS else "other"  # bounded labels
+            metrics.request(method, route or "none", sent["status"], elapsed)
             log.info(
                 "request",
                 extra={
@@ -276,13 +373,13 @@ class RequestContext:
                     "client_id": state.get("client_id"),
                     "status": sent["status"],
                     "bytes_out": sent["bytes"],
-                    "ms": round((time.perf_counter() - started) * 1000, 2),
+                    "ms": round(elapsed * 1000, 2),
                 },
             )
             trail = getattr(getattr(scope.get("app"), "state", None), "audit", None)
             if trail is not None:
                 study = scope.get("path_params", {}).get("study") or state.get("study_uid")
-                trail.record(state, sent["status"], request_id, study)
+                trail.record(state, sent["status"], request_id, study if is_valid_uid(study) else None)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -310,7 +407,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ),
         ],
         lifespan=lifespan,
-        exception_handlers={DicomWebError: on_error, StorageError: on_storage_error},
+        exception_handlers={
+            DicomWebError: on_error,
+            StorageError: on_storage_error,
+            HTTPException: on_http_error,
+            Exception: on_unexpected,
+        },
     )
     app.state.settings = settings
     return app

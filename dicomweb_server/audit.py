@@ -34,7 +34,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import db
+from . import db, metrics
 from .errors import DicomWebError
 
 log = logging.getLogger(__name__)
@@ -164,8 +164,16 @@ class AuditTrail:
         self.queue.append(row)
         self.wake.set()
 
-    def _drop(self, rows: int) -> None:
+    def _wrote(self, rows: int) -> None:
+        self.written += rows
+        metrics.audit_written(rows)
+
+    def _lost(self, rows: int) -> None:
         self.dropped += rows
+        metrics.audit_dropped(rows)
+
+    def _drop(self, rows: int) -> None:
+        self._lost(rows)
         self._unlogged_drops += rows
         now = time.monotonic()
         if now - self._drop_logged >= DROP_LOG_SECONDS:
@@ -198,14 +206,14 @@ class AuditTrail:
                 self._requeue(batch)
                 raise
             else:
-                self.written += len(batch)
+                self._wrote(len(batch))
 
     async def _row_by_row(self, batch: list[Row]) -> None:
         for i, row in enumerate(batch):
             try:
                 try:
                     await db.append_audit(self.pool, [row])
-                    self.written += 1
+                    self._wrote(1)
                     continue
                 except Exception as exc:
                     error = type(exc).__name__
@@ -213,7 +221,7 @@ class AuditTrail:
             except BaseException:  # the reduced row failed too: the database, not this row
                 self._requeue(batch[i:])
                 raise
-            self.written += 1
+            self._wrote(1)
             self.reduced += 1
             log.error(  # without the row's values: the request id finds it
                 "audit row written in a reduced form",
@@ -264,7 +272,7 @@ class AuditTrail:
         if self.queue:
             lost = list(self.queue)
             self.queue.clear()
-            self.dropped += len(lost)
+            self._lost(len(lost))
             log.error(
                 "audit rows could not be written at shutdown",
                 extra={

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from . import admin, logs, workers
+from . import admin, logs, metrics, workers
 from .settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,6 +111,7 @@ def serve(args: argparse.Namespace) -> None:
     else:
         admin.refuse_insecure(args.host, settings, url)
     print(_banner(base, dev), file=sys.stderr, flush=True)
+    metrics.prepare(settings.metrics_port, settings.metrics_host, args.workers)
     config = uvicorn.Config(
         "dicomweb_server.app:create_app",
         factory=True,

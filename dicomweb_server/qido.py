@@ -10,7 +10,8 @@ from . import db
 from .dicom_xml import to_xml
 from .media import DICOM_JSON, MULTIPART, Offer, negotiate
 from .multipart import closing, multipart_type, new_boundary, part_head
-from .query import PageCache, Resource, parse_query, signature, to_sql
+from .query import Resource, parse_query
+from .query_sql import PageCache, signature, to_sql
 from .results import remaining_warning, result
 
 DICOM_XML = "application/dicom+xml"

@@ -1,7 +1,7 @@
 """QIDO-RS queries (PS3.18 §10.6, PS3.4 C.2.2.2 matching): parse → typed query → SQL.  Pure.
 
 ``parse_query`` turns a raw query string into a ``Query`` or raises ``BadRequest``
-with a readable message; ``to_sql`` turns a ``Query`` into one parameterised
+with a readable message; ``query_sql.to_sql`` turns a ``Query`` into one parameterised
 statement.  Column names come only from the ``ATTRIBUTES`` table; every value is
 a ``$n`` parameter.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from urllib.parse import unquote_plus
 
-from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from . import dicom
 from .dicom import fold, is_valid_uid
@@ -106,6 +106,16 @@ class Query:
     offset: int = 0
 
 
+@dataclass(frozen=True)
+class Statements:
+    """A page statement and its count statement, with their parameters (query_sql.to_sql makes them)."""
+
+    page: str
+    page_args: list[object]
+    count: str
+    count_args: list[object]
+
+
 def _pairs(raw: str) -> list[tuple[str, str]]:
     """Split a raw query string; percent-decode as UTF-8.
 
@@ -118,10 +128,21 @@ def _pairs(raw: str) -> list[tuple[str, str]]:
             continue
         key, _, value = item.partition("=")
         try:
-            out.append((unquote_plus(key, errors="strict"), unquote_plus(value, errors="strict")))
+            pair = unquote_plus(key, errors="strict"), unquote_plus(value, errors="strict")
         except UnicodeDecodeError:
             raise BadRequest(f"Query parameter {key!r} is not valid percent-encoded UTF-8") from None
+        if _CONTROL.search(pair[0] + pair[1]):
+            raise BadRequest(
+                f"Query parameter {key!r} contains a control character (such as NUL or a line break); "
+                "DICOM query values cannot hold them"
+            )
+        out.append(pair)
     return out
+
+
+# C0 controls, DEL and C1 controls: no DICOM text value in a query holds one (ESC sequences of
+# ISO 2022 character sets do not travel in a UTF-8 query string).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def resolve(attribute_id: str) -> str:
@@ -140,7 +161,7 @@ def resolve(attribute_id: str) -> str:
 def _integer(name: str, value: str, default: int, cap: int | None = None) -> int:
     if value == "":
         return default
-    if not re.fullmatch(r"[0-9]{1,12}", value):
+    if not re.fullmatch(r"[0-9]{1,12}", value):  # ASCII digits only ("\\d" also matches "٣")
         raise BadRequest(f"{name} must be a non-negative integer, got {value!r}")
     number = int(value)
     if cap is not None and number > cap:
@@ -166,6 +187,10 @@ def parse_query(
     seen: set[str] = set()
     for key, value in _pairs(raw):
         name = key.strip()
+        if name in _ONCE:
+            if name in seen:
+                raise BadRequest(f"{name} is given more than once")
+            seen.add(name)
         if name == "limit":
             limit = _integer("limit", value, max_limit, max_limit)
             if limit == 0:
@@ -207,11 +232,14 @@ def parse_query(
             Condition(c.attr, "fuzzy", c.values) if c.attr.vr == "PN" and c.kind == "single" else c
             for c in conditions
         ]
+    combined = _combine_datetime(conditions)
+    for condition in combined:
+        _check_order(condition)
     return Query(
         level=resource.level,
         study_uid=study_uid,
         series_uid=series_uid,
-        conditions=tuple(_combine_datetime(conditions)),
+        conditions=tuple(combined),
         returned=frozenset(returned),
         include_all=include_all,
         limit=limit,
@@ -219,10 +247,33 @@ def parse_query(
     )
 
 
+_ONCE = ("limit", "offset", "fuzzymatching")
+
+
 def _include_tag(item: str) -> str:
-    """includefield may name a sequence path; the whole top-level attribute is returned."""
-    tags = [resolve(part) for part in item.split(".")]
+    """includefield may name a sequence path; the whole top-level attribute is returned.
+
+    Every component but the last must be a sequence (SQ): ``ReferencedSeriesSequence.SeriesInstanceUID``
+    is a path, ``PatientName.PatientID`` and ``PatientName.`` are not.
+    """
+    parts = item.split(".")
+    if any(not part.strip() for part in parts):
+        raise BadRequest(f"includefield {item!r} has an empty attribute in its path")
+    tags = [resolve(part.strip()) for part in parts]
+    for part, tag in zip(parts[:-1], tags[:-1], strict=False):
+        if _vr(tag) != "SQ":
+            raise BadRequest(
+                f"includefield {item!r}: {part} is not a sequence, so nothing can be nested in it"
+            )
     return tags[0]
+
+
+def _vr(tag: str) -> str | None:
+    """The dictionary VR of a tag, None for a private or unknown one."""
+    try:
+        return str(dictionary_VR(int(tag, 16)))
+    except KeyError:
+        return None
 
 
 def _match_attribute(name: str, resource: Resource) -> tuple[Attr, list[str]]:
@@ -268,15 +319,19 @@ def _condition(attr: Attr, value: str, max_uids: int) -> Condition | None:
                 raise BadRequest(f"{attr.keyword}: {uid!r} is not a valid UID")
         return Condition(attr, "list" if len(uids) > 1 else "single", tuple(uids))
     if attr.vr in ("DA", "TM"):
+        if value.count("-") > 1:
+            raise BadRequest(_not_date_or_time(attr, value))
         if "-" in value:
             low, _, high = value.partition("-")
-            if not low and not high:
+            if not low.strip() and not high.strip():
                 raise BadRequest(f"{attr.keyword}: a range needs at least one end")
-            return Condition(attr, "range", (_normal(attr, low), _normal(attr, high, upper=True)))
-        return Condition(attr, "single", (_normal(attr, value),))
-    if attr.vr == "IS":
-        if not re.fullmatch(r"[+-]?\d{1,10}", value.strip()) or not -(2**31) <= int(value) < 2**31:
-            raise BadRequest(f"{attr.keyword} must be an integer (32-bit), got {value!r}")
+            return Condition(
+                attr, "range", (_normal(attr, low, value), _normal(attr, high, value, upper=True))
+            )
+        return Condition(attr, "single", (_normal(attr, value, value),))
+    if attr.vr == "IS":  # ASCII digits only: "\d" would also accept "٣" (Arabic-Indic three)
+        if not re.fullmatch(r"[+-]?[0-9]{1,10}", value.strip()) or not -(2**31) <= int(value) < 2**31:
+            raise BadRequest(f"{attr.keyword} must be an integer (32-bit, ASCII digits), got {value!r}")
         return Condition(attr, "single", (str(int(value)),))
     if attr.array and attr.vr == "CS" and ("\\" in value or "," in value):
         return Condition(attr, "list", tuple(v for v in re.split(r"[,\\]", value) if v))
@@ -287,20 +342,37 @@ def _condition(attr: Attr, value: str, max_uids: int) -> Condition | None:
     return Condition(attr, "single", (text,))
 
 
-def _normal(attr: Attr, value: str, *, upper: bool = False) -> str:
-    """DA → YYYYMMDD; TM → HHMMSS.FFFFFF (an open range end stays empty)."""
+def _not_date_or_time(attr: Attr, given: str) -> str:
+    if attr.vr == "DA":
+        return (
+            f"{attr.keyword}: {given!r} is not a DICOM date (YYYYMMDD) or range (YYYYMMDD-YYYYMMDD); "
+            "an open range leaves one end empty (YYYYMMDD- or -YYYYMMDD)"
+        )
+    return (
+        f"{attr.keyword}: {given!r} is not a DICOM time (HHMMSS.FFFFFF; HH, HHMM and HHMMSS too) "
+        "or range (HHMMSS-HHMMSS)"
+    )
+
+
+def _normal(attr: Attr, value: str, given: str, *, upper: bool = False) -> str:
+    """DA → YYYYMMDD; TM → HHMMSS.FFFFFF (an open range end stays empty).  ``given``: the whole value."""
     value = value.strip()
     if value == "":
         return ""
+    if not value.isascii():  # the dicom parsers' "\d" would take other scripts' digits
+        raise BadRequest(_not_date_or_time(attr, given))
     if attr.vr == "DA":
         compact = dicom.normal_date(value)
         try:
             dt.datetime.strptime(compact or "", "%Y%m%d")
         except ValueError:
-            raise BadRequest(f"{attr.keyword}: {value!r} is not a date (YYYYMMDD)") from None
+            raise BadRequest(_not_date_or_time(attr, given)) from None
         assert compact is not None
         return compact
-    return normal_time(value, upper=upper, name=attr.keyword)
+    normal = dicom.normal_time(value, upper=upper)
+    if normal is None:
+        raise BadRequest(_not_date_or_time(attr, given))
+    return normal
 
 
 def normal_time(value: str, *, upper: bool = False, name: str = "time") -> str:
@@ -308,6 +380,24 @@ def normal_time(value: str, *, upper: bool = False, name: str = "time") -> str:
     if normal is None:
         raise BadRequest(f"{name}: {value!r} is not a time (HHMMSS.FFFFFF)")
     return normal
+
+
+def _check_order(c: Condition) -> None:
+    """A range that ends before it starts matches nothing: almost always swapped ends, so a 400."""
+    if c.kind == "range":
+        low, high = c.values
+    elif c.kind == "datetime":
+        if not c.values[0] or not c.values[2]:
+            return
+        low = c.values[0] + (c.values[1] or "000000.000000")
+        high = c.values[2] + (c.values[3] or "235959.999999")
+    else:
+        return
+    if low and high and low > high:
+        raise BadRequest(
+            f"{c.attr.keyword}: the range ends before it starts ({low} > {high}); "
+            "write the earlier value first"
+        )
 
 
 def _combine_datetime(conditions: list[Condition]) -> list[Condition]:
@@ -326,200 +416,3 @@ def _combine_datetime(conditions: list[Condition]) -> list[Condition]:
                 )
             )
     return out
-
-
-# ---------------------------------------------------------------------------
-# SQL
-
-# PS3.18 Table 10.6.3-5: instance attributes every result carries, read from the stored metadata.
-INSTANCE_RETURN = frozenset(
-    {
-        "00080016",
-        "00080018",
-        "00080056",
-        "00080201",
-        "00081190",
-        "00200013",
-        "00280010",
-        "00280011",
-        "00280100",
-        "00280008",
-        "00080005",
-    }
-)
-
-
-def _like(pattern: str) -> str:
-    """DICOM wildcards → LIKE, with LIKE's own metacharacters escaped first."""
-    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped.replace("*", "%").replace("?", "_")
-
-
-class _Args:
-    def __init__(self, first: object):
-        self.values: list[object] = [first]
-
-    def add(self, value: object) -> str:
-        self.values.append(value)
-        return f"${len(self.values)}"
-
-
-def _where(c: Condition, args: _Args) -> str:
-    col, a = c.attr.column, c.attr
-    if a.vr == "PN" and c.kind in ("single", "wildcard") and "=" not in c.values[0]:
-        # A name without '=' matches any one of its component groups (alphabetic, ideographic,
-        # phonetic); a single value has no wildcard, so its LIKE pattern is the escaped literal.
-        p = args.add(_like(c.values[0]))
-        groups = (p, f"{p} || '=%'", f"'%=' || {p}", f"'%=' || {p} || '=%'")
-        return "(" + " OR ".join(f"{col} LIKE {g}" for g in groups) + ")"
-    if c.kind == "single":
-        if a.array:  # containment can use the GIN index
-            return f"{col} @> ARRAY[{args.add(c.values[0])}]::text[]"
-        return f"{col} = {args.add(_typed(a, c.values[0]))}"
-    if c.kind == "list":
-        values = list(c.values)
-        return (
-            f"{col} && {args.add(values)}::text[]" if a.array else f"{col} = ANY({args.add(values)}::text[])"
-        )
-    if c.kind == "wildcard":
-        pattern = args.add(_like(c.values[0]))
-        if a.array:
-            return f"EXISTS (SELECT 1 FROM unnest({col}) AS v WHERE v LIKE {pattern})"
-        return f"{col} LIKE {pattern}"
-    if c.kind == "fuzzy":
-        # Every word of the query starts some component of the name (case and accents folded).
-        words = [w for w in re.split(r"[\s^=,]+", c.values[0]) if w]
-        return " AND ".join(f"{col} ~ {args.add(_WORD_START + re.escape(w))}" for w in words) or "TRUE"
-    if c.kind == "range":
-        low, high = c.values
-        parts = []
-        if low:
-            parts.append(f"{col} >= {args.add(low)}")
-        if high:
-            parts.append(f"{col} <= {args.add(high)}")
-        return " AND ".join(parts)
-    if c.kind == "datetime":
-        d_low, t_low, d_high, t_high, time_col = c.values
-        stamp = f"({col} || coalesce({time_col}, ''))"
-        parts = []
-        if d_low:
-            parts.append(f"{stamp} >= {args.add(d_low + (t_low or '000000.000000'))}")
-        if d_high:
-            parts.append(f"{stamp} <= {args.add(d_high + (t_high or '235959.999999'))}")
-        return " AND ".join(parts) or "TRUE"
-    raise AssertionError(c.kind)
-
-
-_WORD_START = r"(^|[\^= ])"  # a PN component starts at the beginning, after ^ or =, or after a space
-
-
-def _typed(attr: Attr, value: str) -> object:
-    return int(value) if attr.vr == "IS" else value
-
-
-_SELECT = {
-    Level.STUDY: "st.pk, st.study_uid, st.attrs::text AS study_attrs, st.modalities, st.num_series, "
-    "st.num_instances AS study_instances",
-    Level.SERIES: "se.pk, st.study_uid, st.attrs::text AS study_attrs, st.modalities, st.num_series, "
-    "st.num_instances AS study_instances, se.series_uid, se.attrs::text AS series_attrs, se.num_instances",
-    Level.INSTANCE: "i.pk, st.study_uid, st.attrs::text AS study_attrs, st.modalities, st.num_series, "
-    "st.num_instances AS study_instances, se.series_uid, se.attrs::text AS series_attrs, "
-    "se.num_instances, i.sop_uid, i.transfer_syntax_uid, {metadata} AS metadata",
-}
-_FROM = {
-    Level.STUDY: "study st",
-    Level.SERIES: "series se JOIN study st ON st.pk = se.study_pk",
-    Level.INSTANCE: "instance i JOIN series se ON se.pk = i.series_pk JOIN study st ON st.pk = i.study_pk",
-}
-_KEY = {Level.STUDY: "st", Level.SERIES: "se", Level.INSTANCE: "i"}
-
-
-@dataclass(frozen=True)
-class Statements:
-    page: str
-    page_args: list[object]
-    count: str
-    count_args: list[object]
-
-
-def _count_from(level: Level, filters: str) -> str:
-    """The count joins only the tables its conditions name (the page joins all, for the results)."""
-    tables = [{Level.STUDY: "study st", Level.SERIES: "series se", Level.INSTANCE: "instance i"}[level]]
-    if level == Level.INSTANCE and "se." in filters:
-        tables.append("JOIN series se ON se.pk = i.series_pk")
-    if level > Level.STUDY and "st." in filters:
-        tables.append(f"JOIN study st ON st.pk = {'se' if level == Level.SERIES else 'i'}.study_pk")
-    return " ".join(tables)
-
-
-def to_sql(query: Query, tenant: str, *, after_pk: int | None = None) -> Statements:
-    """The page statement (one row more than the limit) and the count statement for ``query``.
-
-    ``after_pk`` turns the offset into a keyset condition (deep paging stays an index range scan).
-    """
-    args = _Args(tenant)
-    key = _KEY[query.level]
-    where = [f"{key}.tenant = $1"]
-    if query.study_uid is not None:
-        scope = f"(SELECT pk FROM study WHERE tenant = $1 AND study_uid = {args.add(query.study_uid)})"
-        where.append(f"{'se' if query.level == Level.SERIES else 'i'}.study_pk = {scope}")
-    if query.series_uid is not None:
-        scope = f"(SELECT pk FROM series WHERE tenant = $1 AND series_uid = {args.add(query.series_uid)})"
-        where.append(f"i.series_pk = {scope}")
-    where += [_where(c, args) for c in query.conditions]
-    filters = " AND ".join(where)
-    count = Statements(
-        "", [], f"SELECT count(*) FROM {_count_from(query.level, filters)} WHERE {filters}", list(args.values)
-    )
-    metadata = "i.metadata::text"
-    if query.level == Level.INSTANCE and not query.include_all:
-        wanted = sorted(INSTANCE_RETURN | query.returned)
-        metadata = (
-            "(SELECT jsonb_object_agg(k, v) FROM jsonb_each(i.metadata) AS m(k, v) "
-            f"WHERE k = ANY({args.add(wanted)}::text[]))::text"
-        )
-    page_filters = filters
-    offset = query.offset
-    if after_pk is not None:
-        page_filters += f" AND {key}.pk > {args.add(after_pk)}"
-        offset = 0
-    select = _SELECT[query.level].format(metadata=metadata)
-    sql = (
-        f"SELECT {select} FROM {_FROM[query.level]} WHERE {page_filters} "
-        f"ORDER BY {key}.pk LIMIT {args.add(query.limit + 1)} OFFSET {args.add(offset)}"
-    )
-    return Statements(sql, args.values, count.count, count.count_args)
-
-
-def signature(query: Query, tenant: str) -> tuple[object, ...]:
-    """What identifies a result list apart from its page: the key of the keyset cache."""
-    return (tenant, query.level, query.study_uid, query.series_uid, query.conditions)
-
-
-class PageCache:
-    """Where earlier pages of a result list ended: ``offset`` → last primary key (an LRU).
-
-    QIDO pages by offset; a client paging through a long list asks for offset
-    0, L, 2L, … and each later page starts right after the previous one's last
-    row, so the offset becomes an index range condition instead of a scan.
-    """
-
-    def __init__(self, size: int = 10_000):
-        self.size = size
-        self._entries: dict[tuple[object, ...], int] = {}
-
-    def get(self, sig: tuple[object, ...], offset: int) -> int | None:
-        key = (*sig, offset)
-        pk = self._entries.pop(key, None)
-        if pk is not None:
-            self._entries[key] = pk  # most recently used last
-        return pk
-
-    def put(self, sig: tuple[object, ...], offset: int, pk: int) -> None:
-        self._entries[(*sig, offset)] = pk
-        while len(self._entries) > self.size:
-            del self._entries[next(iter(self._entries))]
-
-    def clear(self) -> None:
-        """Deletes shift offsets: forget every boundary."""
-        self._entries.clear()

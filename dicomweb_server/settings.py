@@ -77,6 +77,9 @@ class Settings:
     external_jwks: str | None = None
     external_audience: str | None = None  # default: our own audience
     external_tenant_claim: str = "tenant"
+    # Prometheus metrics on a listener of their own (metrics.py); 0: off.
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -129,4 +132,6 @@ class Settings:
             external_jwks=e.get("DICOMWEB_EXTERNAL_JWKS") or None,
             external_audience=e.get("DICOMWEB_EXTERNAL_AUDIENCE") or None,
             external_tenant_claim=e.get("DICOMWEB_EXTERNAL_TENANT_CLAIM") or "tenant",
+            metrics_port=_int(e, "DICOMWEB_METRICS_PORT", 0),
+            metrics_host=e.get("DICOMWEB_METRICS_HOST") or "127.0.0.1",
         )

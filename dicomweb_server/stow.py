@@ -20,7 +20,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import db, dicom
+from . import db, dicom, metrics
 from .dicom import Failure
 from .errors import BadRequest, PayloadTooLarge, ServiceUnavailable, StorageError, UnsupportedMediaType
 from .frames import FragmentScanner, FrameIndex
@@ -288,6 +288,7 @@ class Ingest:
         studies = {h.study_uid for h in referenced} or ({self.study_uid} if self.study_uid else set())
         self.stored_study = next(iter(studies)) if len(studies) == 1 else None
         study_url = f"{self.base}/dicomweb/studies/{next(iter(studies))}" if len(studies) == 1 else None
+        metrics.stow_result(len(referenced), sum(r.size for r in referenced), [f.reason for f in failed])
         body = store_response(self.base, study_url, referenced, failed)
         status = 200 if not failed else 202 if referenced else 409
         headers = {"Content-Location": study_url} if study_url and referenced else {}

@@ -63,6 +63,10 @@ OPEN = {
     ("/oauth/token", "POST"),
     ("/.well-known/jwks.json", "GET"),
     ("/.well-known/oauth-authorization-server", "GET"),
+    ("/", "GET"),  # the service document, the OpenAPI document and the API page
+    ("/dicomweb", "GET"),
+    ("/openapi.json", "GET"),
+    ("/docs", "GET"),
 }
 # Every guarded (path template, method, transaction): the API table plus the audit reader.
 PROTECTED = [(path, method, tx) for path, methods, _, tx in API for method in methods] + [
@@ -365,7 +369,12 @@ async def test_health_capabilities_and_discovery_need_no_token(app: App) -> None
 
 def test_every_route_is_either_open_or_guarded() -> None:
     """A new route cannot slip in unguarded: each is in the open list or in PROTECTED."""
-    served = {(route.path, method) for route in ROUTES for method in route.methods or () if method != "HEAD"}
+    served = {
+        (route.path, method)
+        for route in ROUTES
+        for method in getattr(route, "methods", None) or ()  # the Mount of /docs/static has none
+        if method != "HEAD"
+    }
     guarded = {(path, method) for path, method, _ in PROTECTED}
     assert served == OPEN | guarded
     assert not OPEN & guarded

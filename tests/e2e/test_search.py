@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from dicomweb_server.cli import migrate
-from dicomweb_server.query import Level, Resource, parse_query, signature
+from dicomweb_server.query import Level, Resource, parse_query
+from dicomweb_server.query_sql import signature
 from tests.conftest import TENANT, App, Server, admin_sql, make_settings, running_app
 from tests.dicomfiles import content_type, multipart
 from tests.e2e import search_corpus as c
@@ -678,9 +679,27 @@ async def test_no_match_is_200_with_an_empty_array(corpus: App, path: str) -> No
         (f"{STUDIES}?SOPInstanceUID={sop(SE11, 1)}", "SOPInstanceUID is an instance-level attribute"),
         (f"{SERIES}?InstanceNumber=1", "this resource searches series"),
         (f"{STUDIES}/{S1}/series?SOPClassUID={CT_CLASS}", "SOPClassUID is an instance-level attribute"),
-        (f"{STUDIES}?StudyDate=20241301", "StudyDate: '20241301' is not a date (YYYYMMDD)"),
+        (f"{STUDIES}?StudyDate=20241301", "StudyDate: '20241301' is not a DICOM date (YYYYMMDD)"),
+        (
+            f"{STUDIES}?StudyDate=2004-01-01",
+            "StudyDate: '2004-01-01' is not a DICOM date (YYYYMMDD) or range (YYYYMMDD-YYYYMMDD)",
+        ),
+        (f"{STUDIES}?StudyDate=20240101-20230101", "StudyDate: the range ends before it starts"),
+        (f"{STUDIES}?StudyTime=1200-1100", "StudyTime: the range ends before it starts"),
+        (f"{STUDIES}?StudyDate=%D9%A2%D9%A0%D9%A0%D9%A4%D9%A0%D9%A1%D9%A0%D9%A1", "not a DICOM date"),
+        (f"{SERIES}?SeriesNumber=%D9%A3", "SeriesNumber must be an integer (32-bit, ASCII digits)"),
+        (f"{STUDIES}?PatientID=a%00b", "'PatientID' contains a control character"),
+        (f"{STUDIES}?PatientName=a%0Ab", "'PatientName' contains a control character"),
+        (f"{STUDIES}?a%00=b", "contains a control character"),
+        (f"{STUDIES}?limit=1&limit=2", "limit is given more than once"),
+        (f"{STUDIES}?offset=1&offset=1", "offset is given more than once"),
+        (f"{STUDIES}?includefield=PatientName.PatientID", "PatientName is not a sequence"),
+        (f"{STUDIES}?includefield=PatientName.", "has an empty attribute in its path"),
+        (f"{STUDIES}/1.2.3%00/series", "Study Instance UID '1.2.3\\x00' in the path is not a valid UID"),
+        (f"{STUDIES}/%2E%2E/series", "Study Instance UID '..' in the path is not a valid UID"),
+        (f"{STUDIES}/{S1}/series/x/instances", "Series Instance UID 'x' in the path is not a valid UID"),
         (f"{STUDIES}?StudyDate=-", "StudyDate: a range needs at least one end"),
-        (f"{STUDIES}?StudyTime=2500", "StudyTime: '2500' is not a time"),
+        (f"{STUDIES}?StudyTime=2500", "StudyTime: '2500' is not a DICOM time"),
         (f"{STUDIES}?StudyInstanceUID=1.02.3", "'1.02.3' is not a valid UID"),
         (f"{STUDIES}?StudyInstanceUID=2.25.*", "is not a valid UID"),
         (f"{STUDIES}?PatientName=M%FCller", "not valid percent-encoded UTF-8"),

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from dicomweb_server.app import ROUTES
 
@@ -16,6 +16,8 @@ SPEC = json.loads((Path(__file__).resolve().parents[2] / "openapi" / "openapi.js
 def served() -> set[tuple[str, str]]:
     pairs = set()
     for route in ROUTES:
+        if isinstance(route, Mount):  # the API page's static assets (Swagger UI's files)
+            continue
         assert isinstance(route, Route)
         for method in route.methods or ():
             if method != "HEAD":

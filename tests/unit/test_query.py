@@ -12,17 +12,14 @@ from dicomweb_server.app import API
 from dicomweb_server.errors import BadRequest
 from dicomweb_server.query import (
     ATTRIBUTES,
-    INSTANCE_RETURN,
     SEQUENCE_ATTRIBUTES,
     Condition,
     Level,
-    PageCache,
     Query,
     Resource,
     parse_query,
-    signature,
-    to_sql,
 )
+from dicomweb_server.query_sql import INSTANCE_RETURN, PageCache, signature, to_sql
 
 STUDIES = Resource(Level.STUDY, frozenset({Level.STUDY}))
 SERIES = Resource(Level.SERIES, frozenset({Level.STUDY, Level.SERIES}))
@@ -494,20 +491,39 @@ def test_fuzzymatching_is_true_or_false(value: str) -> None:
             STUDIES,
             "RequestedProcedureID is a series-level attribute; this resource searches studies",
         ),
-        ("StudyDate=20241301", STUDIES, "StudyDate: '20241301' is not a date (YYYYMMDD)"),
-        ("StudyDate=2024-01-01", STUDIES, "is not a date"),
-        ("StudyDate=yesterday", STUDIES, "StudyDate: 'yesterday' is not a date"),
-        ("StudyDate=2024*", STUDIES, "is not a date"),  # no wildcards on DA
-        ("PatientBirthDate=20230229", STUDIES, "is not a date"),
+        ("StudyDate=20241301", STUDIES, "StudyDate: '20241301' is not a DICOM date (YYYYMMDD)"),
+        ("StudyDate=2024-01-01", STUDIES, "is not a DICOM date"),
+        ("StudyDate=yesterday", STUDIES, "StudyDate: 'yesterday' is not a DICOM date"),
+        ("StudyDate=2024*", STUDIES, "is not a DICOM date"),  # no wildcards on DA
+        ("PatientBirthDate=20230229", STUDIES, "is not a DICOM date"),
         ("StudyDate=-", STUDIES, "StudyDate: a range needs at least one end"),
         ("StudyTime=-", STUDIES, "a range needs at least one end"),
-        ("StudyDate=--", STUDIES, "is not a date"),
-        ("StudyTime=2400", STUDIES, "StudyTime: '2400' is not a time (HHMMSS.FFFFFF)"),
-        ("StudyTime=1260", STUDIES, "is not a time"),
-        ("StudyTime=1", STUDIES, "is not a time"),
-        ("StudyTime=10*", STUDIES, "is not a time"),
-        ("StudyTime=0800-25", STUDIES, "StudyTime: '25' is not a time"),
-        ("StudyTime=101112.1234567", STUDIES, "is not a time"),
+        ("StudyDate=--", STUDIES, "is not a DICOM date"),
+        ("StudyTime=2400", STUDIES, "StudyTime: '2400' is not a DICOM time (HHMMSS.FFFFFF;"),
+        ("StudyTime=1260", STUDIES, "is not a DICOM time"),
+        ("StudyTime=1", STUDIES, "is not a DICOM time"),
+        ("StudyTime=10*", STUDIES, "is not a DICOM time"),
+        ("StudyTime=0800-25", STUDIES, "StudyTime: '0800-25' is not a DICOM time"),
+        ("StudyDate=2024-01-01", STUDIES, "or range (YYYYMMDD-YYYYMMDD)"),
+        ("StudyDate=20240101-20230101", STUDIES, "StudyDate: the range ends before it starts"),
+        ("StudyTime=12-11", STUDIES, "StudyTime: the range ends before it starts"),
+        ("StudyDate=20230102-20230101&StudyTime=10-11", STUDIES, "StudyDate: the range ends before"),
+        ("StudyDate=%D9%A2%D9%A0%D9%A0%D9%A4%D9%A0%D9%A1%D9%A0%D9%A1", STUDIES, "is not a DICOM date"),
+        ("StudyTime=%D9%A1%D9%A2", STUDIES, "is not a DICOM time"),
+        ("SeriesNumber=%D9%A3", SERIES, "SeriesNumber must be an integer (32-bit, ASCII digits)"),
+        ("InstanceNumber=%EF%BC%93", INSTANCES, "must be an integer"),  # fullwidth three
+        ("PatientID=a%00b", STUDIES, "'PatientID' contains a control character (such as NUL"),
+        ("PatientName=a%0D%0Ab", STUDIES, "contains a control character"),
+        ("PatientID=a%C2%85", STUDIES, "contains a control character"),  # C1 NEL
+        ("Patient%00ID=x", STUDIES, "contains a control character"),
+        ("limit=5&limit=6", STUDIES, "limit is given more than once"),
+        ("offset=0&offset=0", STUDIES, "offset is given more than once"),
+        ("fuzzymatching=true&fuzzymatching=true", STUDIES, "fuzzymatching is given more than once"),
+        ("includefield=PatientName.PatientID", STUDIES, "PatientName is not a sequence"),
+        ("includefield=.PatientName", STUDIES, "has an empty attribute in its path"),
+        ("includefield=ReferencedSeriesSequence..SeriesInstanceUID", STUDIES, "empty attribute"),
+        ("includefield=ReferencedSeriesSequence.Nope", STUDIES, "Unknown attribute 'Nope'"),
+        ("StudyTime=101112.1234567", STUDIES, "is not a DICOM time"),
         ("StudyInstanceUID=1.02.3", STUDIES, "StudyInstanceUID: '1.02.3' is not a valid UID"),
         ("StudyInstanceUID=1.2.*", STUDIES, "is not a valid UID"),  # no wildcards on UI
         (f"StudyInstanceUID={UID1},", STUDIES, "StudyInstanceUID: '' is not a valid UID"),
@@ -519,13 +535,23 @@ def test_errors_are_400_with_a_readable_message(raw: str, resource: Resource, me
     assert message in bad(raw, resource)
 
 
+def test_a_date_time_range_may_cross_midnight() -> None:
+    (c,) = parse_query("StudyDate=20230101-20230102&StudyTime=2300-0100", STUDIES).conditions
+    assert c.kind == "datetime"
+
+
+def test_includefield_accepts_a_sequence_path_and_repeats() -> None:
+    q = parse_query("includefield=ReferencedSeriesSequence.SeriesInstanceUID&includefield=00081030", STUDIES)
+    assert q.returned == {"00081115", "00081030"}
+
+
 def test_the_same_attribute_by_keyword_and_by_tag_is_a_repeat() -> None:
     assert "more than once" in bad("PatientName=a*&00100010=b*", STUDIES)
 
 
 @pytest.mark.parametrize("value", ["202611", "2024115", "2024115-", "-202611"])
 def test_dates_must_have_eight_digits(value: str) -> None:
-    assert "is not a date" in bad(f"StudyDate={value}", STUDIES)
+    assert "is not a DICOM date" in bad(f"StudyDate={value}", STUDIES)
 
 
 def test_universal_matching_on_request_attributes_sequence() -> None:
