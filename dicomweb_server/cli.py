@@ -95,24 +95,27 @@ def walkthrough(base: str, dev: admin.DevClient | None, settings: Settings) -> s
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     url = f"{base}/dicomweb/studies/{uids[0]}/series/{uids[1]}/instances/{uids[2]}"
-    client_id, secret = (dev.client_id, dev.client_secret) if dev else ("$CLIENT_ID", "$CLIENT_SECRET")
     if dev:
         who = (
-            f"# Development tenant '{admin.DEV_TENANT}', client '{client_id}' (every scope); "
+            f"# Development tenant '{admin.DEV_TENANT}', client '{dev.client_id}' (every scope); "
             f"its secret is in {admin.dev_secret_path(settings)}"
         )
+        credentials = f"{dev.client_id}:{dev.client_secret}"
+        py_auth = f'("{dev.client_id}", "{dev.client_secret}")'
     else:
         who = (
-            "# Create a client with `dicomweb-server clients create --tenant T --scopes ...`,\n"
-            "# then set CLIENT_ID and CLIENT_SECRET to its id and secret."
+            "# Create a client (`dicomweb-server clients create --tenant T --scopes ...`), then\n"
+            "# export CLIENT_ID=... CLIENT_SECRET=... with its id and secret."
         )
+        credentials = "$CLIENT_ID:$CLIENT_SECRET"
+        py_auth = '(os.environ["CLIENT_ID"], os.environ["CLIENT_SECRET"])'
     py = sys.executable
     curl = 'curl -sS --fail-with-body -H "Authorization: Bearer $TOKEN"'
     return f"""# DICOMweb server ready at {base}/dicomweb (health: {base}/healthz, {base}/readyz)
 {who}
 # Paste these lines into another terminal: a token (OAuth2 client credentials), then store a
 # file, search, and fetch it back.
-TOKEN=$(curl -sS --fail-with-body -u '{client_id}:{secret}' -d grant_type=client_credentials \
+TOKEN=$(curl -sS --fail-with-body -u "{credentials}" -d grant_type=client_credentials \
   {base}/oauth/token | {py} -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
 {curl} -X POST {base}/dicomweb/studies \
   -H 'Content-Type: application/dicom' --data-binary @{path}
@@ -123,10 +126,10 @@ TOKEN=$(curl -sS --fail-with-body -u '{client_id}:{secret}' -d grant_type=client
 {curl} {url}/rendered -o image.jpg
 # The same with dicomweb-client (pip install dicomweb-client):
 {py} - <<'PY'
-import pydicom, requests
+import os, pydicom, requests
 from dicomweb_client.api import DICOMwebClient
 token = requests.post("{base}/oauth/token", data={{"grant_type": "client_credentials"}},
-                      auth=("{client_id}", "{secret}")).json()["access_token"]
+                      auth={py_auth}).json()["access_token"]
 client = DICOMwebClient(url="{base}/dicomweb", headers={{"Authorization": "Bearer " + token}})
 ds = pydicom.dcmread("{path}")
 print(client.store_instances(datasets=[ds]))
