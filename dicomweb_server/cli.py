@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import json
 import os
 import signal
 import sys
@@ -234,6 +235,27 @@ def serve(args: argparse.Namespace) -> None:
         sys.exit(status)
 
 
+def init(args: argparse.Namespace) -> None:
+    """A deployment's first start (the container's entrypoint runs it before ``serve``): create the
+    signing key file if there is none, and apply the migrations.  Safe to run on every start."""
+    from . import auth
+
+    settings = _settings(create=True)
+    path = settings.signing_keys
+    if path is None:
+        raise CommandError("init needs DICOMWEB_SIGNING_KEYS: the key file to create (or keep)")
+    created = not path.exists()
+    keys = auth.SigningKeys.load_or_generate(path)
+    url, server = _database(settings)
+    try:
+        migrate(url)
+    finally:
+        _stop(server)
+    print(
+        json.dumps({"signing_keys": str(path), "created": created, "kid": str(keys.signing.kid)}), flush=True
+    )
+
+
 def _log_level(args: argparse.Namespace) -> str:
     return os.environ.get("DICOMWEB_LOG_LEVEL") or ("DEBUG" if getattr(args, "verbose", False) else "INFO")
 
@@ -313,6 +335,14 @@ def _parsers() -> argparse.ArgumentParser:
         description="Apply the database migrations up to the latest (serve does this too).",
     )
     p.set_defaults(func=lambda a: migrate(_database(_settings(create=True))[0]))
+    p = sub.add_parser(
+        "init",
+        parents=[common],
+        help="first start of a deployment: create the signing key file if missing, apply migrations",
+        description="Create the key file named by DICOMWEB_SIGNING_KEYS unless it exists, then apply "
+        "the migrations; safe to run on every start (the container entrypoint does).",
+    )
+    p.set_defaults(func=init)
     admin.add_commands(sub, common)
     p = sub.add_parser(
         "gc",

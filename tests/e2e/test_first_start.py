@@ -174,7 +174,7 @@ def test_clients_create_prints_json_on_stdout_and_the_warning_on_stderr(
 def test_every_option_of_every_command_has_a_help_text() -> None:
     parser = cli._parsers()
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    assert set(sub.choices) == {"serve", "migrate", "keys", "tenants", "clients", "gc"}
+    assert set(sub.choices) == {"serve", "migrate", "init", "keys", "tenants", "clients", "gc"}
     for name, command in sub.choices.items():
         for action in command._actions:
             if not isinstance(action, argparse._HelpAction):
