@@ -1,4 +1,6 @@
-FROM python:3.11-slim
+# BASE: any image with Python 3.11, pip and useradd (a mirror of python:3.11-slim, say).
+ARG BASE=python:3.11-slim
+FROM ${BASE}
 WORKDIR /app
 COPY pyproject.toml alembic.ini ./
 COPY alembic ./alembic
