@@ -189,7 +189,8 @@ def serve(args: argparse.Namespace) -> None:
     try:
         os.environ["DATABASE_URL"] = url  # workers build their settings from the environment
         migrate(url)
-        base = settings.public_base_url or f"http://{args.host}:{args.port}"
+        # The base URL as a client on this machine reaches it (0.0.0.0 is no address to connect to).
+        base = settings.public_base_url or _probe_url(args.host, args.port).removesuffix("/readyz")
         os.environ.setdefault("DICOMWEB_ISSUER", settings.issuer or base)
         dev = None
         if admin.is_loopback(args.host) and settings.signing_keys is None:
