@@ -111,17 +111,18 @@ def walkthrough(base: str, dev: admin.DevClient | None, settings: Settings) -> s
         credentials = "$CLIENT_ID:$CLIENT_SECRET"
         py_auth = '(os.environ["CLIENT_ID"], os.environ["CLIENT_SECRET"])'
     py = sys.executable
-    curl = 'curl -sS --fail-with-body -H "Authorization: Bearer $TOKEN"'
+    # -f: an HTTP error fails the command (curl older than 7.76 has no --fail-with-body)
+    curl = 'curl -fsS -w "\\n" -H "Authorization: Bearer $TOKEN"'
     return f"""# DICOMweb server ready at {base}/dicomweb (health: {base}/healthz, {base}/readyz)
 {who}
 # Paste these lines into another terminal: a token (OAuth2 client credentials), then store a
 # file, search, and fetch it back.
-TOKEN=$(curl -sS --fail-with-body -u "{credentials}" -d grant_type=client_credentials \
+TOKEN=$(curl -fsS -u "{credentials}" -d grant_type=client_credentials \\
   {base}/oauth/token | {py} -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-{curl} -X POST {base}/dicomweb/studies \
+{curl} -X POST {base}/dicomweb/studies \\
   -H 'Content-Type: application/dicom' --data-binary @{path}
 {curl} '{base}/dicomweb/studies?PatientID={ds.PatientID}'
-{curl} -H 'Accept: application/dicom; transfer-syntax=*' -o back.dcm \
+{curl} -H 'Accept: application/dicom; transfer-syntax=*' -o back.dcm \\
   {url}
 {curl} {url}/metadata
 {curl} {url}/rendered -o image.jpg
