@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,12 +25,21 @@ class Goal:
     def evaluate(self, outcomes: Outcomes) -> tuple[str, str]:
         value = self.value(outcomes)
         if value is None or math.isnan(value):
-            return "n/a", "n/a (target skipped, failed or had errors)"
+            why = self.skipped(outcomes)
+            return "n/a", f"n/a: {why}" if why else "n/a (target skipped, failed or had errors)"
         met = value >= self.threshold if self.at_least else value <= self.threshold
         if met:
             return _fmt(value, self.unit), "met"
         gap = self.threshold - value if self.at_least else value - self.threshold
         return _fmt(value, self.unit), f"MISSED by {_fmt(gap, self.unit)}"
+
+    def skipped(self, outcomes: Outcomes) -> str:
+        """Why the targets this goal names were skipped (e.g. a missing Orthanc plugin), if they were."""
+        return "; ".join(
+            f"{name} skipped ({o.skipped.splitlines()[0]})"
+            for name, o in outcomes.items()
+            if o.skipped and re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", self.label)
+        )
 
     @property
     def goal_text(self) -> str:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import json
 import os
 import signal
 import sys
+import threading
+import time
+import warnings
 from pathlib import Path
 
 from . import admin, logs, metrics, workers
+from .errors import ServiceUnavailable
 from .settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +38,35 @@ def migrate(database_url: str) -> None:
     command.upgrade(config, "head")
 
 
+class CommandError(Exception):
+    """A mistake on the command line: one line on stderr, exit status 2 (as argparse's own errors)."""
+
+
+def _data_dir(create: bool) -> Path:
+    """The data folder, resolved once and exported so that worker processes agree.
+
+    ``DICOMWEB_DATA_DIR`` if set; otherwise the one ``make run`` uses: ``.data`` in the project
+    folder when this is a source checkout, else ``.data`` in the current folder.  Commands that
+    only read or administer (``create`` false) never start an empty embedded database.
+    """
+    given = os.environ.get("DICOMWEB_DATA_DIR")
+    project = ROOT / "pyproject.toml"
+    folder = Path(given) if given else (ROOT / ".data" if project.exists() else Path.cwd() / ".data")
+    folder = folder.resolve()
+    os.environ["DICOMWEB_DATA_DIR"] = str(folder)
+    if not create and not os.environ.get("DATABASE_URL") and not (folder / "pg").exists():
+        raise CommandError(
+            f"no database in {folder} (nothing has been served from it): set DICOMWEB_DATA_DIR to "
+            "the server's data folder, or DATABASE_URL to its database"
+        )
+    return folder
+
+
+def _settings(create: bool) -> Settings:
+    _data_dir(create)
+    return Settings.from_env()
+
+
 def _database(settings: Settings) -> tuple[str, object | None]:
     if settings.database_url:
         return settings.database_url, None
@@ -48,8 +83,12 @@ def _stop(server: object | None) -> None:
         cleanup()
 
 
-def _banner(base: str, dev: admin.DevClient | None) -> str:
-    """A copy-paste walk-through: a token, then store, search and fetch one of pydicom's files."""
+def walkthrough(base: str, dev: admin.DevClient | None, settings: Settings) -> str:
+    """A walk-through to paste into bash as printed: a token, then store, search and fetch a file.
+
+    Prose lines are comments and commands start in the first column (a heredoc's ``PY`` must),
+    so the whole text, pasted or piped into ``bash``, runs; curl fails on an HTTP error.
+    """
     import pydicom
     from pydicom.data import get_testdata_file
 
@@ -57,100 +96,178 @@ def _banner(base: str, dev: admin.DevClient | None) -> str:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     url = f"{base}/dicomweb/studies/{uids[0]}/series/{uids[1]}/instances/{uids[2]}"
-    client_id, secret = (dev.client_id, dev.client_secret) if dev else ("$CLIENT_ID", "$CLIENT_SECRET")
-    who = (
-        f"Development tenant '{admin.DEV_TENANT}', client '{client_id}' "
-        "(every scope; its secret is kept in the data folder)."
-        if dev
-        else "Create a client with `dicomweb-server clients create --tenant T --scopes ...`."
-    )
-    return f"""
-DICOMweb server ready at {base}/dicomweb   (health: {base}/healthz, {base}/readyz)
+    if dev:
+        who = (
+            f"# Development tenant '{admin.DEV_TENANT}', client '{dev.client_id}' (every scope); "
+            f"its secret is in {admin.dev_secret_path(settings)}"
+        )
+        credentials = f"{dev.client_id}:{dev.client_secret}"
+        py_auth = f'("{dev.client_id}", "{dev.client_secret}")'
+    else:
+        who = (
+            "# Create a client (`dicomweb-server clients create --tenant T --scopes ...`), then\n"
+            "# export CLIENT_ID=... CLIENT_SECRET=... with its id and secret."
+        )
+        credentials = "$CLIENT_ID:$CLIENT_SECRET"
+        py_auth = '(os.environ["CLIENT_ID"], os.environ["CLIENT_SECRET"])'
+    py = sys.executable
+    # -f: an HTTP error fails the command (curl older than 7.76 has no --fail-with-body)
+    curl = 'curl -fsS -w "\\n" -H "Authorization: Bearer $TOKEN"'
+    return f"""# DICOMweb server ready at {base}/dicomweb (health: {base}/healthz, {base}/readyz)
 {who}
-
-Get a token (OAuth2 client credentials), then store a file, search, and fetch it back:
-  TOKEN=$(curl -sS -u '{client_id}:{secret}' -d grant_type=client_credentials {base}/oauth/token \\
-          | {sys.executable} -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-  curl -sS -H "Authorization: Bearer $TOKEN" -X POST {base}/dicomweb/studies \\
-       -H 'Content-Type: application/dicom' --data-binary @{path}
-  curl -sS -H "Authorization: Bearer $TOKEN" '{base}/dicomweb/studies?PatientID={ds.PatientID}'
-  curl -sS -H "Authorization: Bearer $TOKEN" -H 'Accept: application/dicom; transfer-syntax=*' -o back.dcm \\
-       {url}
-  curl -sS -H "Authorization: Bearer $TOKEN" {url}/metadata
-  curl -sS -H "Authorization: Bearer $TOKEN" {url}/rendered -o image.jpg
-
-The same with dicomweb-client (pip install dicomweb-client):
-  {sys.executable} - <<'PY'
-  import pydicom, requests
-  from dicomweb_client.api import DICOMwebClient
-  token = requests.post("{base}/oauth/token", data={{"grant_type": "client_credentials"}},
-                     auth=("{client_id}", "{secret}")).json()["access_token"]
-  client = DICOMwebClient(url="{base}/dicomweb", headers={{"Authorization": "Bearer " + token}})
-  ds = pydicom.dcmread("{path}")
-  print(client.store_instances(datasets=[ds]))
-  back = client.retrieve_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-  print("round trip ok:", back.PixelData == ds.PixelData)
-  print(client.search_for_studies(search_filters={{"PatientID": ds.PatientID}}))
-  PY
+# Paste these lines into another terminal: a token (OAuth2 client credentials), then store a
+# file, search, and fetch it back.
+TOKEN=$(curl -fsS -u "{credentials}" -d grant_type=client_credentials \\
+  {base}/oauth/token | {py} -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+{curl} -X POST {base}/dicomweb/studies \\
+  -H 'Content-Type: application/dicom' --data-binary @{path}
+{curl} '{base}/dicomweb/studies?PatientID={ds.PatientID}'
+{curl} -H 'Accept: application/dicom; transfer-syntax=*' -o back.dcm \\
+  {url}
+{curl} {url}/metadata
+{curl} {url}/rendered -o image.jpg
+# The same with dicomweb-client (pip install dicomweb-client):
+{py} - <<'PY'
+import os, pydicom, requests
+from dicomweb_client.api import DICOMwebClient
+token = requests.post("{base}/oauth/token", data={{"grant_type": "client_credentials"}},
+                      auth={py_auth}).json()["access_token"]
+client = DICOMwebClient(url="{base}/dicomweb", headers={{"Authorization": "Bearer " + token}})
+ds = pydicom.dcmread("{path}")
+print(client.store_instances(datasets=[ds]))
+back = client.retrieve_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+print("round trip ok:", back.PixelData == ds.PixelData)
+print(client.search_for_studies(search_filters={{"PatientID": ds.PatientID}}))
+PY
 """
+
+
+def _probe_url(host: str, port: int) -> str:
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/readyz"
+
+
+def _announce_when_ready(probe: str, text: str, saved: Path) -> None:
+    """Print the walk-through once the server answers /readyz: after every start-up line."""
+    import urllib.request
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(probe, timeout=2) as answer:
+                if answer.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        return
+    note = f"# This walk-through is kept in {saved} (run it again with: bash {saved})\n"
+    print("\n" + text + note, flush=True)
+
+
+def _save_walkthrough(settings: Settings, text: str) -> Path:
+    path = settings.data_dir / "walkthrough.sh"
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the dev secret
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    return path
 
 
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    settings = Settings.from_env()
+    from .connections import ConnectionLimits, GuardedHttp
+
+    settings = _settings(create=True)
     url, server = _database(settings)
-    os.environ["DATABASE_URL"] = url  # workers build their settings from the environment
-    migrate(url)
-    base = settings.public_base_url or f"http://{args.host}:{args.port}"
-    os.environ.setdefault("DICOMWEB_ISSUER", settings.issuer or base)
-    dev = None
-    if admin.is_loopback(args.host) and settings.signing_keys is None:
-        keys_path, dev = admin.bootstrap_dev(settings, url)
-        os.environ["DICOMWEB_SIGNING_KEYS"] = str(keys_path)
-    else:
-        admin.refuse_insecure(args.host, settings, url)
-    print(_banner(base, dev), file=sys.stderr, flush=True)
-    metrics.prepare(settings.metrics_port, settings.metrics_host, args.workers)
-    config = uvicorn.Config(
-        "dicomweb_server.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        # X-Forwarded-* only from the configured proxies (uvicorn trusts 127.0.0.1 by default).
-        proxy_headers=bool(os.environ.get("DICOMWEB_TRUSTED_PROXIES")),
-        forwarded_allow_ips=os.environ.get("DICOMWEB_TRUSTED_PROXIES") or "",
-        timeout_graceful_shutdown=10,
-    )
-    # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler it found:
-    # make that handler an exit, so the finally below still stops the embedded PostgreSQL.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     status = 0
     try:
+        os.environ["DATABASE_URL"] = url  # workers build their settings from the environment
+        migrate(url)
+        # The base URL as a client on this machine reaches it (0.0.0.0 is no address to connect to).
+        base = settings.public_base_url or _probe_url(args.host, args.port).removesuffix("/readyz")
+        os.environ.setdefault("DICOMWEB_ISSUER", settings.issuer or base)
+        dev = None
+        if admin.is_loopback(args.host) and settings.signing_keys is None:
+            keys_path, dev = admin.bootstrap_dev(settings, url)
+            os.environ["DICOMWEB_SIGNING_KEYS"] = str(keys_path)
+        else:
+            admin.refuse_insecure(args.host, settings, url)
+        text = walkthrough(base, dev, settings)
+        saved = _save_walkthrough(settings, text)
+        threading.Thread(
+            target=_announce_when_ready, args=(_probe_url(args.host, args.port), text, saved), daemon=True
+        ).start()
+        metrics.prepare(settings.metrics_port, settings.metrics_host, args.workers)
+        limits = ConnectionLimits.from_settings(settings)
+        config = uvicorn.Config(
+            "dicomweb_server.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            loop="uvloop",
+            # uvicorn's httptools protocol with header, body-rate and connection limits (connections.py)
+            http=functools.partial(GuardedHttp, limits=limits),  # type: ignore[arg-type]
+            timeout_keep_alive=max(1, round(settings.keep_alive_seconds)),
+            log_config=None,
+            access_log=False,
+            # X-Forwarded-* only from the configured proxies (uvicorn trusts 127.0.0.1 by default).
+            proxy_headers=bool(os.environ.get("DICOMWEB_TRUSTED_PROXIES")),
+            forwarded_allow_ips=os.environ.get("DICOMWEB_TRUSTED_PROXIES") or "",
+            timeout_graceful_shutdown=10,
+        )
+        # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler it found:
+        # make that handler an exit, so the finally below still stops the embedded PostgreSQL.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         if args.workers > 1:
-            status = workers.Supervisor(config, args.workers, _log_level()).run()
+            status = workers.Supervisor(config, args.workers, _log_level(args), args.verbose).run()
         else:
             uvicorn.Server(config).run()
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down and re-raised SIGINT; stop quietly
+        status = 130
     finally:
-        _stop(server)  # uvicorn returns on SIGINT and SIGTERM: the embedded PostgreSQL stops with us
+        _stop(server)  # the embedded PostgreSQL stops with us
     if status:
         sys.exit(status)
 
 
-def _log_level() -> str:
-    return os.environ.get("DICOMWEB_LOG_LEVEL", "INFO")
+def init(args: argparse.Namespace) -> None:
+    """A deployment's first start (the container's entrypoint runs it before ``serve``): create the
+    signing key file if there is none, and apply the migrations.  Safe to run on every start."""
+    from . import auth
+
+    settings = _settings(create=True)
+    path = settings.signing_keys
+    if path is None:
+        raise CommandError("init needs DICOMWEB_SIGNING_KEYS: the key file to create (or keep)")
+    created = not path.exists()
+    keys = auth.SigningKeys.load_or_generate(path)
+    url, server = _database(settings)
+    try:
+        migrate(url)
+    finally:
+        _stop(server)
+    print(
+        json.dumps({"signing_keys": str(path), "created": created, "kid": str(keys.signing.kid)}), flush=True
+    )
+
+
+def _log_level(args: argparse.Namespace) -> str:
+    return os.environ.get("DICOMWEB_LOG_LEVEL") or ("DEBUG" if getattr(args, "verbose", False) else "INFO")
 
 
 def gc(args: argparse.Namespace) -> None:
     from . import db, sweep
     from .storage import open_store
 
-    settings = Settings.from_env()
+    settings = _settings(create=False)
     url, server = _database(settings)
     grace = settings.gc_grace_seconds if args.grace is None else args.grace
 
@@ -173,31 +290,97 @@ def gc(args: argparse.Namespace) -> None:
         _stop(server)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="dicomweb-server")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser(
-        "serve", help="run the HTTP server (starts an embedded PostgreSQL without DATABASE_URL)"
+def _parsers() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also log the libraries' start-up lines (PostgreSQL, alembic, uvicorn) and Python "
+        "warnings; DICOMWEB_LOG_LEVEL sets the level of ours (default INFO)",
     )
-    p.add_argument("--host", default=os.environ.get("DICOMWEB_HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("DICOMWEB_PORT", "8080")))
+    parser = argparse.ArgumentParser(
+        prog="dicomweb-server",
+        description="DICOMweb server. Without DATABASE_URL it uses the embedded PostgreSQL in the data "
+        "folder: DICOMWEB_DATA_DIR, else .data in the project folder (as `make run`), else ./.data.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="run the HTTP server (starts an embedded PostgreSQL without DATABASE_URL)",
+        description="Apply the migrations, then serve. On a loopback address without "
+        "DICOMWEB_SIGNING_KEYS it creates a development tenant and client and prints a walk-through.",
+    )
+    p.add_argument(
+        "--host",
+        default=os.environ.get("DICOMWEB_HOST", "127.0.0.1"),
+        help="address to listen on (default: DICOMWEB_HOST or 127.0.0.1); any other than loopback "
+        "needs DICOMWEB_SIGNING_KEYS",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("DICOMWEB_PORT", "8080")),
+        help="TCP port (default: DICOMWEB_PORT or 8080)",
+    )
     p.add_argument(
         "--workers",
         type=int,
         default=int(os.environ.get("DICOMWEB_WORKERS", "1")),
-        help="worker processes; each connection goes to the one with the fewest (see workers.py)",
+        help="worker processes (default: DICOMWEB_WORKERS or 1); each connection goes to the one "
+        "with the fewest (see workers.py)",
     )
     p.set_defaults(func=serve)
-    p = sub.add_parser("migrate", help="apply database migrations")
-    p.set_defaults(func=lambda a: migrate(_database(Settings.from_env())[0]))
-    admin.add_commands(sub)
-    p = sub.add_parser("gc", help="remove objects no index row references, older than the grace period")
-    p.add_argument("--grace", type=float, default=None, help="seconds (default: DICOMWEB_GC_GRACE_SECONDS)")
+    p = sub.add_parser(
+        "migrate",
+        parents=[common],
+        help="apply database migrations",
+        description="Apply the database migrations up to the latest (serve does this too).",
+    )
+    p.set_defaults(func=lambda a: migrate(_database(_settings(create=True))[0]))
+    p = sub.add_parser(
+        "init",
+        parents=[common],
+        help="first start of a deployment: create the signing key file if missing, apply migrations",
+        description="Create the key file named by DICOMWEB_SIGNING_KEYS unless it exists, then apply "
+        "the migrations; safe to run on every start (the container entrypoint does).",
+    )
+    p.set_defaults(func=init)
+    admin.add_commands(sub, common)
+    p = sub.add_parser(
+        "gc",
+        parents=[common],
+        help="remove objects no index row references, older than the grace period",
+        description="One garbage-collection pass over the object store.",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        help="seconds an unreferenced object must be old to go (default: DICOMWEB_GC_GRACE_SECONDS)",
+    )
     p.set_defaults(func=gc)
-    logs.configure(_log_level())
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parsers()
     args = parser.parse_args(argv)
+    logs.configure(_log_level(args), libraries=args.verbose)
+    if not args.verbose:
+        warnings.simplefilter("ignore")  # library warnings (and pydicom's, which quote values) stay out
+    try:
+        _run(args)
+    except (CommandError, admin.CommandError, ServiceUnavailable) as exc:
+        print(f"dicomweb-server: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _run(args: argparse.Namespace) -> None:
     if args.command in ("keys", "tenants", "clients"):
-        settings = Settings.from_env()
+        settings = _settings(create=args.command == "keys")
         if args.command == "keys":
             admin.keys_command(args, settings)
             return

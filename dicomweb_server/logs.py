@@ -26,12 +26,17 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
-def configure(level: str = "INFO") -> None:
+def configure(level: str = "INFO", libraries: bool = True) -> None:
+    """JSON lines on stderr: ours at ``level``; other libraries' at ``level`` too when ``libraries``,
+    else only their warnings and errors (pgserver's initdb output, alembic's plugin lines and
+    uvicorn's start-up lines would bury the walk-through ``serve`` prints)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    ours = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    root.setLevel(ours if libraries else max(logging.WARNING, ours))
+    logging.getLogger("dicomweb_server").setLevel(ours)
     silence_phi_sources()
 
 

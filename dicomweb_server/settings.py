@@ -10,6 +10,16 @@ MiB = 1024 * 1024
 GiB = 1024 * MiB
 
 
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
 def _int(env: dict[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -61,6 +71,13 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     # WADO-RS: instances larger than this are sent as stored rather than transcoded in memory.
     max_transcode_bytes: int = 512 * MiB
+    # Connections (connections.py; RELIABILITY.md "Limits"), per worker process.
+    keep_alive_seconds: float = 10.0  # an idle keep-alive connection is closed after this
+    http_header_timeout: float = 20.0  # request headers must arrive within this (408)
+    http_header_max_bytes: int = 64 * 1024  # larger request headers: 431
+    body_min_rate: int = 1024  # bytes/s a request body must keep up, per window (408); 0: off
+    body_rate_window: float = 30.0  # seconds over which the body rate is averaged
+    max_connections: int = 1000  # open connections per worker; past it new ones get 503
     # Access (OAuth2 client credentials, RFC 9068 tokens).  The key file holds private JWKs;
     # `dicomweb-server serve` on a loopback address creates one under the data folder.
     signing_keys: Path | None = None
@@ -68,7 +85,9 @@ class Settings:
     token_lifetime: int = 3600
     secret_overlap_seconds: int = 24 * 3600  # an old secret keeps working this long after a rotation
     rate_limit_storage: str | None = None  # e.g. async+redis://127.0.0.1:6379/0; None: in this process
-    rate_requests: int = 600  # per client and window, unless the client has its own
+    # Per client and window, unless the client has its own.  A viewer (OHIF) asks for one frame
+    # per request: opening a 500-image series is ~1,000 requests in a few seconds (README).
+    rate_requests: int = 6000
     rate_bytes: int = 10 * GiB
     rate_window_seconds: int = 60
     # Optionally, one external identity provider's RFC 9068 tokens, verified with its JWKS
@@ -98,6 +117,11 @@ class Settings:
         policy = e.get("DICOMWEB_DUPLICATE_POLICY", "reject")
         if policy not in ("reject", "overwrite"):
             raise ValueError("DICOMWEB_DUPLICATE_POLICY must be 'reject' or 'overwrite'")
+        for name in ("DICOMWEB_HTTP_HEADER_TIMEOUT_SECONDS", "DICOMWEB_BODY_RATE_WINDOW_SECONDS"):
+            if _float(e, name, 1.0) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if _int(e, "DICOMWEB_MAX_CONNECTIONS", 1) < 1:
+            raise ValueError("DICOMWEB_MAX_CONNECTIONS must be >= 1")
         return cls(
             database_url=e.get("DATABASE_URL") or None,
             data_dir=data_dir,
@@ -120,12 +144,18 @@ class Settings:
                 o.strip().rstrip("/") for o in e.get("DICOMWEB_CORS_ORIGINS", "").split(",") if o.strip()
             ),
             max_transcode_bytes=_int(e, "DICOMWEB_MAX_TRANSCODE_BYTES", 512 * MiB),
+            keep_alive_seconds=_float(e, "DICOMWEB_KEEP_ALIVE_SECONDS", 10.0),
+            http_header_timeout=_float(e, "DICOMWEB_HTTP_HEADER_TIMEOUT_SECONDS", 20.0),
+            http_header_max_bytes=_int(e, "DICOMWEB_HTTP_HEADER_MAX_BYTES", 64 * 1024),
+            body_min_rate=_int(e, "DICOMWEB_BODY_MIN_RATE", 1024),
+            body_rate_window=_float(e, "DICOMWEB_BODY_RATE_WINDOW_SECONDS", 30.0),
+            max_connections=_int(e, "DICOMWEB_MAX_CONNECTIONS", 1000),
             signing_keys=Path(e["DICOMWEB_SIGNING_KEYS"]) if e.get("DICOMWEB_SIGNING_KEYS") else None,
             issuer=(e.get("DICOMWEB_ISSUER") or "").rstrip("/") or None,
             token_lifetime=_int(e, "DICOMWEB_TOKEN_LIFETIME", 3600),
             secret_overlap_seconds=_int(e, "DICOMWEB_SECRET_OVERLAP_SECONDS", 24 * 3600),
             rate_limit_storage=e.get("DICOMWEB_RATE_LIMIT_STORAGE") or None,
-            rate_requests=_int(e, "DICOMWEB_RATE_REQUESTS", 600),
+            rate_requests=_int(e, "DICOMWEB_RATE_REQUESTS", 6000),
             rate_bytes=_int(e, "DICOMWEB_RATE_BYTES", 10 * GiB),
             rate_window_seconds=_int(e, "DICOMWEB_RATE_WINDOW_SECONDS", 60),
             external_issuer=e.get("DICOMWEB_EXTERNAL_ISSUER") or None,

@@ -119,13 +119,12 @@ class _WorkerServer(uvicorn.Server):
             sys.exit(STARTUP_FAILURE)
         config, lost = self.config, self._lost
 
-        class Counted(config.http_protocol_class):  # type: ignore[name-defined,misc]
-            def connection_lost(self, exc: Exception | None) -> None:
-                super().connection_lost(exc)
-                lost()
-
         def create_protocol() -> asyncio.Protocol:
-            return Counted(config=config, server_state=self.server_state, app_state=self.lifespan.state)
+            # The protocol (connections.GuardedHttp) calls on_closed when its connection ends.
+            protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state, on_closed=lost
+            )
+            return protocol
 
         loop = asyncio.get_running_loop()
         handoff = _Handoff(loop, self.channel, create_protocol, config.ssl, self._exit, lost)
@@ -139,9 +138,14 @@ class _WorkerServer(uvicorn.Server):
         self.closed[self.index] += 1  # this worker is the only writer of its slot
 
 
-def _worker_main(config: uvicorn.Config, channel: socket.socket, closed: Any, index: int, level: str) -> None:
-    logs.configure(level)
-    _WorkerServer(config, channel, closed, index).run()
+def _worker_main(
+    config: uvicorn.Config, channel: socket.socket, closed: Any, index: int, level: str, libraries: bool
+) -> None:
+    logs.configure(level, libraries)
+    # Ctrl-C in a terminal signals the whole process group: uvicorn shuts down, then re-raises
+    # SIGINT; the primary stops the others, so a worker ends quietly.
+    with contextlib.suppress(KeyboardInterrupt):
+        _WorkerServer(config, channel, closed, index).run()
 
 
 class _Worker:
@@ -157,13 +161,15 @@ class _Worker:
     def open_connections(self) -> int:
         return self.assigned - int(self.closed[self.index])
 
-    def start(self, config: uvicorn.Config, level: str) -> None:
+    def start(self, config: uvicorn.Config, level: str, libraries: bool = True) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
         self.closed[self.index] = 0
         self.assigned = 0
         self.process = _spawn.Process(
-            target=_worker_main, args=(config, theirs, self.closed, self.index, level), daemon=False
+            target=_worker_main,
+            args=(config, theirs, self.closed, self.index, level, libraries),
+            daemon=False,
         )
         self.process.start()
         theirs.close()
@@ -189,9 +195,10 @@ class _Worker:
 class Supervisor:
     """The primary: accept, hand each connection to the least busy worker, keep the workers running."""
 
-    def __init__(self, config: uvicorn.Config, workers: int, level: str = "INFO"):
+    def __init__(self, config: uvicorn.Config, workers: int, level: str = "INFO", libraries: bool = True):
         self.config = config
         self.level = level
+        self.libraries = libraries  # log the libraries' INFO lines too (logs.configure)
         closed = _spawn.Array("q", workers, lock=False)
         self.workers = [_Worker(i, closed) for i in range(workers)]
         self.turn = 0
@@ -223,7 +230,7 @@ class Supervisor:
         selector = selectors.DefaultSelector()
         try:
             for worker in self.workers:
-                worker.start(self.config, self.level)
+                worker.start(self.config, self.level, self.libraries)
             log.info(
                 "serving with %d worker processes",
                 len(self.workers),
@@ -289,7 +296,7 @@ class Supervisor:
                 code,
                 extra={"event": "worker_restarted"},
             )
-            worker.start(self.config, self.level)
+            worker.start(self.config, self.level, self.libraries)
 
     def _stop_all(self) -> None:
         for worker in self.workers:

@@ -406,7 +406,12 @@ def summarize(report: dict[str, Any], server: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--screenshot", type=Path, default=ROOT / "docs" / "viewer-check.png")
+    parser.add_argument(
+        "--screenshot",
+        type=Path,
+        default=VIEWER / "out" / "viewer-check.png",
+        help="where the screenshot goes on success (make viewer-check-docs: docs/viewer-check.png)",
+    )
     parser.add_argument("--timeout", type=float, default=90, help="seconds for each page to show its study")
     parser.add_argument("--source", type=Path, default=ROOT, help="serve another checkout (its own .venv)")
     parser.add_argument(
