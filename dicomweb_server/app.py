@@ -343,7 +343,7 @@ class RequestContext:
         state = scope.setdefault("state", {})
         state.update(request_id=request_id, base_url=base_url(scope, self.public_base_url))
         started = time.perf_counter()
-        sent: dict[str, Any] = {"status": 500, "bytes": 0}
+        sent: dict[str, Any] = {"status": 500, "bytes": 0, "complete": False}
         metrics.api_port((scope.get("server") or (None, None))[1])
         metrics.IN_PROGRESS.inc()
 
@@ -353,6 +353,7 @@ class RequestContext:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             elif message["type"] == "http.response.body":
                 sent["bytes"] += len(message.get("body", b""))
+                sent["complete"] = not message.get("more_body", False)
             await send(message)
 
         try:
@@ -364,8 +365,12 @@ class RequestContext:
             metrics.IN_PROGRESS.dec()
             method = scope["method"] if scope["method"] in _METHODS else "other"  # bounded labels
             metrics.request(method, route or "none", sent["status"], elapsed)
-            log.info(
-                "request",
+            # A response whose status line went out but whose body never ended was aborted (the
+            # connection dropped, by the client or by us): logged as an error, never as a plain 200.
+            aborted = not sent["complete"]
+            log.log(
+                logging.ERROR if aborted else logging.INFO,
+                "request aborted" if aborted else "request",
                 extra={
                     "request_id": request_id,
                     "method": scope["method"],
@@ -374,6 +379,7 @@ class RequestContext:
                     "status": sent["status"],
                     "bytes_out": sent["bytes"],
                     "ms": round(elapsed * 1000, 2),
+                    **({"aborted": True} if aborted else {}),
                 },
             )
             trail = getattr(getattr(scope.get("app"), "state", None), "audit", None)

@@ -382,6 +382,13 @@ def test_a_stream_aborted_over_a_socket_is_dropped_and_logged(live_server: Serve
     aborted = {line["request_id"]: line for line in lines if line.get("event") == "response_aborted"}
     assert set(aborted) >= {"abort-multipart", "abort-zip", "abort-single"}
     assert all(line["level"] == "error" and line["bytes_out"] > 0 for line in aborted.values())
+    # ... and the access line of each says so: never a plain 200
+    access = {
+        line["request_id"]: line for line in lines if line.get("message") in ("request", "request aborted")
+    }
+    for request_id in ("abort-multipart", "abort-zip", "abort-single"):
+        assert access[request_id]["message"] == "request aborted", access[request_id]
+        assert access[request_id]["aborted"] is True and access[request_id]["level"] == "error"
     r = httpx.get(live_server.url + "/readyz")  # the server goes on
     assert r.status_code == 200
 
