@@ -385,7 +385,7 @@ class RequestContext:
             trail = getattr(getattr(scope.get("app"), "state", None), "audit", None)
             if trail is not None:
                 study = scope.get("path_params", {}).get("study") or state.get("study_uid")
-                trail.record(state, sent["status"], request_id, study if is_valid_uid(study) else None)
+                trail.record(state, sent["status"], request_id, study)  # audit.safe_uid: digest unless a UID
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

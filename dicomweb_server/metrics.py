@@ -165,8 +165,11 @@ def _timed(operation: str) -> Any:
     try:
         yield
         outcome = "ok"
-    except (GeneratorExit, asyncio.CancelledError):
-        outcome = "cancelled"  # the reader stopped early (a client went away): not a storage error
+    except GeneratorExit:
+        outcome = "ok"  # the reader closed it: it had what it wanted, or its client went away
+        raise
+    except asyncio.CancelledError:
+        outcome = "cancelled"  # not a storage error
         raise
     finally:
         STORAGE_LATENCY.labels(operation, outcome).observe(time.perf_counter() - started)
