@@ -1,0 +1,313 @@
+"""STOW under mutation: pydicom's test files truncated, with lengths, items and delimiters damaged,
+NULs and deep sequences inserted.  Every case is either stored and comes back byte-identical
+(from byte 128, WADO-RS with ``transfer-syntax=*``) or fails with a PS3.18 FailureReason; never
+a 5xx, never an acknowledged broken instance, and never harm to the other parts of a request.
+
+The bulk goes over ASGI (fast); a handful goes through a real socket, single part and multipart.
+Mutations are deterministic (a fixed seed), so a failure always reproduces.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import random
+import struct
+import warnings
+from dataclasses import dataclass
+
+import httpx
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.filereader import data_element_generator
+from pydicom.sequence import Sequence
+
+from dicomweb_server import dicom
+from tests.conftest import App
+from tests.dicomfiles import content_type, instance, multipart, split_multipart
+from tests.unit._testdata import bundled
+
+STUDIES = "/dicomweb/studies"
+DICOM_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+REASONS = {
+    dicom.CANNOT_UNDERSTAND,
+    dicom.REFUSED_OUT_OF_RESOURCES,
+    dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    dicom.TRANSFER_SYNTAX_NOT_SUPPORTED,
+    dicom.PROCESSING_FAILURE,
+}
+# Native, JPEG baseline and extended, JPEG-LS, JPEG 2000, RLE (multi-frame), implicit VR, big endian,
+# deflated, and sequences (SR, RT plan, private).
+FILES = [
+    "CT_small.dcm",
+    "JPEG-lossy.dcm",
+    "JPGExtended.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "JPEG2000.dcm",
+    "SC_rgb_rle_2frame.dcm",
+    "MR_small_implicit.dcm",
+    "MR_small_bigendian.dcm",
+    "image_dfl.dcm",
+    "test-SR.dcm",
+    "rtplan.dcm",
+    "nested_priv_SQ.dcm",
+]
+
+
+_SERIAL = itertools.count(1)
+
+
+def uid() -> str:
+    """A fresh UID of a fixed length: the mutated copies of a file share one layout."""
+    return f"1.2.826.0.1.3680043.8.498.1{next(_SERIAL) + 10**12 * random.randrange(1, 10**6):020d}"
+
+
+def fresh(name: str, study: str, series: str | None = None) -> bytes:
+    """A pydicom test file with fresh UIDs (its own transfer syntax and encoding kept)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(bundled(name))
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = series or uid()
+        ds.SOPInstanceUID = uid()
+        if "SOPClassUID" not in ds:
+            ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        return out.getvalue()
+
+
+def sop_uid(data: bytes) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
+
+
+def boundaries(data: bytes) -> set[int]:
+    """Offsets where a top-level element of the data set ends (an independent reading, by pydicom):
+    a part cut exactly there holds a complete, shorter data set."""
+    fp = io.BytesIO(data)
+    meta = pydicom.filereader.read_preamble(fp, False)
+    del meta
+    file_meta = pydicom.filereader._read_file_meta_info(fp)
+    start = fp.tell()
+    uid = pydicom.uid.UID(file_meta.TransferSyntaxUID)
+    if uid == pydicom.uid.DeflatedExplicitVRLittleEndian:
+        return set()
+    ends = {start}
+    fp.seek(start)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _elem in data_element_generator(fp, uid.is_implicit_VR, uid.is_little_endian):
+            ends.add(fp.tell())
+    return ends
+
+
+def pixel_header(data: bytes) -> tuple[int, int]:
+    """(offset of the Pixel Data element's header, offset of its value) in a little endian file."""
+    tag = data.rfind(b"\xe0\x7f\x10\x00")
+    assert tag > 0
+    explicit = data[tag + 4 : tag + 6] in (b"OB", b"OW")
+    return tag, tag + (12 if explicit else 8)
+
+
+def fragments(data: bytes, value: int) -> tuple[list[int], int]:
+    """Offsets of the item headers of encapsulated Pixel Data, and of its sequence delimiter."""
+    items, pos = [], value
+    while data[pos : pos + 4] == b"\xfe\xff\x00\xe0":
+        items.append(pos)
+        pos += 8 + struct.unpack_from("<I", data, pos + 4)[0]
+    assert data[pos : pos + 4] == b"\xfe\xff\xdd\xe0"
+    return items, pos
+
+
+@dataclass
+class Case:
+    name: str
+    data: bytes
+    broken: bool  # True: it must fail; False: it must be stored; None-like via `either`
+    either: bool = False  # a complete data set is possible (cut at an element boundary): either outcome
+    uid: str = ""  # its SOP Instance UID
+
+    def __post_init__(self) -> None:
+        self.uid = self.uid or sop_uid(self.data)
+
+
+def truncations(name: str, study: str, rng: random.Random) -> list[Case]:
+    """Cuts at the places the report names, and a few at random (each case has its own UIDs)."""
+    data = fresh(name, study)
+    ends = boundaries(data)
+    cuts = {len(data) - 1, len(data) - 2, len(data) - 8, len(data) // 2, len(data) * 9 // 10}
+    if not name.endswith("dfl.dcm") and data.rfind(b"\xe0\x7f\x10\x00") > 0:
+        tag, value = pixel_header(data)
+        cuts |= {tag + 2, tag + 6, value, value + 1, value + 8}
+    cuts |= {rng.randrange(400, len(data)) for _ in range(4)}
+    out = []
+    for n in sorted(cuts):
+        if 400 <= n < len(data):  # the header (and its UIDs) whole: the failure names the instance
+            out.append(
+                Case(
+                    f"{name} cut at {n}", data[:n], broken=n not in ends, either=n in ends, uid=sop_uid(data)
+                )
+            )
+            data = fresh(name, study)  # the next case: the same bytes but for the UIDs' digits
+            ends = boundaries(data)
+    return out
+
+
+def corruptions(name: str, study: str) -> list[Case]:
+    """Pixel Data lengths past the end, encapsulated items too long, the sequence delimiter missing."""
+    data = fresh(name, study)
+    if name.endswith(("dfl.dcm", "bigendian.dcm")) or data.rfind(b"\xe0\x7f\x10\x00") < 0:
+        return []
+    out = []
+
+    def case(label: str, mutate: object) -> None:
+        data = fresh(name, study)
+        out.append(Case(f"{name} {label}", mutate(data), broken=True, uid=sop_uid(data)))  # type: ignore[operator]
+
+    _tag, value = pixel_header(data)
+    (length,) = struct.unpack_from("<I", data, value - 4)
+    if length != 0xFFFFFFFF:
+        for extra in (2, 1000, 0xFFFFFFF0):
+            case(
+                f"Pixel Data length +{extra}",
+                lambda d, e=extra: (
+                    d[: value - 4] + struct.pack("<I", min(len(d) - value + e, 0xFFFFFFFE)) + d[value:]
+                ),
+            )
+        return out
+    items, delimiter = fragments(data, value)
+    case("without its sequence delimiter", lambda d: d[:delimiter] + d[delimiter + 8 :])
+    last = items[-1]  # the last fragment's item header
+    (frag,) = struct.unpack_from("<I", data, last + 4)
+    for extra in (1, 4096):  # its length past the end of the part
+        case(
+            f"last item +{extra + 8}",
+            lambda d, e=extra: d[: last + 4] + struct.pack("<I", frag + 8 + e) + d[last + 8 :],
+        )
+    case("item tag damaged", lambda d: d[:last] + b"\xfe\xff\x0d\xe0" + d[last + 4 :])  # not an item
+    return out
+
+
+def with_text(study: str, **attrs: object) -> bytes:
+    return instance(study, **attrs)
+
+
+def nested(study: str, depth: int, *, undefined: bool = True) -> bytes:
+    """A CT instance whose ContentSequence nests ``depth`` levels deep."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(io.BytesIO(instance(study)))
+        leaf = Dataset()
+        leaf.CodeValue = "X"
+        seq = Sequence([leaf])
+        seq.is_undefined_length = undefined
+        for _ in range(depth - 1):
+            item = Dataset()
+            item.ContentSequence = seq
+            seq = Sequence([item])
+            seq.is_undefined_length = undefined
+        ds.ContentSequence = seq
+        out = io.BytesIO()
+        ds.save_as(out)
+        return out.getvalue()
+
+
+def results(body: dict) -> tuple[set[str], dict[str | None, list[tuple[int, str]]]]:
+    stored = {item["00081155"]["Value"][0] for item in body.get("00081199", {}).get("Value", [])}
+    failed: dict[str | None, list[tuple[int, str]]] = {}
+    for seq in ("00081198", "0008119A"):
+        for item in body.get(seq, {}).get("Value", []):
+            uid = item.get("00081155", {}).get("Value", [None])[0]
+            comment = item["00000902"]["Value"][0]
+            assert len(comment) <= 64
+            failed.setdefault(uid, []).append((item["00081197"]["Value"][0], comment))
+    return stored, failed
+
+
+def check(cases: list[Case], body: dict) -> set[str]:
+    """Each case stored or failed as it must be; returns the SOP Instance UIDs stored.
+    A part cut before its SOP Instance UID fails without one (Other Failures Sequence)."""
+    stored, failed = results(body)
+    anonymous = 0
+    for case in cases:
+        if case.uid in stored:
+            assert not case.broken or case.either, f"{case.name}: acknowledged although broken"
+            continue
+        assert case.broken or case.either, f"{case.name}: not stored: {failed.get(case.uid)}"
+        named = [u for u in failed if u and case.uid.startswith(u)]  # a UID cut short names it in part
+        if not named:
+            anonymous += 1
+            continue
+        reason, comment = failed[max(named, key=len)][0]
+        assert reason in REASONS, (case.name, hex(reason), comment)
+        if not case.either:
+            assert reason == dicom.CANNOT_UNDERSTAND, (case.name, hex(reason), comment)
+    assert len(failed.get(None, [])) == anonymous
+    assert all(reason == dicom.CANNOT_UNDERSTAND for reason, _ in failed.get(None, []))
+    return stored
+
+
+async def round_trip(client: httpx.AsyncClient, study: str, cases: list[Case], stored: set[str]) -> None:
+    """Every stored instance comes back byte for byte (the preamble is zeroed by design)."""
+    r = await client.get(f"{STUDIES}/{study}", headers={"Accept": DICOM_ANY})
+    assert r.status_code == 200, r.text[:300]
+    got = sorted(body[128:] for _, body in split_multipart(r.content, r.headers["content-type"]))
+    expected = sorted(c.data[128:] for c in cases if c.uid in stored)
+    assert len(got) == len(stored)
+    assert got == expected
+
+
+async def test_mutated_pydicom_files_over_asgi_multipart(app: App) -> None:
+    """All the mutations of one file in one request: each part stands alone."""
+    for name in FILES:
+        study = uid()
+        rng = random.Random(name)
+        data = fresh(name, study)
+        cases = [Case(f"{name} as sent", data, broken=False), *truncations(name, study, rng)]
+        cases += corruptions(name, study)
+        r = await app.client.post(
+            STUDIES, content=multipart([c.data for c in cases]), headers={"Content-Type": content_type()}
+        )
+        assert r.status_code in (200, 202), (name, r.status_code, r.text[:300])
+        stored = check(cases, r.json())
+        assert cases[0].uid in stored, name
+        await round_trip(app.client, study, cases, stored)
+
+
+@pytest.mark.parametrize(
+    "name", ["JPEG-lossy.dcm", "CT_small.dcm", "SC_rgb_rle_2frame.dcm", "MR_small_bigendian.dcm"]
+)
+async def test_mutated_files_single_part(app: App, name: str) -> None:
+    """As application/dicom, one instance per request: a broken one is a 409 and leaves no row."""
+    study = uid()
+    cases = truncations(name, study, random.Random(1)) + corruptions(name, study)
+    acknowledged = 0
+    for case in cases:
+        r = await app.client.post(STUDIES, content=case.data, headers={"Content-Type": "application/dicom"})
+        assert r.status_code in (200, 409), (case.name, r.status_code, r.text[:300])
+        stored = check([case], r.json())
+        assert (r.status_code == 200) == bool(stored), case.name
+        acknowledged += r.status_code == 200
+    assert await app.state.pool.fetchval("SELECT count(*) FROM instance") == acknowledged  # type: ignore[attr-defined]
+    assert len(objects(app)) == acknowledged  # a failed part leaves no object behind
+
+
+async def test_the_reported_case_jpeg_lossy_without_its_last_8_bytes(app: App) -> None:
+    data = fresh("JPEG-lossy.dcm", uid())
+    r = await app.client.post(STUDIES, content=data[:-8], headers={"Content-Type": "application/dicom"})
+    assert r.status_code == 409, r.text
+    (item,) = r.json()["00081198"]["Value"]
+    assert item["00081197"]["Value"] == [dicom.CANNOT_UNDERSTAND]
+    assert item["00081155"]["Value"] == [sop_uid(data)]
+    assert "(7FE0,0010)" in item["00000902"]["Value"][0]
+    assert await app.state.pool.fetchval("SELECT count(*) FROM instance") == 0  # type: ignore[attr-defined]
+    assert objects(app) == []
+
+
+def objects(app: App) -> list[object]:
+    root = app.settings.storage_path
+    return [p for p in root.rglob("*") if p.is_file() and ".staging" not in p.parts]
