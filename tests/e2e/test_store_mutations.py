@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import data_element_generator
 from pydicom.sequence import Sequence
 
-from dicomweb_server import dicom
+from dicomweb_server import dicom, structure
 from tests.conftest import App
 from tests.dicomfiles import content_type, instance, multipart, split_multipart
 from tests.unit._testdata import bundled
@@ -197,23 +197,21 @@ def with_text(study: str, **attrs: object) -> bytes:
 
 
 def nested(study: str, depth: int, *, undefined: bool = True) -> bytes:
-    """A CT instance whose ContentSequence nests ``depth`` levels deep."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(io.BytesIO(instance(study)))
-        leaf = Dataset()
-        leaf.CodeValue = "X"
-        seq = Sequence([leaf])
-        seq.is_undefined_length = undefined
-        for _ in range(depth - 1):
-            item = Dataset()
-            item.ContentSequence = seq
-            seq = Sequence([item])
-            seq.is_undefined_length = undefined
-        ds.ContentSequence = seq
-        out = io.BytesIO()
-        ds.save_as(out)
-        return out.getvalue()
+    """A CT instance whose ContentSequence nests ``depth`` levels deep (written byte by byte:
+    pydicom's own writer recurses too)."""
+    leaf = struct.pack("<HH2sH", 0x0008, 0x0100, b"SH", 2) + b"X "  # Code Value
+    value = leaf
+    for _ in range(depth):
+        if undefined:
+            item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + value + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+            body = item + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+            value = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF) + body
+        else:
+            item = struct.pack("<HHI", 0xFFFE, 0xE000, len(value)) + value
+            value = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, len(item)) + item
+    data = instance(study)
+    at = data.rfind(b"\xe0\x7f\x10\x00")
+    return data[:at] + value + data[at:]
 
 
 def results(body: dict) -> tuple[set[str], dict[str | None, list[tuple[int, str]]]]:
@@ -311,3 +309,54 @@ async def test_the_reported_case_jpeg_lossy_without_its_last_8_bytes(app: App) -
 def objects(app: App) -> list[object]:
     root = app.settings.storage_path
     return [p for p in root.rglob("*") if p.is_file() and ".staging" not in p.parts]
+
+
+def with_private_creator(study: str, creator: str) -> bytes:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(io.BytesIO(instance(study)))
+        ds.add_new(0x00090010, "LO", creator)
+        ds.add_new(0x00091001, "LO", "value\0of the creator")
+        out = io.BytesIO()
+        ds.save_as(out)
+        return out.getvalue()
+
+
+async def test_nul_in_text_elements_is_stored_with_sanitised_index_values(app: App) -> None:
+    """PostgreSQL cannot hold NUL: the bytes are stored as sent, the index and JSON say U+FFFD."""
+    study = uid()
+    files = [
+        instance(study, ImageComments="a\0b"),
+        instance(study, patient="Doe\0^Jane"),
+        with_private_creator(study, "ACME\0 1.0"),
+        instance(study),
+    ]
+    r = await app.client.post(STUDIES, content=multipart(files), headers={"Content-Type": content_type()})
+    assert r.status_code == 200, r.text
+    stored, _ = results(r.json())
+    assert len(stored) == 4
+    cases = [Case("nul", f, broken=False) for f in files]
+    await round_trip(app.client, study, cases, stored)
+    meta = (await app.client.get(f"{STUDIES}/{study}/metadata")).json()
+    comments = [m["00204000"]["Value"][0] for m in meta if "00204000" in m]
+    assert comments == ["a\ufffdb"]
+    creators = [m["00090010"]["Value"][0] for m in meta if "00090010" in m]
+    assert creators == ["ACME\ufffd 1.0"]
+    names = await app.state.pool.fetch("SELECT patient_name FROM study")  # type: ignore[attr-defined]
+    assert [row["patient_name"] for row in names] in (["Doe^Jane"], ["Doe\ufffd^Jane"])
+
+
+@pytest.mark.parametrize("undefined", [True, False])
+async def test_sequence_depth_limit_is_a_per_instance_failure(app: App, undefined: bool) -> None:
+    """Nested up to MAX_SEQUENCE_DEPTH: stored; deeper: that instance fails alone, with a clear reason."""
+    study = uid()
+    limit = structure.MAX_SEQUENCE_DEPTH
+    ok = [nested(study, 1, undefined=undefined), nested(study, limit, undefined=undefined)]
+    deep = [nested(study, depth, undefined=undefined) for depth in (limit + 1, 90, 150, 199, 250)]
+    r = await app.client.post(STUDIES, content=multipart(ok + deep), headers={"Content-Type": content_type()})
+    assert r.status_code == 202, r.text
+    stored, failed = results(r.json())
+    assert stored == {sop_uid(f) for f in ok}
+    reasons = [f for fs in failed.values() for f in fs]
+    assert reasons == [(dicom.CANNOT_UNDERSTAND, f"Sequences are nested deeper than {limit} levels")] * len(deep)
+    await round_trip(app.client, study, [Case("ok", f, broken=False) for f in ok], stored)
