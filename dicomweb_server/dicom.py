@@ -92,9 +92,16 @@ def parse_header(
     caller may retry with a longer prefix).  Deflated data sets are inflated up to
     ``budget`` bytes.  Past ``deadline`` (``time.monotonic()``) the parse stops with 0xA700:
     a header of millions of tiny elements costs CPU out of proportion to its bytes.
+
+    Before pydicom reads anything, ``structure`` walks the element headers of the
+    prefix: sequences nested too deep are refused here (pydicom's reader and the
+    JSON encoder recurse), and so is a structure already broken within the prefix.
+    The returned ``Header.checker`` goes on walking the rest of the part.
     """
+    if not prefix:
+        return Failure(CANNOT_UNDERSTAND, EMPTY_COMMENT)
     if len(prefix) < PREAMBLE + 4 or prefix[PREAMBLE : PREAMBLE + 4] != b"DICM":
-        return Failure(CANNOT_UNDERSTAND, "Not a DICOM PS3.10 file: no 'DICM' prefix after the preamble")
+        return Failure(CANNOT_UNDERSTAND, NOT_PART10_COMMENT)
     fp = io.BytesIO(prefix)
     fp.seek(PREAMBLE + 4)
     stop: dict[str, Any] = {}
@@ -178,10 +185,10 @@ def parse_header(
         )
     for keyword, value in values.items():
         if not is_valid_uid(value):
-            problem = "missing" if not value else "not a valid UID"
+            wrong = "missing" if not value else "not a valid UID"
             return Failure(
                 DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                UID_COMMENT.format(keyword=keyword, problem=problem),
+                UID_COMMENT.format(keyword=keyword, problem=wrong),
                 sop_class if is_valid_uid(sop_class) else None,
                 sop_uid if is_valid_uid(sop_uid) else None,
             )

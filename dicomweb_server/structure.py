@@ -22,7 +22,7 @@ import struct
 import time
 import zlib
 
-from pydicom.datadict import DicomDictionary
+from pydicom._dicom_dict import DicomDictionary
 
 # Sequence nesting beyond any real IOD (SR content trees are rarely ten deep); the DICOM JSON of
 # a deeper data set would also pass orjson's nesting limit (three JSON levels per sequence level).
@@ -45,7 +45,7 @@ TRUNCATED_HEADER_COMMENT = "Truncated inside an element header after {tag}"
 TRUNCATED_ITEM_COMMENT = "Truncated: item in {tag} lacks {missing} bytes"
 NO_SEQUENCE_DELIMITER_COMMENT = "Truncated: {tag} ends without its sequence delimiter"
 NO_ITEM_DELIMITER_COMMENT = "Truncated: item in {tag} ends without its item delimiter"
-OVERRUN_COMMENT = "Malformed: {tag} is longer than the item or sequence holding it"
+OVERRUN_COMMENT = "Malformed: {tag} is longer than its item or sequence"
 NOT_AN_ITEM_COMMENT = "Malformed: {tag} holds an element where an item must be"
 UNDEFINED_ITEM_COMMENT = "Malformed: a fragment of {tag} has an undefined length"
 STRAY_DELIMITER_COMMENT = "Malformed: a sequence delimiter inside an item of {tag}"

@@ -218,7 +218,7 @@ async def test_malformed_multipart_is_400_and_writes_nothing(app: App, db: async
     truncated = body[: len(body) - 200]  # the closing delimiter never comes
     r = await app.client.post(STUDIES, content=truncated, headers={"Content-Type": content_type()})
     assert r.status_code == 400
-    assert "closing boundary" in r.json()["message"]
+    assert "ends before the close delimiter" in r.json()["message"]
     assert await count_rows(db) == (0, 0, 0)
     assert objects(app) == []
 

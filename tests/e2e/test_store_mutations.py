@@ -19,9 +19,7 @@ from dataclasses import dataclass
 import httpx
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
 from pydicom.filereader import data_element_generator
-from pydicom.sequence import Sequence
 
 from dicomweb_server import dicom, structure
 from tests.conftest import App
@@ -203,7 +201,11 @@ def nested(study: str, depth: int, *, undefined: bool = True) -> bytes:
     value = leaf
     for _ in range(depth):
         if undefined:
-            item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + value + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+            item = (
+                struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+                + value
+                + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+            )
             body = item + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
             value = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF) + body
         else:
@@ -358,5 +360,52 @@ async def test_sequence_depth_limit_is_a_per_instance_failure(app: App, undefine
     stored, failed = results(r.json())
     assert stored == {sop_uid(f) for f in ok}
     reasons = [f for fs in failed.values() for f in fs]
-    assert reasons == [(dicom.CANNOT_UNDERSTAND, f"Sequences are nested deeper than {limit} levels")] * len(deep)
+    assert reasons == [(dicom.CANNOT_UNDERSTAND, f"Sequences are nested deeper than {limit} levels")] * len(
+        deep
+    )
     await round_trip(app.client, study, [Case("ok", f, broken=False) for f in ok], stored)
+
+
+# Request-level messages (item 15): what is wrong, in words -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "ctype", "message"),
+    [
+        (f"{STUDIES}/abc", None, "application/dicom", "Study Instance UID in the URL is not a valid UID"),
+        (STUDIES, b"", "application/dicom", "empty request body"),
+        (STUDIES, b"", None, "empty request body"),
+        (
+            STUDIES,
+            b"--d1c0m-b0undary\nContent-Type: application/dicom\n\nx\n--d1c0m-b0undary--\n",
+            None,
+            "followed by a bare LF; multipart lines must end in CRLF",
+        ),
+        (
+            STUDIES,
+            multipart([b"x"], boundary="another"),
+            None,
+            "no boundary delimiter found: the body does not contain --d1c0m-b0undary followed by CRLF",
+        ),
+    ],
+)
+async def test_request_level_mistakes_are_400_with_a_clear_message(
+    app: App, path: str, body: bytes | None, ctype: str | None, message: str
+) -> None:
+    content = instance() if body is None else body
+    r = await app.client.post(path, content=content, headers={"Content-Type": ctype or content_type()})
+    assert r.status_code == 400, r.text
+    assert message in r.json()["message"]
+    assert await app.state.pool.fetchval("SELECT count(*) FROM instance") == 0  # type: ignore[attr-defined]
+
+
+async def test_duplicate_failure_comment_is_complete_and_names_the_setting(app: App) -> None:
+    study, series, sop = uid(), uid(), uid()
+    first, second = instance(study, series, sop, seed=1), instance(study, series, sop, seed=2)
+    assert (
+        await app.client.post(STUDIES, content=first, headers={"Content-Type": "application/dicom"})
+    ).status_code == 200
+    r = await app.client.post(STUDIES, content=second, headers={"Content-Type": "application/dicom"})
+    assert r.status_code == 409
+    (item,) = r.json()["00081198"]["Value"]
+    assert item["00000902"]["Value"] == ["Already stored with other content; see DICOMWEB_DUPLICATE_POLICY"]
