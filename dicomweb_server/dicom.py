@@ -159,7 +159,8 @@ def parse_header(
             ds = read_dataset(body, uid.is_implicit_VR, uid.is_little_endian, stop_when=at_pixels)
             if "vr" not in stop and not complete and broken is None:
                 return OVER_BUDGET
-            if _truncated(ds) and broken is None:
+            cut = _truncated(ds)  # a value of the header itself is cut short: its UIDs may be too
+            if cut and broken is None:
                 broken = Failure(CANNOT_UNDERSTAND, TRUNCATED_COMMENT)
             values = {kw: _text(ds, tag) for kw, tag in _REQUIRED.items()}
             pixel = None
@@ -179,7 +180,7 @@ def parse_header(
         return Failure(CANNOT_UNDERSTAND, UNREADABLE_COMMENT)
     sop_class, sop_uid = values["SOPClassUID"], values["SOPInstanceUID"]
     if broken is not None:
-        ok = is_valid_uid(sop_class) and is_valid_uid(sop_uid)
+        ok = is_valid_uid(sop_class) and is_valid_uid(sop_uid) and not cut
         return replace(
             broken, sop_class_uid=sop_class if ok else None, sop_instance_uid=sop_uid if ok else None
         )

@@ -120,6 +120,9 @@ class Walker:
         self._after_pixels: int | None = None  # elements counted after the top-level Pixel Data
         self._last = 0  # tag of the last element header read
         self._count = 0
+        self._tag = 0  # the header just read
+        self._vr = b""
+        self._length = 0
 
     # -- feeding --------------------------------------------------------------------------
     def feed(self, chunk: bytes | bytearray | memoryview) -> None:
@@ -128,52 +131,64 @@ class Walker:
         self.seen = end
         while self.problem is None and offset <= self.pos < end:
             i = self.pos - offset
+            if not self._head and i + 12 <= len(chunk):  # the whole header is here: read it in place
+                size = self._header(chunk, i)
+                assert size is not None
+                self.pos += size
+                self._after_header()
+                continue
             take = chunk[i : i + self._need - len(self._head)]
             self._head += take
             self.pos += len(take)
             if len(self._head) < self._need:
                 return  # the header goes on in the next chunk
-            self._header()
+            if self._header(self._head, 0) is None:
+                self._need = 12  # an explicit VR with a 4-byte length: 4 more bytes
+                continue
+            self._need = 8
+            self._head.clear()
+            self._after_header()
 
-    def _header(self) -> None:
-        head = self._head
+    def _header(self, buf: bytes | bytearray | memoryview, at: int) -> int | None:
+        """Read the element or item header at ``buf[at:]``; its size, or None if ``buf`` holds too
+        little of it.  Sets ``self._tag``, ``self._vr``, ``self._length``."""
         top = self._stack[-1]
-        group, element = struct.unpack_from(self._fmt + "HH", head)
-        tag = group << 16 | element
-        vr = b""
+        group, element = struct.unpack_from(self._fmt + "HH", buf, at)
+        self._tag = group << 16 | element
+        self._vr = b""
         if top.kind != _DATASET or group == 0xFFFE or top.implicit:
-            if top.kind == _DATASET and group != 0xFFFE and top.fresh and self._turns_explicit(head, top):
-                self._header()  # pydicom reads a top-level data set whose first element has a VR
-                return  # as explicit VR: so do we (it never switches that way inside a sequence)
-            (length,) = struct.unpack_from(self._fmt + "I", head, 4)
-        else:
-            vr = bytes(head[4:6])
-            if top.fresh and not _is_vr(vr):
-                top.implicit = True  # pydicom reads such a data set (or item) as implicit VR
-                top.fresh = False
-                self._header()
-                return
-            if vr in _LONG_VRS:
-                if len(head) < 12:
-                    self._need = 12
-                    return
-                (length,) = struct.unpack_from(self._fmt + "I", head, 8)
-            else:
-                (length,) = struct.unpack_from(self._fmt + "H", head, 6)
-        self._need = 8
-        head.clear()
+            if top.kind == _DATASET and group != 0xFFFE and top.fresh and self._turns_explicit(buf, at, top):
+                return self._header(buf, at)  # pydicom reads a top-level data set whose first element
+            (self._length,) = struct.unpack_from(self._fmt + "I", buf, at + 4)  # has a VR as explicit
+            return 8
+        vr = bytes(buf[at + 4 : at + 6])
+        if top.fresh and not _is_vr(vr):
+            top.implicit = True  # pydicom reads such a data set (or item) as implicit VR: so do we
+            top.fresh = False
+            return self._header(buf, at)
+        self._vr = vr
+        if vr in _LONG_VRS:
+            if len(buf) < at + 12:
+                return None
+            (self._length,) = struct.unpack_from(self._fmt + "I", buf, at + 8)
+            return 12
+        (self._length,) = struct.unpack_from(self._fmt + "H", buf, at + 6)
+        return 8
+
+    def _after_header(self) -> None:
+        top = self._stack[-1]
         top.fresh = False
-        self._last = tag
+        tag = self._last = self._tag
         self._tick()
         if top.kind == _DATASET:
-            self._element(top, tag, vr, length)
+            self._element(top, tag, self._vr, self._length)
         else:
-            self._item(top, tag, length)
+            self._item(top, tag, self._length)
         self._close_ended()
 
-    def _turns_explicit(self, head: bytearray, top: _Frame) -> bool:
+    def _turns_explicit(self, buf: bytes | bytearray | memoryview, at: int, top: _Frame) -> bool:
         top.fresh = False
-        if len(self._stack) > 1 or not _is_vr(head[4:6]):
+        if len(self._stack) > 1 or not _is_vr(buf[at + 4 : at + 6]):
             return False
         top.implicit = False
         return True
@@ -298,7 +313,7 @@ class Walker:
         return None
 
 
-def _is_vr(vr: bytes | bytearray) -> bool:
+def _is_vr(vr: bytes | bytearray | memoryview) -> bool:
     return len(vr) == 2 and 0x40 < vr[0] < 0x5B and 0x40 < vr[1] < 0x5B
 
 
