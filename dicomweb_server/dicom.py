@@ -523,8 +523,8 @@ def describe(
             tag, vr = parsed.pixel_data
             meta[tag] = {"vr": vr, "BulkDataURI": f"{url}/{tag}"}
         metadata = orjson.dumps(meta)
-        if b"\\u0000" in metadata:  # PostgreSQL text and jsonb cannot hold NUL: see without_nul
-            meta = without_nul(meta)
+        if b"\\u0000" in metadata:  # PostgreSQL text and jsonb cannot hold NUL
+            meta = dicom_json.without_nul(meta)
             metadata = orjson.dumps(meta)
         study, series, instance = index_values(meta)
     except dicom_json.JsonTimeout:
@@ -549,24 +549,6 @@ def describe(
         pixel=parsed.pixel,
         checker=parsed.checker,
     )
-
-
-REPLACEMENT = "\ufffd"
-
-
-def without_nul(value: Any) -> Any:
-    """The DICOM JSON with every NUL in a string replaced by U+FFFD (CONFORMANCE.md).
-
-    NUL is no character of any text VR (PS3.5 §6.1; it may only pad a UI or binary value,
-    and trailing padding is already stripped), and PostgreSQL text and jsonb cannot hold it.
-    The stored object keeps its bytes; only the indexed values and the metadata change."""
-    if isinstance(value, str):
-        return value.replace("\0", REPLACEMENT)
-    if isinstance(value, dict):
-        return {k: without_nul(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [without_nul(v) for v in value]
-    return value
 
 
 def value_at(data: bytes, path: list[str]) -> bytes | None:
