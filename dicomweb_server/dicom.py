@@ -144,9 +144,8 @@ def parse_header(
             checker.feed(memoryview(prefix)[fp.tell() :])
             problem = checker.problem
             if problem is not None and (problem.depth or problem.limit):
-                return Failure(
-                    REFUSED_OUT_OF_RESOURCES if problem.limit else CANNOT_UNDERSTAND, problem.comment
-                )
+                reason = REFUSED_OUT_OF_RESOURCES if problem.limit else CANNOT_UNDERSTAND
+                return Failure(reason, problem.comment, *_naming(prefix, checker))
             if problem is None and complete:  # the whole part is here: is its data set whole?
                 problem = checker.finish()
             broken = None if problem is None else Failure(CANNOT_UNDERSTAND, problem.comment)
@@ -219,6 +218,20 @@ UNREADABLE_COMMENT = "The DICOM header cannot be parsed"
 UID_COMMENT = "{keyword} is {problem}"
 METADATA_COMMENT = "Could not build the instance metadata"
 OVER_BUDGET_COMMENT = "DICOM header exceeds the configured header budget"
+def _naming(prefix: bytes, checker: structure.Checker) -> tuple[str | None, str | None]:
+    """SOP Class and Instance UIDs where the walker saw them, for a failure found before pydicom
+    read the header (a sequence nested too deep); (None, None) unless both are valid."""
+    if not isinstance(checker, structure.Walker):
+        return None, None
+    found = []
+    for tag in (0x00080016, 0x00080018):
+        at, length = checker.naming.get(tag, (0, 0))
+        found.append(prefix[at : at + length].decode("ascii", "replace").rstrip("\0 "))
+    if all(is_valid_uid(u) for u in found):
+        return found[0], found[1]
+    return None, None
+
+
 OVER_BUDGET = Failure(REFUSED_OUT_OF_RESOURCES, OVER_BUDGET_COMMENT)
 _TOO_SLOW = Failure(REFUSED_OUT_OF_RESOURCES, structure.TOO_SLOW_COMMENT)
 LO_MAX = 64

@@ -36,6 +36,9 @@ _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 # Implicit VR: a defined-length value of these tags is a sequence (PS3.6).
 _SQ_TAGS = frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "SQ")
 
+# Top-level elements whose place the walker notes: a failure can name its instance without pydicom.
+NAMING_TAGS = frozenset({0x00080016, 0x00080018})
+
 # Container kinds on the walker's stack.
 _DATASET, _SEQUENCE, _FRAGMENTS = 0, 1, 2
 
@@ -120,6 +123,7 @@ class Walker:
         self._after_pixels: int | None = None  # elements counted after the top-level Pixel Data
         self._last = 0  # tag of the last element header read
         self._count = 0
+        self.naming: dict[int, tuple[int, int]] = {}  # where the top-level UIDs are: (offset, length)
         self._tag = 0  # the header just read
         self._vr = b""
         self._length = 0
@@ -230,9 +234,12 @@ class Walker:
         if is_sq and length > 0:
             self._push(_SEQUENCE, self.pos + length, implicit, tag)
             return
+        if len(self._stack) == 1:
+            if tag in _PIXEL_TAGS and self._after_pixels is None:
+                self._after_pixels = 0
+            elif tag in NAMING_TAGS:
+                self.naming[tag] = (self.pos, length)
         self.pos += length
-        if len(self._stack) == 1 and tag in _PIXEL_TAGS and self._after_pixels is None:
-            self._after_pixels = 0
 
     def _item(self, top: _Frame, tag: int, length: int) -> None:
         """An item header in a sequence or an encapsulated value."""

@@ -195,7 +195,7 @@ def with_text(study: str, **attrs: object) -> bytes:
     return instance(study, **attrs)
 
 
-def nested(study: str, depth: int, *, undefined: bool = True) -> bytes:
+def nested(study: str, depth: int, *, undefined: bool = True, sop: str | None = None) -> bytes:
     """A CT instance whose ContentSequence nests ``depth`` levels deep (written byte by byte:
     pydicom's own writer recurses too)."""
     leaf = struct.pack("<HH2sH", 0x0008, 0x0100, b"SH", 2) + b"X "  # Code Value
@@ -212,7 +212,7 @@ def nested(study: str, depth: int, *, undefined: bool = True) -> bytes:
         else:
             item = struct.pack("<HHI", 0xFFFE, 0xE000, len(value)) + value
             value = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, len(item)) + item
-    data = instance(study)
+    data = instance(study, sop=sop)
     at = data.rfind(b"\xe0\x7f\x10\x00")
     return data[:at] + value + data[at:]
 
@@ -366,11 +366,16 @@ async def test_sequence_depth_limit_is_a_per_instance_failure(app: App, undefine
     study = uid()
     limit = structure.MAX_SEQUENCE_DEPTH
     ok = [nested(study, 1, undefined=undefined), nested(study, limit, undefined=undefined)]
-    deep = [nested(study, depth, undefined=undefined) for depth in (limit + 1, 90, 150, 199, 250)]
+    sops = [uid() for _ in range(5)]
+    deep = [
+        nested(study, depth, undefined=undefined, sop=sop)
+        for depth, sop in zip((limit + 1, 90, 150, 199, 250), sops, strict=True)
+    ]
     r = await app.client.post(STUDIES, content=multipart(ok + deep), headers={"Content-Type": content_type()})
     assert r.status_code == 202, r.text
     stored, failed = results(r.json())
     assert stored == {sop_uid(f) for f in ok}
+    assert set(failed) == set(sops)  # named: FailedSOPSequence
     reasons = [f for fs in failed.values() for f in fs]
     assert reasons == [(dicom.CANNOT_UNDERSTAND, f"Sequences are nested deeper than {limit} levels")] * len(
         deep
@@ -431,7 +436,8 @@ def test_mutations_through_a_real_socket(live_server: Server) -> None:
     good = fresh("JPEG-lossy.dcm", study)
     cut = fresh("JPEG-lossy.dcm", study)
     long_pixels = corruptions("CT_small.dcm", study)[2]  # Pixel Data length near 0xFFFFFFFF
-    deep = nested(study, structure.MAX_SEQUENCE_DEPTH + 40)
+    deep_sop = uid()
+    deep = nested(study, structure.MAX_SEQUENCE_DEPTH + 40, sop=deep_sop)
     nul = instance(study, ImageComments="a\0b")
     with httpx.Client(base_url=live_server.url, headers=live_server.headers, timeout=60) as client:
         r = client.post(STUDIES, content=cut[:-8], headers={"Content-Type": "application/dicom"})
@@ -450,13 +456,13 @@ def test_mutations_through_a_real_socket(live_server: Server) -> None:
             Case("good", good, broken=False),
             Case("half", cut[: len(cut) // 2], broken=True, uid=sop_uid(cut)),
             long_pixels,
-            Case("deep", deep, broken=True),
+            Case("deep", deep, broken=True, uid=deep_sop),
             Case("nul", nul, broken=False),
         ]
         stored = check(cases, r.json())
         assert stored == {sop_uid(good), sop_uid(nul)}
         _, failed = results(r.json())
-        assert failed[None] == [
+        assert failed[deep_sop] == [
             (
                 dicom.CANNOT_UNDERSTAND,
                 f"Sequences are nested deeper than {structure.MAX_SEQUENCE_DEPTH} levels",

@@ -641,3 +641,5 @@ def test_deep_sequences_fail_without_naming_python() -> None:
     assert isinstance(described, Failure)
     assert described.reason == CANNOT_UNDERSTAND
     assert described.comment == "Sequences are nested deeper than 64 levels"
+    assert described.sop_instance_uid == ds.SOPInstanceUID  # named, though pydicom never read it
+    assert described.sop_class_uid == SECONDARY_CAPTURE
