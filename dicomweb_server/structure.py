@@ -231,6 +231,9 @@ class Walker:
         self._check_fits(tag, length)
         if self.problem is not None:
             return
+        if vr == b"UN" and tag in _SQ_TAGS and length > 0:  # pydicom reads it as the sequence it is
+            self._push(_SEQUENCE, self.pos + length, True, tag)  # (implicit VR inside, PS3.5 §6.2.2)
+            return
         if is_sq and length > 0:
             self._push(_SEQUENCE, self.pos + length, implicit, tag)
             return

@@ -205,3 +205,16 @@ def test_deflated_stream_cut_short_or_bombing() -> None:
     garbage = data + b"x" * 9
     problem = walk(garbage)
     assert problem is not None and problem.comment == "Bytes follow the end of the deflated data set"
+
+
+def test_depth_counts_sequences_sent_as_un() -> None:
+    """A known sequence sent with VR UN and a defined length is read as a sequence (implicit VR
+    inside, PS3.5 §6.2.2) by pydicom, so its depth counts too."""
+    value = struct.pack("<HHI", 0x0008, 0x0100, 2) + b"X "
+    for _ in range(structure.MAX_SEQUENCE_DEPTH + 1):
+        inner = item(value)
+        value = struct.pack("<HHI", 0x0040, 0xA730, len(inner)) + inner
+    as_un = explicit(0x0040A730, b"UN", value[8:])
+    problem = explicit_walk(as_un, 1000)
+    assert problem is not None and problem.depth
+    assert explicit_walk(explicit(0x0040A730, b"UN", item(b"")), 7) is None
