@@ -8,6 +8,8 @@ import zlib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.uid import UID
 
 from dicomweb_server import dicom, structure
@@ -218,3 +220,29 @@ def test_depth_counts_sequences_sent_as_un() -> None:
     problem = explicit_walk(as_un, 1000)
     assert problem is not None and problem.depth
     assert explicit_walk(explicit(0x0040A730, b"UN", item(b"")), 7) is None
+
+
+FUZZ_FILES = {
+    n: bundled(n).read_bytes() for n in ("JPEG-lossy.dcm", "CT_small.dcm", "test-SR.dcm", "UN_sequence.dcm")
+}
+
+
+@settings(derandomize=True, database=None, max_examples=300, deadline=None)
+@given(
+    name=st.sampled_from(sorted(FUZZ_FILES)),
+    cut=st.integers(0, 1 << 16),
+    flips=st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), max_size=4),
+    size=st.integers(1, 300),
+)
+def test_any_damage_gives_the_same_verdict_in_any_chunking(
+    name: str, cut: int, flips: list[tuple[int, int]], size: int
+) -> None:
+    """Never an exception, and the verdict does not depend on how the bytes arrive."""
+    data = bytearray(FUZZ_FILES[name])
+    start = walker_for(bytes(data)).seen
+    for at, byte in flips:
+        data[start + at % (len(data) - start)] = byte
+    data = data[: max(start, len(data) - cut % (len(data) - start + 1))]
+    whole, chunked = walk(bytes(data)), walk(bytes(data), size)
+    assert (whole is None) == (chunked is None)
+    assert whole is None or (whole.comment == chunked.comment and len(whole.comment) <= 64)  # type: ignore[union-attr]
