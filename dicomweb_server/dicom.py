@@ -487,8 +487,8 @@ def subset(meta: dict[str, Any], tags: frozenset[str]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Description:
-    """Everything the index needs from one instance's header: picklable, so it can be
-    computed in a worker process, and compact (no pydicom objects)."""
+    """Everything the index needs from one instance's header: compact (no pydicom objects) and,
+    but for ``checker`` (the part's completeness walk, dropped from the index record), picklable."""
 
     study_uid: str
     series_uid: str
