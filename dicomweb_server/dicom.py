@@ -218,6 +218,8 @@ UNREADABLE_COMMENT = "The DICOM header cannot be parsed"
 UID_COMMENT = "{keyword} is {problem}"
 METADATA_COMMENT = "Could not build the instance metadata"
 OVER_BUDGET_COMMENT = "DICOM header exceeds the configured header budget"
+
+
 def _naming(prefix: bytes, checker: structure.Checker) -> tuple[str | None, str | None]:
     """SOP Class and Instance UIDs where the walker saw them, for a failure found before pydicom
     read the header (a sequence nested too deep); (None, None) unless both are valid."""
