@@ -123,8 +123,7 @@ _UID_PARAMS = (
 def uids_checked(handler: Handler) -> Handler:
     """400 for a path UID that is not a UID (PS3.5 §9.1), before the handler sees it.
 
-    Runs inside the guard: an unauthenticated request gets its 401 first, and the audit
-    (RequestContext) is given only valid UIDs.
+    Runs inside the guard: an unauthenticated request gets its 401 first.
     """
 
     async def endpoint(request: Request) -> Response:

@@ -236,6 +236,12 @@ def _columns(rows: Sequence[dict[str, Any]], columns: Iterable[str]) -> list[lis
     return [[row[c] for row in rows] for c in columns]
 
 
+# Error Comments (LO, 64 characters: tests/unit/test_stow_response.py checks them).
+DUPLICATE_COMMENT = "Already stored with other content; see DICOMWEB_DUPLICATE_POLICY"
+OVERWRITE_REFUSED_COMMENT = "Overwrite refused: the stored instance belongs to another series"
+SERIES_ELSEWHERE_COMMENT = "Series Instance UID already belongs to another study"
+
+
 async def store_batch(
     pool: asyncpg.Pool, tenant: str, records: Sequence[Record], *, overwrite: bool
 ) -> BatchOutcome:
@@ -293,7 +299,7 @@ async def _store_batch(
         if series_study[r.series_uid] != study_pk[r.study_uid]:
             out.failed[r.object_key] = Failure(
                 DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                "Series Instance UID already belongs to another study",
+                SERIES_ELSEWHERE_COMMENT,
                 r.instance["sop_class_uid"],
                 r.sop_uid,
             )
@@ -414,9 +420,7 @@ async def _resolve_duplicates(
         else:
             out.failed[r.object_key] = Failure(
                 DUPLICATE_SOP_INSTANCE,
-                "An instance with this SOP Instance UID and different content is already stored"
-                if row is None or not overwrite
-                else "Overwrite refused: the stored instance belongs to another series",
+                DUPLICATE_COMMENT if row is None or not overwrite else OVERWRITE_REFUSED_COMMENT,
                 r.instance["sop_class_uid"],
                 r.sop_uid,
             )

@@ -9,13 +9,14 @@ FailureReason, never raised, so the other parts of the request still store.
 from __future__ import annotations
 
 import io
+import logging
 import re
 import struct
 import time
 import unicodedata
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -25,8 +26,10 @@ from pydicom.filereader import _read_file_meta_info, dcmread, read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-from . import dicom_json
+from . import dicom_json, structure
 from .frames import UNDEFINED, PixelIndex
+
+log = logging.getLogger(__name__)
 
 # PS3.18 Table I.2-2 Store Instances Response Failure Reason, plus the PS3.7 Annex C
 # general status we use for a conflicting duplicate.  Listed in CONFORMANCE.md.
@@ -70,10 +73,17 @@ class Header:
     dataset: Dataset  # raw elements, converted lazily by dicom_json
     pixel_data: tuple[str, str] | None  # (tag, VR) of the (Float/Double) Pixel Data element, if any
     pixel: PixelIndex | None = None  # where its value lies in the part (not for deflated data sets)
+    # Walks the rest of the part as it streams: is the data set complete? (structure.py)
+    checker: structure.Checker | None = field(default=None, compare=False)
 
 
 def parse_header(
-    prefix: bytes, *, complete: bool, budget: int = 16 * 1024 * 1024, deadline: float | None = None
+    prefix: bytes,
+    *,
+    complete: bool,
+    budget: int = 16 * 1024 * 1024,
+    deadline: float | None = None,
+    inflate_limit: int = 1 << 40,
 ) -> Header | Failure:
     """Parse a Part 10 header from the first bytes of a part.
 
@@ -82,9 +92,16 @@ def parse_header(
     caller may retry with a longer prefix).  Deflated data sets are inflated up to
     ``budget`` bytes.  Past ``deadline`` (``time.monotonic()``) the parse stops with 0xA700:
     a header of millions of tiny elements costs CPU out of proportion to its bytes.
+
+    Before pydicom reads anything, ``structure`` walks the element headers of the
+    prefix: sequences nested too deep are refused here (pydicom's reader and the
+    JSON encoder recurse), and so is a structure already broken within the prefix.
+    The returned ``Header.checker`` goes on walking the rest of the part.
     """
+    if not prefix:
+        return Failure(CANNOT_UNDERSTAND, EMPTY_COMMENT)
     if len(prefix) < PREAMBLE + 4 or prefix[PREAMBLE : PREAMBLE + 4] != b"DICM":
-        return Failure(CANNOT_UNDERSTAND, "Not a DICOM PS3.10 file: no 'DICM' prefix after the preamble")
+        return Failure(CANNOT_UNDERSTAND, NOT_PART10_COMMENT)
     fp = io.BytesIO(prefix)
     fp.seek(PREAMBLE + 4)
     stop: dict[str, Any] = {}
@@ -103,15 +120,35 @@ def parse_header(
             return True
         return False
 
+    broken: Failure | None = None  # the structure is wrong: fail, naming the instance if it can be
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ts = _transfer_syntax(prefix, fp)
             if not is_valid_uid(ts):
-                return Failure(CANNOT_UNDERSTAND, "File Meta Information has no valid Transfer Syntax UID")
+                return Failure(CANNOT_UNDERSTAND, NO_TRANSFER_SYNTAX_COMMENT)
             uid = UID(ts)
             if not uid.is_transfer_syntax:
-                return Failure(TRANSFER_SYNTAX_NOT_SUPPORTED, f"Transfer Syntax {ts} is not supported")
+                return Failure(
+                    TRANSFER_SYNTAX_NOT_SUPPORTED,
+                    fit(TS_NOT_SUPPORTED_COMMENT.format(uid=ts), TS_NOT_SUPPORTED_FALLBACK),
+                )
+            checker = structure.checker(
+                fp.tell(),
+                implicit=uid.is_implicit_VR,
+                little=uid.is_little_endian,
+                deflated=ts == DEFLATED,
+                inflate_limit=inflate_limit,
+            )
+            checker.deadline = deadline
+            checker.feed(memoryview(prefix)[fp.tell() :])
+            problem = checker.problem
+            if problem is not None and (problem.depth or problem.limit):
+                reason = REFUSED_OUT_OF_RESOURCES if problem.limit else CANNOT_UNDERSTAND
+                return Failure(reason, problem.comment, *_naming(prefix, checker))
+            if problem is None and complete:  # the whole part is here: is its data set whole?
+                problem = checker.finish()
+            broken = None if problem is None else Failure(CANNOT_UNDERSTAND, problem.comment)
             body: io.BytesIO = fp
             if ts == DEFLATED:
                 # Inflate with a bound: never more than the header budget (decompression bombs).
@@ -119,10 +156,11 @@ def parse_header(
                 body = io.BytesIO(inflater.decompress(prefix[fp.tell() :], budget))
                 complete = complete and not inflater.unconsumed_tail
             ds = read_dataset(body, uid.is_implicit_VR, uid.is_little_endian, stop_when=at_pixels)
-            if "vr" not in stop and not complete:
+            if "vr" not in stop and not complete and broken is None:
                 return OVER_BUDGET
-            if _truncated(ds):
-                return Failure(CANNOT_UNDERSTAND, "The DICOM data set is truncated")
+            cut = _truncated(ds)  # a value of the header itself is cut short: its UIDs may be too
+            if cut and broken is None:
+                broken = Failure(CANNOT_UNDERSTAND, TRUNCATED_COMMENT)
             values = {kw: _text(ds, tag) for kw, tag in _REQUIRED.items()}
             pixel = None
             if "tag" in stop and body is fp:
@@ -133,16 +171,24 @@ def parse_header(
     except ParseTimeout:
         return _TOO_SLOW
     except Exception as exc:  # pydicom raises many types on malformed input
+        if broken is not None:  # the walker already knows what is wrong
+            return broken
         if not complete:  # most likely a header cut short by the prefix
             return OVER_BUDGET
-        return Failure(CANNOT_UNDERSTAND, f"Unreadable DICOM header: {type(exc).__name__}")
+        log.info("unreadable DICOM header", extra={"event": "stow_unreadable", "error": type(exc).__name__})
+        return Failure(CANNOT_UNDERSTAND, UNREADABLE_COMMENT)
     sop_class, sop_uid = values["SOPClassUID"], values["SOPInstanceUID"]
+    if broken is not None:
+        ok = is_valid_uid(sop_class) and is_valid_uid(sop_uid) and not cut
+        return replace(
+            broken, sop_class_uid=sop_class if ok else None, sop_instance_uid=sop_uid if ok else None
+        )
     for keyword, value in values.items():
         if not is_valid_uid(value):
-            problem = "missing" if not value else "not a valid UID"
+            wrong = "missing" if not value else "not a valid UID"
             return Failure(
                 DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                f"{keyword} is {problem}",
+                UID_COMMENT.format(keyword=keyword, problem=wrong),
                 sop_class if is_valid_uid(sop_class) else None,
                 sop_uid if is_valid_uid(sop_uid) else None,
             )
@@ -156,11 +202,46 @@ def parse_header(
         dataset=ds,
         pixel_data=(stop["tag"], stop["vr"]) if "tag" in stop else None,
         pixel=pixel,
+        checker=checker,
     )
 
 
-OVER_BUDGET = Failure(REFUSED_OUT_OF_RESOURCES, "DICOM header exceeds the configured header budget")
-_TOO_SLOW = Failure(REFUSED_OUT_OF_RESOURCES, "DICOM header exceeds the parse time budget")
+# Error Comments (0000,0902) are LO: at most 64 characters, so each one must say something complete
+# in that space.  Templates name their fields; tests/unit/test_stow_response.py checks the worst cases.
+EMPTY_COMMENT = "The part is empty"
+NOT_PART10_COMMENT = "Not a DICOM PS3.10 file: no 'DICM' prefix after the preamble"
+NO_TRANSFER_SYNTAX_COMMENT = "File Meta Information has no valid Transfer Syntax UID"
+TS_NOT_SUPPORTED_COMMENT = "Transfer Syntax {uid} is not supported"
+TS_NOT_SUPPORTED_FALLBACK = "The Transfer Syntax of the file is not supported"
+TRUNCATED_COMMENT = "The DICOM data set is truncated"
+UNREADABLE_COMMENT = "The DICOM header cannot be parsed"
+UID_COMMENT = "{keyword} is {problem}"
+METADATA_COMMENT = "Could not build the instance metadata"
+OVER_BUDGET_COMMENT = "DICOM header exceeds the configured header budget"
+
+
+def _naming(prefix: bytes, checker: structure.Checker) -> tuple[str | None, str | None]:
+    """SOP Class and Instance UIDs where the walker saw them, for a failure found before pydicom
+    read the header (a sequence nested too deep); (None, None) unless both are valid."""
+    if not isinstance(checker, structure.Walker):
+        return None, None
+    found = []
+    for tag in (0x00080016, 0x00080018):
+        at, length = checker.naming.get(tag, (0, 0))
+        found.append(prefix[at : at + length].decode("ascii", "replace").rstrip("\0 "))
+    if all(is_valid_uid(u) for u in found):
+        return found[0], found[1]
+    return None, None
+
+
+OVER_BUDGET = Failure(REFUSED_OUT_OF_RESOURCES, OVER_BUDGET_COMMENT)
+_TOO_SLOW = Failure(REFUSED_OUT_OF_RESOURCES, structure.TOO_SLOW_COMMENT)
+LO_MAX = 64
+
+
+def fit(text: str, fallback: str) -> str:
+    """``text`` if it fits an Error Comment (LO, 64 characters), else the complete ``fallback``."""
+    return text if len(text) <= LO_MAX else fallback
 
 
 class ParseTimeout(Exception):
@@ -408,8 +489,8 @@ def subset(meta: dict[str, Any], tags: frozenset[str]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Description:
-    """Everything the index needs from one instance's header: picklable, so it can be
-    computed in a worker process, and compact (no pydicom objects)."""
+    """Everything the index needs from one instance's header: compact (no pydicom objects) and,
+    but for ``checker`` (the part's completeness walk, dropped from the index record), picklable."""
 
     study_uid: str
     series_uid: str
@@ -423,6 +504,7 @@ class Description:
     series_attrs: str
     metadata: str
     pixel: PixelIndex | None = None
+    checker: structure.Checker | None = field(default=None, compare=False)
 
 
 def bulkdata_base(study_uid: str, series_uid: str, sop_uid: str) -> str:
@@ -431,12 +513,20 @@ def bulkdata_base(study_uid: str, series_uid: str, sop_uid: str) -> str:
 
 
 def describe(
-    prefix: bytes, *, complete: bool, budget: int, threshold: int, seconds: float = 2.0
+    prefix: bytes,
+    *,
+    complete: bool,
+    budget: int,
+    threshold: int,
+    seconds: float = 2.0,
+    inflate_limit: int = 1 << 40,
 ) -> Description | Failure:
     """Parse a part's header and compute its DICOM JSON and index values, once, at ingest,
     within ``budget`` bytes and ``seconds`` of CPU time."""
     deadline = time.monotonic() + seconds
-    parsed = parse_header(prefix, complete=complete, budget=budget, deadline=deadline)
+    parsed = parse_header(
+        prefix, complete=complete, budget=budget, deadline=deadline, inflate_limit=inflate_limit
+    )
     if isinstance(parsed, Failure):
         return parsed
     url = bulkdata_base(parsed.study_uid, parsed.series_uid, parsed.sop_uid)
@@ -447,16 +537,16 @@ def describe(
         if parsed.pixel_data is not None:
             tag, vr = parsed.pixel_data
             meta[tag] = {"vr": vr, "BulkDataURI": f"{url}/{tag}"}
+        metadata = orjson.dumps(meta)
+        if b"\\u0000" in metadata:  # PostgreSQL text and jsonb cannot hold NUL
+            meta = dicom_json.without_nul(meta)
+            metadata = orjson.dumps(meta)
         study, series, instance = index_values(meta)
     except dicom_json.JsonTimeout:
         return _TOO_SLOW
     except Exception as exc:  # a data set pydicom reads but cannot describe: that instance fails alone
-        return Failure(
-            PROCESSING_FAILURE,
-            f"Could not build the instance metadata: {type(exc).__name__}",
-            parsed.sop_class_uid,
-            parsed.sop_uid,
-        )
+        log.info("instance metadata failed", extra={"event": "stow_metadata", "error": type(exc).__name__})
+        return Failure(PROCESSING_FAILURE, METADATA_COMMENT, parsed.sop_class_uid, parsed.sop_uid)
     instance["sop_class_uid"] = parsed.sop_class_uid
     instance["transfer_syntax_uid"] = parsed.transfer_syntax_uid
     return Description(
@@ -470,8 +560,9 @@ def describe(
         instance=instance,
         study_attrs=orjson.dumps(subset(meta, STUDY_TAGS)).decode(),
         series_attrs=orjson.dumps(subset(meta, SERIES_TAGS)).decode(),
-        metadata=orjson.dumps(meta).decode(),
+        metadata=metadata.decode(),
         pixel=parsed.pixel,
+        checker=parsed.checker,
     )
 
 

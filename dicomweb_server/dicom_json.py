@@ -212,3 +212,21 @@ def _via_pydicom(
         return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
     encoded: JSON = elem.to_json_dict(lambda _e: bulk_uri(path), threshold)
     return encoded
+
+
+REPLACEMENT = "\ufffd"
+
+
+def without_nul(value: Any) -> Any:
+    """The DICOM JSON with every NUL in a string replaced by U+FFFD (CONFORMANCE.md).
+
+    NUL is no character of any text VR (PS3.5 §6.1; it may only pad a UI or binary value,
+    and trailing padding is already stripped), and PostgreSQL text and jsonb cannot hold it.
+    The stored object keeps its bytes; only the indexed values and the metadata change."""
+    if isinstance(value, str):
+        return value.replace("\0", REPLACEMENT)
+    if isinstance(value, dict):
+        return {k: without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value

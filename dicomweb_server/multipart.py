@@ -16,6 +16,7 @@ from .errors import BadRequest, PayloadTooLarge
 
 MAX_BOUNDARY = 70  # RFC 2046 §5.1.1
 MAX_PREAMBLE = 65536
+MAX_PADDING = 1024  # transport padding after a delimiter (RFC 2046 §5.1.1 sets no bound)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,11 @@ class MultipartReader:
         self._header_bytes = 0
         self._max_header_bytes = max_header_bytes
         self._ended = False
+        self._boundary = boundary
         self._delimiter = b"--" + boundary.encode("latin-1")
+        self._marker = b"\r\n" + self._delimiter  # a delimiter after the first (RFC 2046 §5.1.1)
+        self._pend: bytes | None = None  # bytes right after a delimiter, held back: padding or not?
+        self._tail = b""  # the last bytes passed on, to find a delimiter split between chunks
         self._preamble: bytearray | None = bytearray()  # None once the first delimiter was found
         self._parser = MultipartParser(
             boundary.encode("latin-1"),
@@ -88,6 +93,10 @@ class MultipartReader:
             return []  # epilogue after the close delimiter is ignored (RFC 2046 §5.1.1)
         if self._preamble is not None:
             chunk = self._skip_preamble(chunk)
+            if self._preamble is None:  # found: the first delimiter is read like the others
+                self._tail = b"\r\n"
+        if chunk:
+            chunk = self._without_padding(chunk)
         try:
             self._parser.write(chunk)
         except MultipartParseError as exc:
@@ -109,10 +118,61 @@ class MultipartReader:
             if after in (b"\r\n", b"--") or after[:1] in (b" ", b"\t"):
                 self._preamble = None
                 return bytes(buf[at:])
+            if after[:1] == b"\n":
+                raise BadRequest(
+                    f"Malformed multipart body: the boundary delimiter --{self._boundary} is followed "
+                    "by a bare LF; multipart lines must end in CRLF"
+                )
             search = at + 1
         if len(buf) > MAX_PREAMBLE:
-            raise BadRequest("Malformed multipart body: no boundary delimiter found")
+            raise BadRequest(self._no_delimiter())
         return b""
+
+    def _no_delimiter(self) -> str:
+        return (
+            f"Malformed multipart body: no boundary delimiter found: the body does not contain "
+            f"--{self._boundary} followed by CRLF (check the boundary parameter; lines must end in CRLF)"
+        )
+
+    def _without_padding(self, chunk: bytes) -> bytes:
+        """Drop transport padding (spaces, tabs) after each boundary delimiter: RFC 2046 §5.1.1
+        allows it, python-multipart does not.  The boundary cannot occur in a part's content, so
+        ``CRLF --boundary`` always starts a delimiter.  Only the padding itself is ever held back
+        (until the byte after it shows it is padding); a chunk without one passes untouched."""
+        data = self._pend + chunk if self._pend is not None else chunk
+        after_marker, self._pend = self._pend is not None, None
+        pieces: list[bytes] = []
+        start = cursor = 0
+        while True:
+            end = 0 if after_marker else self._next_marker(data, cursor)
+            after_marker = False
+            if end < 0:
+                break
+            decided = _padding(data[end:])
+            if decided is None:  # the padding may go on: hold it back
+                self._pend = data[end:]
+                data = data[:end]
+                break
+            replacement, length = decided
+            if length:
+                pieces += [data[start:end], replacement]
+                start = end + length
+            cursor = end + max(length, 1)
+        out = b"".join([*pieces, data[start:]]) if pieces else data
+        keep = len(self._marker) - 1
+        self._tail = (self._tail + out[-keep:])[-keep:]
+        return out
+
+    def _next_marker(self, data: bytes, cursor: int) -> int:
+        """The end (in ``data``) of the next delimiter that ends after ``cursor``, or -1."""
+        marker = self._marker
+        if cursor == 0 and self._tail:  # one that began in the previous chunk
+            window = self._tail + data[: len(marker) - 1]
+            at = window.find(marker)
+            if at >= 0:
+                return at + len(marker) - len(self._tail)
+        at = data.find(marker, cursor)
+        return at + len(marker) if at >= 0 else -1
 
     def _find_delimiter(self, buf: bytearray, start: int) -> int:
         """Offset of the boundary delimiter at the start of the body or of a line, or -1."""
@@ -123,8 +183,15 @@ class MultipartReader:
 
     def close(self) -> None:
         """The body is over: it must have ended with the close delimiter."""
+        if self._pend and not self._ended:  # what followed the last delimiter was not padding
+            self._parser.write(self._pend)
+            self._pend = None
+        if self._preamble is not None:
+            raise BadRequest(self._no_delimiter())
         if not self._ended:
-            raise BadRequest("Malformed multipart body: it ends before the closing boundary")
+            raise BadRequest(
+                f"Malformed multipart body: it ends before the close delimiter --{self._boundary}--"
+            )
 
     # python-multipart callbacks -------------------------------------------------
     def _on_part_begin(self) -> None:
@@ -164,6 +231,24 @@ class MultipartReader:
 
     def _on_end(self) -> None:
         self._ended = True
+
+
+def _padding(after: bytes) -> tuple[bytes, int] | None:
+    """What follows a boundary delimiter: ``(replacement, n)`` to put in place of its first ``n``
+    bytes (the padding), or None while it cannot be told yet."""
+    if len(after) < 2:
+        return None
+    close = after[:2] == b"--"
+    first = k = 2 if close else 0
+    while k < len(after) and after[k] in (0x20, 0x09):
+        k += 1
+    if k == first:
+        return b"", 0  # no padding
+    if k == len(after) or (not close and after[k] == 0x0D and k + 1 == len(after)):
+        return None if k < MAX_PADDING else (b"", 0)  # endless "padding": leave it to the parser
+    if close:
+        return b"--", k  # a close delimiter: what follows its padding is the epilogue
+    return (b"", k) if after[k : k + 2] == b"\r\n" else (b"", 0)
 
 
 # -- writing (responses) ---------------------------------------------------------------------

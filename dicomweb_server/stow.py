@@ -20,7 +20,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import db, dicom, metrics
+from . import db, dicom, metrics, structure
 from .dicom import Failure
 from .errors import BadRequest, PayloadTooLarge, ServiceUnavailable, StorageError, UnsupportedMediaType
 from .frames import FragmentScanner, FrameIndex
@@ -33,7 +33,13 @@ log = logging.getLogger(__name__)
 DICOM_JSON = "application/dicom+json"
 HEADER_PROBE = 16 * 1024  # first try at the header; each retry waits for 16x more, up to the budget
 MAX_PENDING_COMMITS = 16
+EMPTY_BODY = "empty request body: send a DICOM PS3.10 file or a multipart/related body"
 INLINE_PARSE = 256 * 1024  # larger prefixes are parsed in a worker thread
+# Error Comments (LO, 64 characters: tests/unit/test_stow_response.py checks them).
+PART_TYPE_COMMENT = "Part media type {type} is not application/dicom"
+PART_TYPE_FALLBACK = "The part's media type is not application/dicom"
+STUDY_MISMATCH_COMMENT = "StudyInstanceUID does not match the study in the request URL"
+STORAGE_FULL_COMMENT = "Out of storage space"
 
 
 @dataclass
@@ -46,6 +52,7 @@ class _Part:
     key: str | None = None
     writer: ObjectWriter | None = None
     scanner: FragmentScanner | None = None  # encapsulated Pixel Data: finds the frames as they pass
+    checker: structure.Checker | None = None  # walks every element: is the data set complete?
 
 
 class Stored(Protocol):
@@ -130,9 +137,11 @@ class Ingest:
             self._count(chunk)
             for event in reader.feed(chunk):
                 await self._on(event)
+        if self.body_bytes == 0:
+            raise BadRequest(EMPTY_BODY)
         reader.close()
         if self.parts == 0:
-            raise BadRequest("multipart body has no parts")
+            raise BadRequest("multipart body has no parts: it holds only the closing boundary delimiter")
 
     async def _single(self, body: AsyncIterator[bytes]) -> None:
         await self._on(PartStart({}))
@@ -140,6 +149,8 @@ class Ingest:
             self._count(chunk)
             if chunk:
                 await self._on(PartData(chunk))
+        if self.body_bytes == 0:
+            raise BadRequest(EMPTY_BODY)
         await self._on(PartEnd())
 
     def _count(self, chunk: bytes) -> None:
@@ -156,9 +167,8 @@ class Ingest:
             ctype = parse_media_type(event.headers.get("content-type")).type
             if ctype not in ("", "application/dicom"):
                 self.part.skip = True
-                self.failed.append(
-                    Failure(dicom.CANNOT_UNDERSTAND, f"Part media type {ctype} is not application/dicom")
-                )
+                comment = dicom.fit(PART_TYPE_COMMENT.format(type=ctype), PART_TYPE_FALLBACK)
+                self.failed.append(Failure(dicom.CANNOT_UNDERSTAND, comment))
             return
         part = self.part
         assert part is not None
@@ -171,6 +181,8 @@ class Ingest:
             if part.writer is not None:
                 if part.scanner is not None:
                     part.scanner.feed(event.data, part.size - len(event.data))
+                if part.checker is not None:
+                    part.checker.feed(event.data)
                 await part.writer.write(event.data)
                 return
             assert part.prefix is not None
@@ -183,8 +195,22 @@ class Ingest:
                 await self._parse(part, complete=True)
             assert part.writer is not None or part.skip  # stored or reported, never dropped
             if part.writer is not None:
-                await self._close_part(part)
+                problem = part.checker.finish() if part.checker is not None else None
+                if problem is None:
+                    await self._close_part(part)
+                else:
+                    await self._incomplete(part, problem)
         self.part = None
+
+    async def _incomplete(self, part: _Part, problem: structure.Problem) -> None:
+        """The part ended before its data set did (or its structure is broken): store nothing."""
+        assert part.writer is not None and part.desc is not None and part.key
+        await part.writer.abort()
+        self.keys.remove(part.key)
+        reason = dicom.REFUSED_OUT_OF_RESOURCES if problem.limit else dicom.CANNOT_UNDERSTAND
+        self.failed.append(Failure(reason, problem.comment, part.desc.sop_class_uid, part.desc.sop_uid))
+        part.writer = None
+        part.skip = True
 
     async def _parse(self, part: _Part, *, complete: bool) -> None:
         """Describe a part from its prefix; on success open its object and write the prefix."""
@@ -198,6 +224,7 @@ class Ingest:
             budget=budget,
             threshold=self.settings.bulk_data_threshold,
             seconds=self.settings.header_seconds,
+            inflate_limit=self.settings.max_part_bytes,
         )
         # A big header parses in a thread, so the event loop keeps serving other requests.
         big = len(part.prefix) > INLINE_PARSE
@@ -221,16 +248,17 @@ class Ingest:
         if described.pixel is not None and described.pixel.length is None:
             part.scanner = FragmentScanner(described.pixel.offset)
             part.scanner.feed(prefix, 0)
+        part.checker = described.checker
+        if part.checker is not None:  # it walked the prefix it was given: the rest is new to it
+            part.checker.deadline = None
+            part.checker.feed(memoryview(prefix)[part.checker.seen :])
         await part.writer.write(bytes(prefix))
 
     def _out_of_scope(self, desc: dicom.Description) -> Failure | None:
         if self.study_uid is None or desc.study_uid == self.study_uid:
             return None
         return Failure(
-            dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            "StudyInstanceUID does not match the study in the request URL",
-            desc.sop_class_uid,
-            desc.sop_uid,
+            dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS, STUDY_MISMATCH_COMMENT, desc.sop_class_uid, desc.sop_uid
         )
 
     def _fail(self, part: _Part, failure: Failure) -> None:
@@ -259,7 +287,7 @@ class Ingest:
                 self.failed.append(
                     Failure(
                         dicom.REFUSED_OUT_OF_RESOURCES,
-                        "Out of storage space",
+                        STORAGE_FULL_COMMENT,
                         d.record.sop_class_uid,
                         d.record.sop_uid,
                     )
@@ -333,7 +361,7 @@ def _record(
     Records wait for the request's one transaction, so a long body keeps thousands: the study and
     series attributes, the same for every instance of a series, are kept once (``shared``, keyed
     by their JSON text), which takes about 40% off each record."""
-    fields = vars(desc) | {"object_key": key, "size": size, "frames": frames}
+    fields = vars(desc) | {"object_key": key, "size": size, "frames": frames, "checker": None}
     for text, values in (("study_attrs", "study"), ("series_attrs", "series")):
         fields[text], fields[values] = shared.setdefault(fields[text], (fields[text], fields[values]))
     return db.Record(**fields)
@@ -382,7 +410,7 @@ def _failure_item(f: Failure) -> dict[str, Any]:
 
 async def store_instances(request: Request) -> Response:
     """POST /dicomweb/studies[/{study}]."""
-    state = request.app.state
+    state = request.app.state  # the study UID in the path, if any, is checked by app.uids_checked
     ingest = Ingest(
         state.settings,
         state.store,

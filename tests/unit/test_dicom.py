@@ -574,3 +574,72 @@ def test_index_values_from_a_parsed_header() -> None:
     assert series["modality"] == "CT"
     assert instance["rows"] == ref.Rows == 128
     assert instance["sop_class_uid"] == ref.SOPClassUID
+
+
+# Completeness, NUL and depth (issue 10) ------------------------------------------------------
+
+
+def _describe(data: bytes, complete: bool = True) -> Any:
+    from dicomweb_server.dicom import describe
+
+    return describe(data, complete=complete, budget=16 * 1024 * 1024, threshold=1024)
+
+
+def test_a_part_cut_short_names_what_is_missing_and_the_instance() -> None:
+    data = bundled("JPEG-lossy.dcm").read_bytes()
+    parsed = parse_header(data[:-8], complete=True)
+    assert isinstance(parsed, Failure)
+    assert parsed.reason == CANNOT_UNDERSTAND
+    assert parsed.comment == "Truncated: (7FE0,0010) ends without its sequence delimiter"
+    assert parsed.sop_instance_uid == dcmread(io.BytesIO(data)).SOPInstanceUID
+    whole = parse_header(data, complete=True)
+    assert isinstance(whole, Header) and whole.checker is not None and whole.checker.finish() is None
+
+
+def test_a_prefix_leaves_the_rest_to_the_checker() -> None:
+    data = bundled("CT_small.dcm").read_bytes()
+    parsed = parse_header(data[:7000], complete=False)
+    assert isinstance(parsed, Header) and parsed.checker is not None
+    checker = parsed.checker
+    checker.feed(memoryview(data)[checker.seen : len(data) - 1])
+    problem = checker.finish()
+    assert problem is not None and problem.comment.startswith("Truncated")
+
+
+def test_nul_in_text_values_becomes_u_fffd_in_the_index_and_json() -> None:
+    ds = Dataset()
+    ds.SOPClassUID = SECONDARY_CAPTURE
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientName = "Doe\0^Jane"
+    ds.PatientID = "a\0b"
+    ds.ImageComments = "x\0y"
+    described = _describe(part10(ds))
+    assert not isinstance(described, Failure), described
+    assert "\\u0000" not in described.metadata and "\0" not in described.study_attrs
+    assert described.study["patient_name"] == "Doe\ufffd^Jane"
+    assert described.study["patient_id"] == "a\ufffdb"
+    assert "x\ufffdy" in described.metadata
+
+
+def test_deep_sequences_fail_without_naming_python() -> None:
+    ds = Dataset()
+    ds.SOPClassUID = SECONDARY_CAPTURE
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    data = part10(ds)
+    value = b"\x08\x00\x00\x01SH\x02\x00X "
+    for _ in range(300):
+        value = (
+            b"\x40\x00\x30\xa7SQ\x00\x00\xff\xff\xff\xff\xfe\xff\x00\xe0\xff\xff\xff\xff"
+            + value
+            + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+        )
+    described = _describe(data + value)
+    assert isinstance(described, Failure)
+    assert described.reason == CANNOT_UNDERSTAND
+    assert described.comment == "Sequences are nested deeper than 64 levels"
+    assert described.sop_instance_uid == ds.SOPInstanceUID  # named, though pydicom never read it
+    assert described.sop_class_uid == SECONDARY_CAPTURE

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
+import string
 from typing import Any
 
 from pydicom.dataset import Dataset
 
+from dicomweb_server import db, dicom, stow, structure
 from dicomweb_server.dicom import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -201,3 +205,63 @@ def test_records_of_one_series_keep_one_copy_of_the_shared_attributes() -> None:
     assert first.sop_uid != second.sop_uid and first.metadata != second.metadata
     assert "Roe^Rick" in other.study_attrs and "Roe^Rick" not in first.study_attrs
     assert other.study is not first.study
+
+
+# Error Comments (0000,0902) are LO: 64 characters.  Every comment is a named constant or template.
+WORST = {
+    "tag": "(FFFF,FFFF)",
+    "missing": "4294967295",
+    "limit": "4294967295",
+    "keyword": max(dicom._REQUIRED, key=len),
+    "problem": "not a valid UID",
+}
+GUARDED = {"uid", "type"}  # unbounded fields: such templates go through dicom.fit with a fallback
+
+
+def comment_templates() -> dict[str, str]:
+    out = {}
+    for module in (dicom, structure, stow, db):
+        for name, value in vars(module).items():
+            if name.endswith(("_COMMENT", "_FALLBACK")) and isinstance(value, str):
+                out[f"{module.__name__}.{name}"] = value
+    return out
+
+
+def test_every_error_comment_fits_lo_and_is_complete() -> None:
+    templates = comment_templates()
+    assert len(templates) > 25
+    for name, template in templates.items():
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+        if fields & GUARDED:
+            continue
+        text = template.format(**{f: WORST[f] for f in fields})
+        assert len(text) <= 64, (name, text)
+        assert not text.endswith((" ", ",", ":")), (name, text)
+    assert len(dicom.fit("Transfer Syntax 1.2.840.10008.1.2.4.201 is not supported", "x")) <= 64
+    assert dicom.fit(dicom.TS_NOT_SUPPORTED_COMMENT.format(uid="1." * 31 + "1"), "fallback") == "fallback"
+
+
+def test_failures_are_built_from_named_comments_only() -> None:
+    """No Failure(...) takes an f-string or a literal: only the named (and checked) comments."""
+    for module in (dicom, structure, stow, db):
+        tree = ast.parse(inspect.getsource(module))
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", None) == "Failure"
+                and len(node.args) > 1
+            ):
+                assert not isinstance(node.args[1], ast.JoinedStr | ast.Constant), (
+                    module.__name__,
+                    ast.unparse(node),
+                )
+
+
+def test_duplicate_comment_names_the_setting() -> None:
+    assert "DICOMWEB_DUPLICATE_POLICY" in db.DUPLICATE_COMMENT
+    assert len(db.DUPLICATE_COMMENT) <= 64
+
+
+def test_error_comment_is_cut_at_64_only_as_a_last_resort() -> None:
+    body = store_response(BASE, None, [], [Failure(CANNOT_UNDERSTAND, "x" * 100)])
+    assert body["0008119A"]["Value"][0]["00000902"]["Value"] == ["x" * 64]
