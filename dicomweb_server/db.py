@@ -209,8 +209,8 @@ async def create_pool(url: str, size: int) -> asyncpg.Pool:
             # and JIT compilation costs more than it saves on index-sized queries.
             server_settings={"plan_cache_mode": "force_custom_plan", "jit": "off"},
         )
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise ServiceUnavailable(f"database unavailable: {type(exc).__name__}") from None
+    except (OSError, asyncpg.PostgresError):
+        raise ServiceUnavailable("The database is unavailable; try again later") from None
 
 
 @contextlib.asynccontextmanager
@@ -219,8 +219,8 @@ async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
     try:
         async with pool.acquire() as conn:
             yield cast(asyncpg.Connection, conn)
-    except (TimeoutError, OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-        raise ServiceUnavailable(f"database unavailable: {type(exc).__name__}") from None
+    except (TimeoutError, OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
+        raise ServiceUnavailable("The database is unavailable; try again later") from None
 
 
 async def ping(pool: asyncpg.Pool) -> None:

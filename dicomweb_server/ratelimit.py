@@ -87,13 +87,15 @@ class Policy:
 
 
 # A hospital integrator (router, PACS forwarder, modality gateway) sends one STOW per
-# series or study and a few QIDO/WADO calls per study: 10 requests/s sustained, with
-# bursts up to 600 inside the minute, is far above that.  Viewers that fetch frame by
-# frame need their own, larger policy.  10 GiB/min (~1.4 Gbit/s) is more than a
+# series or study and a few QIDO/WADO calls per study, far below 100 requests/s.  A viewer
+# fetches frame by frame: OHIF opening a 500-image series makes about 500 frame requests in
+# a few seconds, so 6,000 a minute lets a few people open a few series a minute each on one
+# client id (README, "Sizing").  10 GiB/min (~1.4 Gbit/s) is more than a
 # hospital's usual 1 Gbit/s uplink, so one integrator never hits it on a normal link,
 # and it still passes the largest single STOW the anchors accept (Azure/Orthanc 4 GB)
 # twice over in a minute; what it stops is a looping or runaway sender filling storage.
-DEFAULT_POLICY = Policy(requests=600, bytes=10 * GIB, window_seconds=60)
+# Settings (DICOMWEB_RATE_REQUESTS, DICOMWEB_RATE_BYTES) have the same defaults.
+DEFAULT_POLICY = Policy(requests=6000, bytes=10 * GIB, window_seconds=60)
 
 # Token endpoint (RFC 6749 §4.4).  Nothing is verified yet, so nothing is keyed on the client id
 # alone: whoever knows a client id could otherwise lock that client out (20 wrong secrets from
@@ -148,7 +150,7 @@ def headers(*decisions: Decision) -> dict[str, str]:
     One call per response with every decision that applied, e.g. requests and bytes for
     a STOW::
 
-        RateLimit-Policy: "requests";q=600;w=60, "bytes";q=10737418240;qu="content-bytes";w=60
+        RateLimit-Policy: "requests";q=6000;w=60, "bytes";q=10737418240;qu="content-bytes";w=60
         RateLimit: "requests";r=599;t=42, "bytes";r=10737000000;t=42
         Retry-After: 60                       (only when refused)
 

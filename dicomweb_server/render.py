@@ -200,7 +200,7 @@ def _read(data: bytes) -> Dataset:
             warnings.simplefilter("ignore")  # pydicom warns about invalid values it still reads
             ds = dcmread(io.BytesIO(data))
     except Exception as exc:  # pydicom raises many types on malformed input
-        raise RenderError(f"unreadable DICOM file: {type(exc).__name__}") from exc
+        raise RenderError("the DICOM file cannot be read") from exc
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise RenderError("the instance has no pixel data")
     return ds
@@ -229,7 +229,7 @@ def _display(ds: Dataset, index: int, window: Window | None) -> Pixels:
                 return _to_8_bits(arr, int(ds.get("BitsStored", 8)))
             return _grayscale(arr, ds, index, window)
     except Exception as exc:  # pydicom and the codecs raise many types on bad pixel data
-        raise RenderError(f"the pixel data cannot be decoded: {type(exc).__name__}: {exc}") from exc
+        raise RenderError("the pixel data cannot be decoded") from exc
 
 
 def _to_8_bits(arr: Pixels, bits: int) -> Pixels:

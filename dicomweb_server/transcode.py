@@ -140,7 +140,7 @@ def _library_errors(what: str) -> Iterator[None]:
     except TranscodeError:
         raise
     except Exception as exc:  # pydicom, numpy and the codecs raise many types on bad data
-        raise TranscodeError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        raise TranscodeError(what) from exc  # the library's own words stay in the chain, for the logs
 
 
 def _read(data: bytes) -> Dataset:

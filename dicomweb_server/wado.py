@@ -132,7 +132,12 @@ async def _prepare(store: ObjectStore, inst: db.StoredInstance, syntax: str, *, 
             raise NotAcceptable(f"The instance cannot be converted to {syntax}: {exc}") from None
         log.warning(
             "instance sent as stored: it does not convert",
-            extra={"event": "transcode_failed", "object_key": inst.object_key, "target": syntax},
+            extra={
+                "event": "transcode_failed",
+                "object_key": inst.object_key,
+                "target": syntax,
+                "error": type(exc.__cause__).__name__,
+            },
         )
         return _Part(stored, len(data), data, _nothing())
     return _Part(syntax, len(out), out, _nothing())

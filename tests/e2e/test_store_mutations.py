@@ -389,7 +389,7 @@ async def test_sequence_depth_limit_is_a_per_instance_failure(app: App, undefine
 @pytest.mark.parametrize(
     ("path", "body", "ctype", "message"),
     [
-        (f"{STUDIES}/abc", None, "application/dicom", "Study Instance UID in the URL is not a valid UID"),
+        (f"{STUDIES}/abc", None, "application/dicom", "in the path is not a valid UID"),
         (STUDIES, b"", "application/dicom", "empty request body"),
         (STUDIES, b"", None, "empty request body"),
         (

@@ -88,10 +88,10 @@ async def test_exactly_n_requests_then_refused(limiter: RateLimiter) -> None:
 
 async def test_allowed_decision_has_no_retry_after(limiter: RateLimiter) -> None:
     d = await limiter.hit_request("client-a", DEFAULT_POLICY)
-    assert d.allowed and d.remaining == 599
+    assert d.allowed and d.remaining == 5999
     h = headers(d)
-    assert h["RateLimit-Policy"] == '"requests";q=600;w=60'
-    assert h["RateLimit"] == f'"requests";r=599;t={d.reset_seconds}'
+    assert h["RateLimit-Policy"] == '"requests";q=6000;w=60'
+    assert h["RateLimit"] == f'"requests";r=5999;t={d.reset_seconds}'
     assert "Retry-After" not in h
     assert 0 < d.reset_seconds <= 60
 
