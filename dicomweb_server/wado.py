@@ -37,6 +37,7 @@ from .wado_render import rendered
 from .wado_stream import (
     accept_of,
     aclose,
+    first_chunk,
     guarded,
     primed,
     read_ahead,
@@ -116,14 +117,7 @@ async def _prepare(store: ObjectStore, inst: db.StoredInstance, syntax: str, *, 
     stored = inst.transfer_syntax_uid
     if syntax == stored:
         rest = stream_checked(store, inst)
-        try:
-            first = await anext(rest)
-        except StopAsyncIteration:
-            first = b""
-        except BaseException:
-            await aclose(rest)
-            raise
-        return _Part(stored, inst.size, first, rest)
+        return _Part(stored, inst.size, await first_chunk(rest), rest)
     data = await read_checked(store, inst)
     try:
         out = await asyncio.to_thread(transcode.to_transfer_syntax, data, syntax)

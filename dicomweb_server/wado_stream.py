@@ -159,17 +159,21 @@ async def stream_checked(
         await aclose(chunks)
 
 
-async def primed(request: Request, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Produce the first chunk now, before the status line, so that its errors become a status;
-    the rest is streamed, and an error there aborts the connection (``guarded``)."""
+async def first_chunk(chunks: AsyncIterator[bytes]) -> bytes:
+    """The first chunk (``b""`` for none); on an error the stream is closed and the error raised."""
     try:
-        first = await anext(chunks)
+        return await anext(chunks)
     except StopAsyncIteration:
-        first = b""
+        return b""
     except BaseException:
         await aclose(chunks)
         raise
-    return guarded(request, first, chunks)
+
+
+async def primed(request: Request, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Produce the first chunk now, before the status line, so that its errors become a status;
+    the rest is streamed, and an error there aborts the connection (``guarded``)."""
+    return guarded(request, await first_chunk(chunks), chunks)
 
 
 async def guarded(request: Request, first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
