@@ -435,22 +435,23 @@ def check_against_ingest(pop: Population, samples: int = 6) -> None:
 
 
 class StudyRows:
-    """Index values of one study and its series (via dicom.index_values on a first instance)."""
+    """Index values of one study and its series (via dicom_index.index_values on a first instance)."""
 
     def __init__(self, study: StudyInfo) -> None:
-        from dicomweb_server import dicom
+        from dicomweb_server import dicom_index
 
         self.study = study
         self.series_json = [SeriesJson(study, s) for s in study.series]
         self.series_values: list[dict[str, Any]] = []
         self.series_attrs: list[str] = []
-        values = [dicom.index_values(sj.base) for sj in self.series_json]
+        values = [dicom_index.index_values(sj.base) for sj in self.series_json]
         for sj, (_, series_values, _) in zip(self.series_json, values, strict=True):
             self.series_values.append(series_values)
-            self.series_attrs.append(orjson.dumps(dicom.subset(sj.base, dicom.SERIES_TAGS)).decode())
+            attrs = dicom_index.subset(sj.base, dicom_index.SERIES_TAGS)
+            self.series_attrs.append(orjson.dumps(attrs).decode())
         first = self.series_json[0].base
         self.study_values = values[0][0]
-        self.study_attrs = orjson.dumps(dicom.subset(first, dicom.STUDY_TAGS)).decode()
+        self.study_attrs = orjson.dumps(dicom_index.subset(first, dicom_index.STUDY_TAGS)).decode()
         self._instance_const = {k: v for k, v in values[0][2].items() if k != "instance_number"}
 
     def instance_values(self, series: SeriesInfo, i: int) -> dict[str, Any]:
@@ -462,7 +463,7 @@ class StudyRows:
 
 
 def fold(text: str) -> str:
-    from dicomweb_server.dicom import fold as server_fold
+    from dicomweb_server.dicom_index import fold as server_fold
 
     folded = server_fold(text)
     assert folded is not None

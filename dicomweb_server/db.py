@@ -22,7 +22,7 @@ from .errors import ServiceUnavailable
 from .frames import FrameIndex
 from .query import Statements
 
-# Index columns filled from each instance (dicom.index_values); types are for unnest().
+# Index columns filled from each instance (dicom_index.index_values); types are for unnest().
 STUDY_COLUMNS = {
     "study_date": "text",
     "study_time": "text",

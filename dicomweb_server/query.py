@@ -16,8 +16,9 @@ from urllib.parse import unquote_plus
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
-from . import dicom
-from .dicom import fold, is_valid_uid
+from . import dicom_index
+from .dicom import is_valid_uid
+from .dicom_index import fold
 from .errors import BadRequest
 
 
@@ -362,21 +363,21 @@ def _normal(attr: Attr, value: str, given: str, *, upper: bool = False) -> str:
     if not value.isascii():  # the dicom parsers' "\d" would take other scripts' digits
         raise BadRequest(_not_date_or_time(attr, given))
     if attr.vr == "DA":
-        compact = dicom.normal_date(value)
+        compact = dicom_index.normal_date(value)
         try:
             dt.datetime.strptime(compact or "", "%Y%m%d")
         except ValueError:
             raise BadRequest(_not_date_or_time(attr, given)) from None
         assert compact is not None
         return compact
-    normal = dicom.normal_time(value, upper=upper)
+    normal = dicom_index.normal_time(value, upper=upper)
     if normal is None:
         raise BadRequest(_not_date_or_time(attr, given))
     return normal
 
 
 def normal_time(value: str, *, upper: bool = False, name: str = "time") -> str:
-    normal = dicom.normal_time(value, upper=upper)
+    normal = dicom_index.normal_time(value, upper=upper)
     if normal is None:
         raise BadRequest(f"{name}: {value!r} is not a time (HHMMSS.FFFFFF)")
     return normal

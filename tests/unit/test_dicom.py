@@ -27,12 +27,10 @@ from dicomweb_server.dicom import (
     TRANSFER_SYNTAX_NOT_SUPPORTED,
     Failure,
     Header,
-    fold,
-    index_values,
     is_valid_uid,
     parse_header,
-    person_name,
 )
+from dicomweb_server.dicom_index import fold, index_values, person_name
 
 from ._testdata import bundled, meta_end, part10, with_meta_transfer_syntax
 

@@ -8,7 +8,7 @@ import pydicom
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dicomweb_server import dicom, dicom_json
+from dicomweb_server import dicom, dicom_index, dicom_json
 
 DATA = Path(pydicom.data.__file__).parent / "test_files"
 SEEDS = [
@@ -48,6 +48,6 @@ def test_parse_header_returns_a_header_or_a_failure(case: tuple[bytes, bool]) ->
     if isinstance(parsed, dicom.Header):
         meta = dicom_json.to_json(parsed.dataset, lambda path: "/".join(path))
         assert isinstance(meta, dict)
-        dicom.index_values(meta)
+        dicom_index.index_values(meta)
     else:
         assert parsed.reason in (0xA700, 0xA900, 0xC000, 0xC122)

@@ -17,7 +17,7 @@ STUDIES = Resource(Level.STUDY, frozenset({Level.STUDY}))
 SERIES = Resource(Level.SERIES, frozenset({Level.STUDY, Level.SERIES}))
 INSTANCES = Resource(Level.INSTANCE, frozenset({Level.STUDY, Level.SERIES, Level.INSTANCE}))
 
-# What ingest keeps with the study and the series (dicom.STUDY_TAGS / SERIES_TAGS subsets).
+# What ingest keeps with the study and the series (dicom_index.STUDY_TAGS / SERIES_TAGS subsets).
 STUDY_ATTRS = {
     "00080005": {"vr": "CS", "Value": ["ISO_IR 192"]},
     "00080020": {"vr": "DA", "Value": ["20240115"]},
