@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message
 
-from . import auth, db
+from . import auth, db, token_endpoint
 from .audit import EVENTS, SECURITY_ALERT, AuditTrail, read_audit
 from .errors import DicomWebError, PayloadTooLarge
 from .ratelimit import Decision, Policy, RateLimiter
@@ -281,7 +281,7 @@ async def token(request: Request) -> Response:
     asked: list[str] = []
     known: list[db.ClientRecord] = []
 
-    def find_client(client_id: str) -> auth.Client | None:
+    def find_client(client_id: str) -> token_endpoint.Client | None:
         asked.append(client_id)
         decision = asyncio.run_coroutine_threadsafe(
             access.limiter.hit_token_attempt(client_id, address), loop
@@ -294,17 +294,17 @@ async def token(request: Request) -> Response:
         if record is None:
             return None
         known.append(record)
-        return auth.Client(
+        return token_endpoint.Client(
             record.client_id, record.tenant, record.scopes, record.secret_hashes, record.disabled
         )
 
-    server = auth.TokenServer(access.keys, access.tokens, find_client)
+    server = token_endpoint.TokenServer(access.keys, access.tokens, find_client)
     pairs = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
     try:
         try:
             status, body, headers = await asyncio.to_thread(
                 server.respond,
-                auth.TokenRequest(pairs, request.headers),  # case-insensitive, as authlib expects
+                token_endpoint.TokenRequest(pairs, request.headers),  # case-insensitive, as authlib expects
             )
         finally:
             _who(request, asked, known)
