@@ -14,6 +14,7 @@ import itertools
 import random
 import struct
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -94,7 +95,11 @@ def boundaries(data: bytes) -> set[int]:
     start = fp.tell()
     uid = pydicom.uid.UID(file_meta.TransferSyntaxUID)
     if uid == pydicom.uid.DeflatedExplicitVRLittleEndian:
-        return set()
+        # The data set ends with its deflate stream; bytes after it (pydicom's image_dfl.dcm has an
+        # 8-byte gzip-style trailer) can be cut without losing anything.
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        inflater.decompress(data[start:])
+        return set(range(len(data) - len(inflater.unused_data), len(data) + 1))
     ends = {start}
     fp.seek(start)
     with warnings.catch_warnings():
