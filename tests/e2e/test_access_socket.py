@@ -204,7 +204,7 @@ def _refused(env: dict[str, str]) -> str:
         text=True,
     )
     listened = False
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # a loaded machine: migrations first
     try:
         while process.poll() is None and time.monotonic() < deadline:
             if _listening(port):
