@@ -16,14 +16,21 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import access, auth, capabilities, db, delete, logs, metrics, qido, service, stow, sweep, wado
 from .dicom import is_valid_uid
-from .errors import BadRequest, DicomWebError, ServiceUnavailable, StorageError
+from .errors import (
+    CLIENT_CLOSED,
+    CONNECTION_STATUS,
+    BadRequest,
+    DicomWebError,
+    ServiceUnavailable,
+    StorageError,
+)
 from .media import Offer, negotiate
 from .query import Level, Resource
 from .query_sql import PageCache
@@ -342,13 +349,13 @@ class RequestContext:
         state = scope.setdefault("state", {})
         state.update(request_id=request_id, base_url=base_url(scope, self.public_base_url))
         started = time.perf_counter()
-        sent: dict[str, Any] = {"status": 500, "bytes": 0, "complete": False}
+        sent: dict[str, Any] = {"status": 500, "bytes": 0, "started": False, "complete": False}
         metrics.api_port((scope.get("server") or (None, None))[1])
         metrics.IN_PROGRESS.inc()
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
-                sent["status"] = message["status"]
+                sent["status"], sent["started"] = message["status"], True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             elif message["type"] == "http.response.body":
                 sent["bytes"] += len(message.get("body", b""))
@@ -357,6 +364,13 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except ClientDisconnect:
+            # The client went away, or the connection layer cut a stalled body (it answered 408
+            # itself): nobody is left to answer, and this is no server error to report.
+            if sent["started"]:
+                raise  # a response was under way: it is logged as aborted below
+            sent["status"] = state.get(CONNECTION_STATUS, CLIENT_CLOSED)
+            sent["complete"] = True
         finally:
             # The route's template ("/dicomweb/studies/{study}"): which transaction, never which UIDs.
             route = getattr(scope.get("route"), "path", None)

@@ -27,6 +27,7 @@ Apache's mod_reqtimeout (``header=20-40,MinRate=500 body=20,MinRate=500``) is th
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import resource
 import time
@@ -37,6 +38,7 @@ from typing import Any
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .errors import CONNECTION_STATUS
 from .settings import Settings
 
 log = logging.getLogger("dicomweb_server.connections")
@@ -72,11 +74,17 @@ class ConnectionLimits:
         )
 
 
-def _response(status: bytes, retry_after: int | None = None) -> bytes:
-    lines = [b"HTTP/1.1 " + status, b"content-type: text/plain; charset=utf-8", b"connection: close"]
+class _HeadersTooLarge(Exception):
+    """Raised from a parser callback: httptools stops, and send_400_response answers 431/414."""
+
+
+def _response(status: bytes, message: str, retry_after: int | None = None) -> bytes:
+    """A complete error response in the server's JSON error form (app.on_error's)."""
+    code = int(status[:3])
+    text = json.dumps({"status": code, "message": message}).encode()
+    lines = [b"HTTP/1.1 " + status, b"content-type: application/json", b"connection: close"]
     if retry_after is not None:
         lines.append(b"retry-after: " + str(retry_after).encode())
-    text = status.split(b" ", 1)[1] + b"\n"
     lines.append(b"content-length: " + str(len(text)).encode())
     return b"\r\n".join(lines) + b"\r\n\r\n" + text
 
@@ -110,6 +118,8 @@ class GuardedHttp(HttpToolsProtocol):
         self.refused = False
         self.awaiting_headers = True  # between requests, or inside a request's headers
         self.header_bytes = 0
+        self.header_size = 0  # request line and header fields of the request being parsed
+        self.too_large: bytes | None = None  # the status that send_400_response answers instead
         self.header_timer: asyncio.TimerHandle | None = None
         self.body_timer: asyncio.TimerHandle | None = None
         self.window_bytes = 0
@@ -127,7 +137,13 @@ class GuardedHttp(HttpToolsProtocol):
     def _refuse(self, transport: asyncio.Transport) -> None:
         self.refused = True
         self.transport = transport
-        transport.write(_response(b"503 Service Unavailable", retry_after=self.limits.retry_after))
+        transport.write(
+            _response(
+                b"503 Service Unavailable",
+                "Too many open connections; try again shortly",
+                retry_after=self.limits.retry_after,
+            )
+        )
         if transport.can_write_eof():
             transport.write_eof()
         # Read (and drop) the request for a moment: closing with unread bytes would reset the
@@ -165,9 +181,38 @@ class GuardedHttp(HttpToolsProtocol):
             self.header_bytes += len(data)
         super().data_received(data)
         if self.awaiting_headers and self.header_bytes > self.limits.max_header_bytes:
+            # headers that have not ended yet (a field without its CRLF is not counted by on_header)
             self._cut(b"431 Request Header Fields Too Large", "request headers too large", answer=True)
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request httptools cannot parse, in our JSON form; 431 or 414 when
+        the request line or the header fields ran past ``max_header_bytes`` (on_url/on_header)."""
+        if self.too_large is not None:
+            self._cut(self.too_large, "request headers too large", answer=True)
+            return
+        self.transport.write(_response(b"400 Bad Request", "Invalid HTTP request"))
+        self.transport.close()
+
     # -- parser callbacks -----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.header_size = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_header(len(url), b"414 URI Too Long")
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Counted as parsed, so the limit holds however the bytes were split into reads.
+        self._count_header(len(name) + len(value) + 4, b"431 Request Header Fields Too Large")
+        super().on_header(name, value)
+
+    def _count_header(self, size: int, status: bytes) -> None:
+        self.header_size += size
+        if self.header_size > self.limits.max_header_bytes:
+            self.too_large = status
+            raise _HeadersTooLarge
 
     def on_headers_complete(self) -> None:
         self.awaiting_headers = False
@@ -225,12 +270,15 @@ class GuardedHttp(HttpToolsProtocol):
         self.body_timer = self.loop.call_later(self.limits.body_window, self._check_body)
 
     def _cut(self, status: bytes, why: str, answer: bool) -> None:
-        """Answer ``status`` (if ``answer``), then close; the application sees a disconnect."""
+        """Answer ``status`` (if ``answer``), then close; the application sees a disconnect, and
+        its request's state says why (``CONNECTION_STATUS``), for its log line and audit row."""
         log.info(why, extra={"event": "connection_cut", "status": int(status[:3])})
         cycle = self.cycle
         if answer:
-            self.transport.write(_response(status))
+            self.transport.write(_response(status, why[0].upper() + why[1:]))
         if cycle is not None and not cycle.response_complete:
+            if answer:
+                cycle.scope.setdefault("state", {})[CONNECTION_STATUS] = int(status[:3])
             cycle.disconnected = True
             cycle.message_event.set()
         self._cancel_timers()

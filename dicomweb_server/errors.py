@@ -6,6 +6,13 @@ never exceptions; see ``dicom.Failure``.
 
 from __future__ import annotations
 
+# The request-state key under which the connection layer (connections.py) leaves the status it
+# answered when it cut a request short (408 for a stalled body): the application's log line and
+# audit row then say what the client was told.
+CONNECTION_STATUS = "connection_status"
+# The status recorded for a request whose client went away before any answer (nginx's 499).
+CLIENT_CLOSED = 499
+
 
 class DicomWebError(Exception):
     """A request-level failure with an HTTP status and a readable message."""

@@ -9,6 +9,7 @@ a clear 503.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -125,6 +126,27 @@ def test_oversized_headers_get_431(server: Server) -> None:
     assert received.startswith(b"HTTP/1.1 431 ")
 
 
+@pytest.mark.parametrize(
+    ("request_head", "status"),
+    [
+        (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"y" * 20_000 + b"\r\n\r\n", 431),
+        (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Many: y\r\n" * 2_000 + b"\r\n", 431),
+        (b"GET /healthz?" + b"q" * 20_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 414),
+    ],
+    ids=["one-big-field", "many-fields", "long-request-line"],
+)
+def test_oversized_complete_headers_sent_at_once_are_refused(
+    server: Server, request_head: bytes, status: int
+) -> None:
+    """Headers that end within one read are counted as they are parsed, however they arrive."""
+    with _connect(server) as sock:
+        sock.sendall(request_head)
+        got, headers, body = _read_response(sock)
+    assert got == status
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["status"] == status
+
+
 def test_an_idle_keep_alive_connection_is_closed(server: Server) -> None:
     with _connect(server) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -138,17 +160,35 @@ def test_an_idle_keep_alive_connection_is_closed(server: Server) -> None:
 
 
 async def test_a_stalled_body_is_cut_and_nothing_is_stored(server: Server, db: asyncpg.Pool) -> None:
-    sop = generate_uid()
+    sop, request_id = generate_uid(), f"stalled-{generate_uid()[-12:]}"
     body = multipart([instance(sop=sop, size=512)])  # 512 KiB of pixels
     with _connect(server) as sock:
         sock.sendall(
-            _request(server, "POST", "/dicomweb/studies", len(body), f"Content-Type: {content_type()}\r\n")
+            _request(
+                server,
+                "POST",
+                "/dicomweb/studies",
+                len(body),
+                f"Content-Type: {content_type()}\r\nX-Request-Id: {request_id}\r\n",
+            )
         )
         sock.sendall(body[: len(body) // 2])  # then nothing more
         received, took = _closed_within(sock, 2 * 2 + SLACK)
     assert received.startswith(b"HTTP/1.1 408 "), received[:200]
+    assert b'"status": 408' in received  # the JSON error form, as every other error
     assert took < 2 * 2 + SLACK  # at most two windows: the first one still saw the bytes above
     assert await db.fetchval("SELECT count(*) FROM instance WHERE sop_uid = $1", sop) == 0
+    # The access line and the audit row say what the client was told (408), not a server error.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        row = await db.fetchrow("SELECT status, outcome FROM audit WHERE request_id = $1", request_id)
+        if row is not None:
+            break
+        await asyncio.sleep(0.1)
+    assert row is not None and (row["status"], row["outcome"]) == (408, 4)
+    lines = [line for line in server.log.read_text().splitlines() if request_id in line]
+    assert any('"status":408' in line and '"message":"request"' in line for line in lines), lines
+    assert "Exception in ASGI application" not in server.log.read_text()
     with _connect(server) as sock:  # the server is fine
         sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert _read_response(sock)[0] == 200
