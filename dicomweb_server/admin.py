@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import auth, db
-from .settings import Settings
+from .settings import INT32_MAX, INT64_MAX, Settings
 
 DEV_TENANT = "dev"
 DEV_CLIENT = "dev-client"
@@ -123,6 +123,12 @@ def clients_command(args: argparse.Namespace, url: str, settings: Settings) -> N
             )
         if not args.tenant:
             raise CommandError("clients create needs --tenant (see `dicomweb-server tenants list`)")
+        for option, value, high in (
+            ("--rate-requests", args.rate_requests, INT32_MAX),
+            ("--rate-bytes", args.rate_bytes, INT64_MAX),
+        ):
+            if value is not None and not 0 <= value <= high:
+                raise CommandError(f"{option} must be from 0 to {high}, got {value}")
         client_id = args.client_id or f"{args.tenant[:55]}-{secrets.token_hex(4)}"
         _check_new_client(url, args.tenant, client_id)
         secret = auth.new_secret()
@@ -238,10 +244,14 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "(default: dicomweb.read,dicomweb.write)",
     )
     p.add_argument(
-        "--rate-requests", type=int, help="create: requests per window (default: DICOMWEB_RATE_REQUESTS)"
+        "--rate-requests",
+        type=int,
+        help="create: requests per window, 0 to 2^31-1 (default: DICOMWEB_RATE_REQUESTS)",
     )
     p.add_argument(
-        "--rate-bytes", type=int, help="create: uploaded bytes per window (default: DICOMWEB_RATE_BYTES)"
+        "--rate-bytes",
+        type=int,
+        help="create: uploaded bytes per window, 0 to 2^63-1 (default: DICOMWEB_RATE_BYTES)",
     )
 
 

@@ -64,7 +64,10 @@ def _data_dir(create: bool) -> Path:
 
 def _settings(create: bool) -> Settings:
     _data_dir(create)
-    return Settings.from_env()
+    try:
+        return Settings.from_env()
+    except ValueError as exc:  # a setting out of range: its message names the variable
+        raise CommandError(str(exc)) from None
 
 
 def _database(settings: Settings) -> tuple[str, object | None]:

@@ -20,14 +20,23 @@ def _float(env: dict[str, str], name: str, default: float) -> float:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
 
 
-def _int(env: dict[str, str], name: str, default: int) -> int:
+def _int(
+    env: dict[str, str], name: str, default: int, low: int | None = None, high: int | None = None
+) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name} must be from {low} to {high}, got {value}")
+    return value
+
+
+INT32_MAX = 2**31 - 1  # the client table's rate_requests column (integer)
+INT64_MAX = 2**63 - 1  # its rate_bytes column (bigint)
 
 
 @dataclass(frozen=True)
@@ -155,9 +164,9 @@ class Settings:
             token_lifetime=_int(e, "DICOMWEB_TOKEN_LIFETIME", 3600),
             secret_overlap_seconds=_int(e, "DICOMWEB_SECRET_OVERLAP_SECONDS", 24 * 3600),
             rate_limit_storage=e.get("DICOMWEB_RATE_LIMIT_STORAGE") or None,
-            rate_requests=_int(e, "DICOMWEB_RATE_REQUESTS", 6000),
-            rate_bytes=_int(e, "DICOMWEB_RATE_BYTES", 10 * GiB),
-            rate_window_seconds=_int(e, "DICOMWEB_RATE_WINDOW_SECONDS", 60),
+            rate_requests=_int(e, "DICOMWEB_RATE_REQUESTS", 6000, 0, INT32_MAX),
+            rate_bytes=_int(e, "DICOMWEB_RATE_BYTES", 10 * GiB, 0, INT64_MAX),
+            rate_window_seconds=_int(e, "DICOMWEB_RATE_WINDOW_SECONDS", 60, 1, 24 * 3600),
             external_issuer=e.get("DICOMWEB_EXTERNAL_ISSUER") or None,
             external_jwks=e.get("DICOMWEB_EXTERNAL_JWKS") or None,
             external_audience=e.get("DICOMWEB_EXTERNAL_AUDIENCE") or None,

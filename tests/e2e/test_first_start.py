@@ -153,12 +153,23 @@ def test_cli_mistakes_are_one_line_errors(first: FirstStart, tmp_path: Path) -> 
         ("clients", "create", "--tenant", "Not A Tenant!"),
         ("clients", "disable"),
         ("tenants", "create", "Not A Valid Tenant!"),
+        ("clients", "create", "--tenant", "dev", "--rate-requests", "-5"),
+        ("clients", "create", "--tenant", "dev", "--rate-bytes=-1"),
+        ("clients", "create", "--tenant", "dev", "--rate-requests", "99999999999999999999"),
     ):
         done = _cli(*args, cwd=tmp_path, **env)
         assert done.returncode == 2, (args, done.stderr)
         assert "Traceback" not in done.stderr, args
         (line,) = done.stderr.strip().splitlines()
         assert line.startswith("dicomweb-server: error: "), line
+
+
+def test_a_setting_out_of_range_is_a_one_line_error_naming_it(first: FirstStart, tmp_path: Path) -> None:
+    for name, value in (("DICOMWEB_RATE_REQUESTS", "-1"), ("DICOMWEB_RATE_BYTES", "x")):
+        done = _cli("tenants", "list", cwd=tmp_path, DICOMWEB_DATA_DIR=str(first.data), **{name: value})
+        assert done.returncode == 2, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith("dicomweb-server: error: ") and name in line, line
 
 
 def test_clients_create_prints_json_on_stdout_and_the_warning_on_stderr(

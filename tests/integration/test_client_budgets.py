@@ -1,0 +1,25 @@
+"""Migration 0007: a client's own rate limits are never negative (the table refuses them)."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from dicomweb_server import auth
+from dicomweb_server import db as index
+from tests.conftest import TENANT
+
+
+@pytest.mark.parametrize(("requests", "size"), [(-5, None), (None, -1)])
+async def test_a_negative_client_budget_is_refused(
+    db: asyncpg.Pool, requests: int | None, size: int | None
+) -> None:
+    with pytest.raises(asyncpg.CheckViolationError):
+        await index.create_client(
+            db, f"budget-{requests}-{size}", TENANT, "n", auth.SCOPES, auth.hash_secret("s"), requests, size
+        )
+
+
+async def test_zero_budgets_are_allowed(db: asyncpg.Pool) -> None:
+    await index.create_client(db, "budget-zero", TENANT, "n", auth.SCOPES, auth.hash_secret("s"), 0, 0)
+    assert (await index.find_client(db, "budget-zero")) is not None
