@@ -191,8 +191,7 @@ def parse_frame_list(text: str) -> list[int]:
     if len(items) > MAX_FRAMES_PER_REQUEST:
         raise BadRequest(f"A frame list holds at most {MAX_FRAMES_PER_REQUEST} frame numbers")
     numbers = []
-    for item in items:
-        item = item.strip()
+    for item in items:  # no spaces: str.strip() would also take Unicode ones (U+2009)
         if not _FRAME_NUMBER.fullmatch(item) or not 1 <= int(item) <= MAX_FRAME_NUMBER:
             shown = item if len(item) <= 20 else item[:20] + "..."
             raise BadRequest(

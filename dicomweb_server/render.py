@@ -103,8 +103,9 @@ def thumbnail_params(params: Mapping[str, str], media_type: str) -> RenderParams
     return parsed
 
 
-# Numbers in parameters are ASCII: str.isdigit(), int() and float() also take other scripts'
-# digits (and underscores), which a URI parameter never means.
+# Numbers in parameters are ASCII, without spaces: str.isdigit(), int() and float() also take
+# other scripts' digits, underscores and surrounding (Unicode) white space, which a URI
+# parameter never means.
 _INTEGER = re.compile(r"[+-]?[0-9]{1,9}")
 _DECIMAL = re.compile(r"[+-]?([0-9]{1,20}(\.[0-9]{0,20})?|\.[0-9]{1,20})([eE][+-]?[0-9]{1,3})?")
 
@@ -115,7 +116,6 @@ def _shown(text: str) -> str:
 
 def _quality(text: str) -> int:
     """PS3.18 §8.3.5.1.2: an integer from 1 (smallest) to 100 (best)."""
-    text = text.strip()
     if not _INTEGER.fullmatch(text) or not 1 <= int(text) <= 100:
         raise BadRequest(f"quality must be an integer from 1 to 100, got {_shown(text)}")
     return int(text)
@@ -123,7 +123,7 @@ def _quality(text: str) -> int:
 
 def _window(text: str) -> Window:
     """PS3.18 §8.3.5.1.4: center, width and a VOI LUT Function (linear when left out)."""
-    parts = [p.strip() for p in text.split(",")]
+    parts = text.split(",")  # no spaces: str.strip() would also take Unicode ones
     if len(parts) not in (2, 3):
         raise BadRequest(f"window must be center,width,function, got {_shown(text)}")
     center, width = (_number(p, "window center and width") for p in parts[:2])
@@ -149,7 +149,7 @@ def _number(text: str, what: str) -> float:
 
 def _viewport(text: str) -> Viewport:
     """PS3.18 §8.3.5.1.3: two values, or six of which the last four may be empty."""
-    parts = [p.strip() for p in text.split(",")]
+    parts = text.split(",")  # no spaces: str.strip() would also take Unicode ones
     if len(parts) not in (2, 6):
         raise BadRequest(f"viewport must be vw,vh or vw,vh,sx,sy,sw,sh, got {_shown(text)}")
     vw, vh, sx, sy, sw, sh = (_integer(p, text) for p in parts + [""] * (6 - len(parts)))

@@ -301,6 +301,11 @@ def test_parse_params_reads_every_parameter() -> None:
         ("viewport", "1_0,10"),
         ("viewport", "9" * 5000 + ",10"),
         ("viewport", "100000,10"),  # larger than MAX_VIEWPORT: the image would not fit in memory
+        # No spaces ("quality=+50" reaches us as " 50"; str.strip() also takes U+2009).
+        ("quality", " 50"),
+        ("quality", "50\u2009"),
+        ("window", "40, 400"),
+        ("viewport", "32,\t32"),
     ],
 )
 def test_bad_parameters_are_bad_requests(key: str, value: str) -> None:
