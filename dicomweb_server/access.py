@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message
@@ -141,6 +142,8 @@ class Access:
 
 
 CLIENT_CACHE_SECONDS = 5.0
+TOKEN_FORM_FIELDS = 20
+TOKEN_FORM_FIELD_BYTES = 4096
 
 
 def bearer_token(request: Request) -> str | None:
@@ -276,7 +279,10 @@ async def token(request: Request) -> Response:
     address = request.client.host if request.client else "unknown"
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
         return _oauth_error(400, "invalid_request", "Use application/x-www-form-urlencoded")
-    form = await request.form()
+    try:  # a token request is a few short fields: a larger form is refused as it streams in
+        form = await request.form(max_fields=TOKEN_FORM_FIELDS, max_part_size=TOKEN_FORM_FIELD_BYTES)
+    except HTTPException as exc:  # Starlette's form parser: answered in RFC 6749's form
+        return _oauth_error(400, "invalid_request", f"The token request form cannot be read: {exc.detail}")
     loop = asyncio.get_running_loop()
     asked: list[str] = []
     known: list[db.ClientRecord] = []

@@ -160,6 +160,8 @@ HOSTILE = {
     "scope with a NUL": ({}, b"grant_type=client_credentials&client_id=a&client_secret=b&scope=%00"),
     "body not utf-8": ({}, b"\xff\xfe\x00"),
     "bearer instead of basic": ({"Authorization": "Bearer xyz"}, b"grant_type=client_credentials"),
+    "a 2 MB field": ({}, b"grant_type=client_credentials&client_id=a&client_secret=" + b"s" * 2_000_000),
+    "5,000 fields": ({}, b"grant_type=client_credentials" + b"&x=1" * 5_000),
 }
 
 
@@ -172,6 +174,7 @@ async def test_hostile_token_requests_are_4xx_and_audited(app: App, db: asyncpg.
         )
     assert 400 <= r.status_code < 500, (case, r.status_code, r.text)
     assert "access_token" not in r.json()
+    assert r.json()["error"] in ("invalid_request", "invalid_client", "unsupported_grant_type"), r.json()
     request_id = r.headers["x-request-id"]
     deadline = time.monotonic() + 3
     row = None
