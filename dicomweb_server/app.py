@@ -344,11 +344,16 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        headers = dict(scope["headers"])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state.update(request_id=request_id, base_url=base_url(scope, self.public_base_url))
         started = time.perf_counter()
+        app = self.app
+        if scope.get("http_version") == "1.1" and b"host" not in headers:
+            # RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400 (and we build URLs from it).
+            app = JSONResponse({"status": 400, "message": "An HTTP/1.1 request needs a Host header"}, 400)
         sent: dict[str, Any] = {"status": 500, "bytes": 0, "started": False, "complete": False}
         metrics.api_port((scope.get("server") or (None, None))[1])
         metrics.IN_PROGRESS.inc()
@@ -363,7 +368,7 @@ class RequestContext:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await app(scope, receive, send_wrapper)
         except ClientDisconnect:
             # The client went away, or the connection layer cut a stalled body (it answered 408
             # itself): nobody is left to answer, and this is no server error to report.

@@ -147,6 +147,17 @@ def test_oversized_complete_headers_sent_at_once_are_refused(
     assert json.loads(body)["status"] == status
 
 
+def test_an_http_1_1_request_without_host_is_400(server: Server) -> None:
+    with _connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+        status, headers, body = _read_response(sock)
+    assert status == 400 and headers["content-type"] == "application/json"
+    assert "Host" in json.loads(body)["message"]
+    with _connect(server) as sock:  # HTTP/1.0 has no Host requirement
+        sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert _read_response(sock)[0] == 200
+
+
 def test_an_idle_keep_alive_connection_is_closed(server: Server) -> None:
     with _connect(server) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
