@@ -75,7 +75,6 @@ SEQUENCE_ATTRIBUTES = {
 }
 _BY_TAG = {a.tag: a for a in ATTRIBUTES}
 REQUEST_ATTRIBUTES = "00400275"
-_NO_WILDCARD = {"UI", "DA", "TM", "DT", "IS", "DS"}
 
 
 @dataclass(frozen=True)
