@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -24,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Message
 
 from . import auth, db, token_endpoint
-from .audit import EVENTS, SECURITY_ALERT, AuditTrail, read_audit
+from .audit import EVENTS, SECURITY_ALERT, AuditTrail, digest, read_audit
 from .errors import DicomWebError, PayloadTooLarge
 from .ratelimit import Decision, Policy, RateLimiter
 from .ratelimit import headers as rate_headers
@@ -332,10 +331,7 @@ def _who(request: Request, asked: list[str], known: list[db.ClientRecord]) -> No
         request.state.client_id = known[-1].client_id
         request.state.tenant = known[-1].tenant
     elif asked:
-        request.state.client_id = (
-            "unknown:"
-            + hashlib.blake2b(asked[-1].encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-        )
+        request.state.client_id = "unknown:" + digest(asked[-1])
 
 
 def _oauth_error(status: int, error: str, description: str, extra: dict[str, str] | None = None) -> Response:

@@ -25,7 +25,6 @@ from .settings import INT32_MAX, INT64_MAX, Settings
 DEV_TENANT = "dev"
 DEV_CLIENT = "dev-client"
 # The database's own checks (alembic 0005), tested here first so that a mistake is one line
-TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 CLIENT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -84,7 +83,7 @@ def tenants_command(args: argparse.Namespace, url: str) -> None:
     if args.action == "create":
         if not args.tenant:
             raise CommandError("tenants create needs a tenant id, e.g. `tenants create st-mary`")
-        if not TENANT_ID.fullmatch(args.tenant):
+        if not auth.TENANT_ID.fullmatch(args.tenant):
             raise CommandError(
                 f"{args.tenant!r} is not a tenant id: lower-case letters, digits and '-', at most 63"
             )

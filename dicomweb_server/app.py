@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import access, auth, capabilities, db, delete, logs, metrics, qido, service, stow, sweep, wado
+from .audit import REQUEST_ID
 from .dicom import is_valid_uid
 from .errors import (
     CLIENT_CLOSED,
@@ -309,9 +309,6 @@ async def _sweep_forever(app: Starlette) -> None:
             log.exception("sweep failed", extra={"event": "sweep_failed"})
 
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-
 def base_url(scope: Scope, public: str | None) -> str:
     """The URL clients reach this server at, for the URLs it writes into responses.
 
@@ -346,7 +343,7 @@ class RequestContext:
             return
         headers = dict(scope["headers"])
         given = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state.update(request_id=request_id, base_url=base_url(scope, self.public_base_url))
         started = time.perf_counter()

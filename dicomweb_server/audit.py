@@ -34,7 +34,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import db, metrics
+from . import auth, db, metrics
 from .errors import DicomWebError
 
 log = logging.getLogger(__name__)
@@ -70,11 +70,11 @@ _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 _CLIENT_ID = re.compile(r"[!-~]{1,128}")
 _WORD = re.compile(r"[a-z-]{1,32}")
 _PARAMETER = re.compile(r"[A-Za-z0-9_.-]{1,32}")
-_TENANT = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # what app.RequestContext accepts from a client
 
 
-def _digest(value: str) -> str:
+def digest(value: str) -> str:
+    """A short, stable stand-in for a value that must not be stored as it is."""
     return hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
@@ -85,7 +85,7 @@ def safe(value: object, pattern: re.Pattern[str], max_length: int = 80) -> str |
     text = value if isinstance(value, str) else repr(value)
     if len(text) <= max_length and pattern.fullmatch(text):
         return text
-    return "invalid:" + _digest(text)
+    return "invalid:" + digest(text)
 
 
 def safe_uid(value: object) -> str | None:
@@ -107,7 +107,7 @@ def reduced(row: Row) -> Row:
     at, tenant, _, event_id, event, action, transaction, _, status, outcome, request_id = row
     return (
         at if isinstance(at, datetime) else datetime.now(UTC),
-        tenant if isinstance(tenant, str) and _TENANT.fullmatch(tenant) else None,
+        tenant if isinstance(tenant, str) and auth.TENANT_ID.fullmatch(tenant) else None,
         None,
         event_id if isinstance(event_id, int) else SECURITY_ALERT[0],
         event if event in {e[1] for e in EVENTS.values()} | {SECURITY_ALERT[1]} else SECURITY_ALERT[1],
@@ -116,7 +116,7 @@ def reduced(row: Row) -> Row:
         None,
         status if isinstance(status, int) else 0,
         outcome if outcome in OUTCOMES else 12,
-        request_id if isinstance(request_id, str) and _REQUEST_ID.fullmatch(request_id) else "invalid",
+        request_id if isinstance(request_id, str) and REQUEST_ID.fullmatch(request_id) else "invalid",
     )
 
 
@@ -142,7 +142,7 @@ class AuditTrail:
         transaction = state.get("transaction")
         if transaction is None:
             return  # an open route (health, discovery, capabilities)
-        tenant = safe(state.get("tenant"), _TENANT, 63)
+        tenant = safe(state.get("tenant"), auth.TENANT_ID, 63)
         event = event_of(str(transaction), status, tenant)
         outcome = 0 if status < 400 else 4 if status < 500 else 8
         row = (
@@ -156,7 +156,7 @@ class AuditTrail:
             safe_uid(study_uid),
             status,
             outcome,
-            safe(request_id, _REQUEST_ID, 64),
+            safe(request_id, REQUEST_ID, 64),
         )
         if len(self.queue) >= self.max_queued:
             self._drop(1)

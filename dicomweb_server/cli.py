@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from . import admin, logs, metrics, workers
+from .admin import CommandError
 from .errors import ServiceUnavailable
 from .settings import Settings
 
@@ -36,10 +37,6 @@ def migrate(database_url: str) -> None:
     config.attributes["database_url"] = database_url
     config.attributes["configure_logging"] = False
     command.upgrade(config, "head")
-
-
-class CommandError(Exception):
-    """A mistake on the command line: one line on stderr, exit status 2 (as argparse's own errors)."""
 
 
 def _data_dir(create: bool) -> Path:
@@ -374,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         warnings.simplefilter("ignore")  # library warnings (and pydicom's, which quote values) stay out
     try:
         _run(args)
-    except (CommandError, admin.CommandError, ServiceUnavailable) as exc:
+    except (CommandError, ServiceUnavailable) as exc:
         print(f"dicomweb-server: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -125,10 +125,29 @@ class TimedStore:
         return _TimedWriter(self._store.writer(key))
 
     async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        with _timed("read"):
+        """Records the time spent waiting for the store's chunks only: a retrieve reads just ahead
+        of the socket, so timing the whole stream would measure the client's download."""
+        spent, outcome = 0.0, "error"
+        try:
             async with contextlib.aclosing(self._store.read(key, start, end)) as chunks:
-                async for chunk in chunks:
+                while True:
+                    began = time.perf_counter()
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        spent += time.perf_counter() - began
                     yield chunk
+            outcome = "ok"
+        except GeneratorExit:
+            outcome = "ok"  # the reader closed it: it had what it wanted, or its client went away
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            STORAGE_LATENCY.labels("read", outcome).observe(spent)
 
     async def delete(self, key: str) -> None:
         with _timed("delete"):
@@ -165,9 +184,6 @@ def _timed(operation: str) -> Any:
     try:
         yield
         outcome = "ok"
-    except GeneratorExit:
-        outcome = "ok"  # the reader closed it: it had what it wanted, or its client went away
-        raise
     except asyncio.CancelledError:
         outcome = "cancelled"  # not a storage error
         raise

@@ -375,13 +375,6 @@ def _normal(attr: Attr, value: str, given: str, *, upper: bool = False) -> str:
     return normal
 
 
-def normal_time(value: str, *, upper: bool = False, name: str = "time") -> str:
-    normal = dicom_index.normal_time(value, upper=upper)
-    if normal is None:
-        raise BadRequest(f"{name}: {value!r} is not a time (HHMMSS.FFFFFF)")
-    return normal
-
-
 def _check_order(c: Condition) -> None:
     """A range that ends before it starts matches nothing: almost always swapped ends, so a 400."""
     if c.kind == "range":

@@ -171,6 +171,6 @@ class Settings:
             external_jwks=e.get("DICOMWEB_EXTERNAL_JWKS") or None,
             external_audience=e.get("DICOMWEB_EXTERNAL_AUDIENCE") or None,
             external_tenant_claim=e.get("DICOMWEB_EXTERNAL_TENANT_CLAIM") or "tenant",
-            metrics_port=_int(e, "DICOMWEB_METRICS_PORT", 0),
+            metrics_port=_int(e, "DICOMWEB_METRICS_PORT", 0, 0, 65535),
             metrics_host=e.get("DICOMWEB_METRICS_HOST") or "127.0.0.1",
         )
