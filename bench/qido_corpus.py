@@ -388,7 +388,7 @@ def _ingest_view(data: bytes) -> dict[str, Any]:
         }
     from types import SimpleNamespace
 
-    from dicomweb_server import stow
+    from dicomweb_server.dicomweb import stow
 
     header = dicom.parse_header(data, complete=True)
     assert isinstance(header, dicom.Header), header
@@ -438,7 +438,7 @@ class StudyRows:
     """Index values of one study and its series (via dicom_index.index_values on a first instance)."""
 
     def __init__(self, study: StudyInfo) -> None:
-        from dicomweb_server import dicom_index
+        from dicomweb_server.dicom import index as dicom_index
 
         self.study = study
         self.series_json = [SeriesJson(study, s) for s in study.series]
@@ -463,7 +463,7 @@ class StudyRows:
 
 
 def fold(text: str) -> str:
-    from dicomweb_server.dicom_index import fold as server_fold
+    from dicomweb_server.dicom.index import fold as server_fold
 
     folded = server_fold(text)
     assert folded is not None

@@ -171,7 +171,7 @@ class OursTarget(_UvicornLike):
             f"{RATE_BYTES:.0e} bytes per window"
         )
         headers = {"Authorization": f"Bearer {answer['access_token']}"}
-        from dicomweb_server.admin import DEV_TENANT
+        from dicomweb_server.access.admin import DEV_TENANT
 
         return replace(endpoint, headers=headers, tenant=DEV_TENANT)
 

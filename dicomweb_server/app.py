@@ -20,10 +20,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import access, auth, capabilities, db, delete, logs, metrics, qido, service, stow, sweep, wado
-from .audit import REQUEST_ID
-from .dicom import is_valid_uid
-from .errors import (
+from dicomweb_server import db, logs, metrics
+from dicomweb_server.access import auth
+from dicomweb_server.access import guard as access
+from dicomweb_server.access.audit import REQUEST_ID
+from dicomweb_server.access.ratelimit import Policy, RateLimiter
+from dicomweb_server.db.search import PageCache
+from dicomweb_server.dicom import is_valid_uid
+from dicomweb_server.dicom.query import Level, Resource
+from dicomweb_server.dicomweb import capabilities, delete, qido, stow, wado
+from dicomweb_server.errors import (
     CLIENT_CLOSED,
     CONNECTION_STATUS,
     BadRequest,
@@ -31,14 +37,13 @@ from .errors import (
     ServiceUnavailable,
     StorageError,
 )
-from .media import Offer, negotiate
-from .query import Level, Resource
-from .query_sql import PageCache
-from .ratelimit import Policy, RateLimiter
-from .settings import Settings
-from .storage import open_store
+from dicomweb_server.ingest import sweep
+from dicomweb_server.settings import Settings
+from dicomweb_server.storage import open_store
+from dicomweb_server.web import service
+from dicomweb_server.web.media import Offer, negotiate
 
-log = logging.getLogger("dicomweb_server.access")
+log = logging.getLogger("dicomweb_server.access.guard")
 
 STUDY = "/dicomweb/studies/{study}"
 SERIES = STUDY + "/series/{series}"

@@ -14,10 +14,12 @@ import time
 import warnings
 from pathlib import Path
 
-from . import admin, logs, metrics, workers
-from .admin import CommandError
-from .errors import ServiceUnavailable
-from .settings import Settings
+from dicomweb_server import logs, metrics
+from dicomweb_server.access import admin
+from dicomweb_server.access.admin import CommandError
+from dicomweb_server.errors import ServiceUnavailable
+from dicomweb_server.settings import Settings
+from dicomweb_server.web import workers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,7 +72,7 @@ def _settings(create: bool) -> Settings:
 def _database(settings: Settings) -> tuple[str, object | None]:
     if settings.database_url:
         return settings.database_url, None
-    from .embedded import start_postgres
+    from dicomweb_server.db.embedded import start_postgres
 
     url, server = start_postgres(settings.data_dir / "pg")
     return url, server
@@ -182,7 +184,7 @@ def _save_walkthrough(settings: Settings, text: str) -> Path:
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from .connections import ConnectionLimits, GuardedHttp
+    from dicomweb_server.web.connections import ConnectionLimits, GuardedHttp
 
     settings = _settings(create=True)
     url, server = _database(settings)
@@ -241,7 +243,7 @@ def serve(args: argparse.Namespace) -> None:
 def init(args: argparse.Namespace) -> None:
     """A deployment's first start (the container's entrypoint runs it before ``serve``): create the
     signing key file if there is none, and apply the migrations.  Safe to run on every start."""
-    from . import auth
+    from dicomweb_server.access import auth
 
     settings = _settings(create=True)
     path = settings.signing_keys
@@ -264,8 +266,9 @@ def _log_level(args: argparse.Namespace) -> str:
 
 
 def gc(args: argparse.Namespace) -> None:
-    from . import db, sweep
-    from .storage import open_store
+    from dicomweb_server import db
+    from dicomweb_server.ingest import sweep
+    from dicomweb_server.storage import open_store
 
     settings = _settings(create=False)
     url, server = _database(settings)

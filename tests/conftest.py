@@ -18,7 +18,7 @@ import asyncpg
 import httpx
 import pytest
 
-from dicomweb_server import auth
+from dicomweb_server.access import auth
 from dicomweb_server.app import create_app
 from dicomweb_server.cli import migrate
 from dicomweb_server.settings import S3Settings, Settings
@@ -70,7 +70,7 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
         admin_sql(given, f"DROP DATABASE {name} WITH (FORCE)")
         return
-    from dicomweb_server.embedded import start_postgres
+    from dicomweb_server.db.embedded import start_postgres
 
     url, server = start_postgres(tmp_path_factory.mktemp("pg"))
     migrate(url)

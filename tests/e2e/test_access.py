@@ -25,8 +25,9 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from dicomweb_server import access, auth
 from dicomweb_server import db as index
+from dicomweb_server.access import auth
+from dicomweb_server.access import guard as access
 from dicomweb_server.app import API, ROUTES
 from dicomweb_server.logs import JsonFormatter
 from tests.conftest import (

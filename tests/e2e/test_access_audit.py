@@ -21,7 +21,7 @@ import asyncpg
 import httpx
 import pytest
 
-from dicomweb_server.audit import AuditTrail
+from dicomweb_server.access.audit import AuditTrail
 from dicomweb_server.logs import JsonFormatter
 from tests.conftest import CLIENT, TENANT, App, Server, bearer
 from tests.dicomfiles import content_type, instance, multipart
@@ -183,7 +183,7 @@ async def test_a_row_that_cannot_be_written_is_written_reduced_and_blocks_no_oth
 
 async def test_the_queue_is_bounded_and_drops_are_counted(caplog: pytest.LogCaptureFixture) -> None:
     trail = AuditTrail(None, max_queued=5)
-    with caplog.at_level(logging.ERROR, logger="dicomweb_server.audit"):
+    with caplog.at_level(logging.ERROR, logger="dicomweb_server.access.audit"):
         for i in range(8):
             trail.record({"transaction": "store"}, 200, f"r{i}", None)
     assert (trail.queued, trail.dropped) == (5, 3)
@@ -201,7 +201,7 @@ async def test_an_unreachable_database_keeps_rows_then_shutdown_reports_them(
     with pytest.raises(Exception):  # noqa: B017 - asyncpg's own "pool is closed"
         await trail.flush()
     assert (trail.queued, trail.written, trail.reduced) == (3, 0, 0)  # nothing lost yet, nothing reduced
-    with caplog.at_level(logging.ERROR, logger="dicomweb_server.audit"):
+    with caplog.at_level(logging.ERROR, logger="dicomweb_server.access.audit"):
         await trail.close()
     assert (trail.queued, trail.dropped) == (0, 3)
     [report] = [r for r in caplog.records if r.getMessage() == "audit rows could not be written at shutdown"]
@@ -343,7 +343,7 @@ async def test_the_writer_retries_after_an_outage_without_new_requests(
     await closed.close()
     trail = AuditTrail(closed)
     ids = [f"outage-{i}-{uuid.uuid4().hex[:8]}" for i in range(3)]
-    with caplog.at_level(logging.INFO, logger="dicomweb_server.audit"):
+    with caplog.at_level(logging.INFO, logger="dicomweb_server.access.audit"):
         task = asyncio.create_task(trail.run())
         try:
             for request_id in ids:

@@ -19,8 +19,8 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from dicomweb_server import auth
 from dicomweb_server import db as index
+from dicomweb_server.access import auth
 from tests.conftest import (
     KEYS_FILE,
     OTHER_CLIENT,
@@ -223,7 +223,7 @@ def _refused(env: dict[str, str]) -> str:
 @pytest.fixture
 async def dev_client_enabled(db: asyncpg.Pool) -> None:
     """The development client exists and is enabled (as after `make run`)."""
-    from dicomweb_server.admin import DEV_CLIENT, DEV_TENANT
+    from dicomweb_server.access.admin import DEV_CLIENT, DEV_TENANT
 
     await index.create_tenant(db, DEV_TENANT, "Development tenant")
     if await index.find_client(db, DEV_CLIENT) is None:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from dicomweb_server import db as index
-from dicomweb_server.ratelimit import TOKEN_FAILURES_PER_CLIENT_ADDRESS
+from dicomweb_server.access.ratelimit import TOKEN_FAILURES_PER_CLIENT_ADDRESS
 from tests.conftest import TENANT, App, Server
 from tests.e2e.test_access import CHEAP, TOKEN, anonymous, new_client, token_basic, token_post
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 from pydicom.uid import generate_uid
 
-from dicomweb_server import sweep
+from dicomweb_server.ingest import sweep
 from tests.conftest import App
 from tests.dicomfiles import content_type, instance, multipart
 

@@ -304,7 +304,10 @@ async def test_a_series_stream_that_meets_a_damaged_object_is_aborted(
     path.write_bytes(path.read_bytes()[:1000])
     for accept in (DICOM_MP, f"{DICOM_MP}; transfer-syntax=*", "application/zip"):
         caplog.clear()
-        with caplog.at_level(logging.ERROR, "dicomweb_server.wado"), pytest.raises(Exception) as raised:
+        with (
+            caplog.at_level(logging.ERROR, "dicomweb_server.dicomweb.wado"),
+            pytest.raises(Exception) as raised,
+        ):
             await app.client.get(
                 f"{STUDIES}/{study}/series/{series}", headers={"Accept": accept, "X-Request-Id": "abort-1"}
             )

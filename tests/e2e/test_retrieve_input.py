@@ -6,7 +6,7 @@ import httpx
 import pytest
 from pydicom.uid import generate_uid
 
-from dicomweb_server.frames import MAX_FRAMES_PER_REQUEST
+from dicomweb_server.dicom.frames import MAX_FRAMES_PER_REQUEST
 from tests.conftest import App
 from tests.dicomfiles import content_type, multiframe, multipart
 

@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from dicomweb_server.cli import migrate
-from dicomweb_server.query import Level, Resource, parse_query
-from dicomweb_server.query_sql import signature
+from dicomweb_server.db.search import signature
+from dicomweb_server.dicom.query import Level, Resource, parse_query
 from tests.conftest import TENANT, App, Server, admin_sql, make_settings, running_app
 from tests.dicomfiles import content_type, multipart
 from tests.e2e import search_corpus as c

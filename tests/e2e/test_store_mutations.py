@@ -23,7 +23,8 @@ import pydicom
 import pytest
 from pydicom.filereader import data_element_generator
 
-from dicomweb_server import dicom, structure
+from dicomweb_server import dicom
+from dicomweb_server.dicom import structure
 from tests.conftest import App, Server
 from tests.dicomfiles import content_type, instance, multipart, split_multipart
 from tests.unit._testdata import bundled

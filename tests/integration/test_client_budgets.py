@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from dicomweb_server import auth
 from dicomweb_server import db as index
+from dicomweb_server.access import auth
 from tests.conftest import TENANT
 
 

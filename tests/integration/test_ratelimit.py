@@ -12,9 +12,8 @@ from pathlib import Path
 import coredis
 import pytest
 
-from dicomweb_server import ratelimit
-from dicomweb_server.errors import ServiceUnavailable
-from dicomweb_server.ratelimit import (
+from dicomweb_server.access import ratelimit
+from dicomweb_server.access.ratelimit import (
     DEFAULT_POLICY,
     GIB,
     KEY_PREFIX,
@@ -27,6 +26,7 @@ from dicomweb_server.ratelimit import (
     RateLimiter,
     headers,
 )
+from dicomweb_server.errors import ServiceUnavailable
 from tests.redisserver import RedisServer, run_redis
 
 HOUR = 3600
@@ -388,7 +388,7 @@ def outage_redis(tmp_path: Path) -> Iterator[RedisServer]:
 async def test_redis_outage_fails_open_for_data_and_closed_for_tokens(
     outage_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="dicomweb_server.ratelimit")
+    caplog.set_level(logging.INFO, logger="dicomweb_server.access.ratelimit")
     rl = await RateLimiter.open(outage_redis.url, namespace=_namespace())
     policy = Policy(requests=2, bytes=100, window_seconds=HOUR)
     try:
@@ -435,7 +435,7 @@ async def test_redis_outage_fails_open_for_data_and_closed_for_tokens(
 
 async def test_redis_unreachable_from_the_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Nothing listens on the port: the server still starts; calls behave as in an outage."""
-    caplog.set_level(logging.INFO, logger="dicomweb_server.ratelimit")
+    caplog.set_level(logging.INFO, logger="dicomweb_server.access.ratelimit")
     with run_redis(tmp_path / "redis") as server:
         url = server.url
     rl = await RateLimiter.open(url, namespace=_namespace())  # the server is gone now

@@ -8,8 +8,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from dicomweb_server.ingest.sweep import sweep
 from dicomweb_server.settings import S3Settings
-from dicomweb_server.sweep import sweep
 from tests.conftest import make_settings, running_app
 from tests.dicomfiles import instance
 from tests.integration.test_storage_contract import keys, put

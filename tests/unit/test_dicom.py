@@ -30,7 +30,7 @@ from dicomweb_server.dicom import (
     is_valid_uid,
     parse_header,
 )
-from dicomweb_server.dicom_index import fold, index_values, person_name
+from dicomweb_server.dicom.index import fold, index_values, person_name
 
 from ._testdata import bundled, meta_end, part10, with_meta_transfer_syntax
 
@@ -560,7 +560,7 @@ def test_index_strings_empty_or_not_strings_are_null() -> None:
 
 def test_index_values_from_a_parsed_header() -> None:
     """The path ingest takes: real file → header → DICOM JSON → index columns."""
-    from dicomweb_server.dicom_json import to_json
+    from dicomweb_server.dicom.dicom_json import to_json
 
     header = parse_header(bundled("CT_small.dcm").read_bytes(), complete=True)
     assert isinstance(header, Header)

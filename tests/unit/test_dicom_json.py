@@ -16,7 +16,7 @@ from pydicom.filereader import read_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from dicomweb_server.dicom import Header, parse_header
-from dicomweb_server.dicom_json import to_json
+from dicomweb_server.dicom.dicom_json import to_json
 
 from ._testdata import DATA_ROOT, charset_file, corpus, part10
 

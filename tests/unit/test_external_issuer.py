@@ -11,7 +11,7 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
-from dicomweb_server import auth
+from dicomweb_server.access import auth
 from tests.conftest import ASGI_ISSUER, KEYS
 
 IDP = "https://idp.example.org/realms/hospital"

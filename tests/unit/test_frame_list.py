@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from dicomweb_server.dicom.frames import MAX_FRAME_NUMBER, MAX_FRAMES_PER_REQUEST, parse_frame_list
 from dicomweb_server.errors import BadRequest
-from dicomweb_server.frames import MAX_FRAME_NUMBER, MAX_FRAMES_PER_REQUEST, parse_frame_list
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from dicomweb_server.frames import FragmentScanner, FrameIndex, frame_fragments, frame_ranges
+from dicomweb_server.dicom.frames import FragmentScanner, FrameIndex, frame_fragments, frame_ranges
 
 
 def item(value: bytes) -> bytes:

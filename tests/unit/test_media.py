@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dicomweb_server.errors import BadRequest, NotAcceptable
-from dicomweb_server.media import DICOM, DICOM_JSON, MULTIPART, Choice, Offer, negotiate, parse_accept
-from dicomweb_server.multipart import MediaType
+from dicomweb_server.web.media import DICOM, DICOM_JSON, MULTIPART, Choice, Offer, negotiate, parse_accept
+from dicomweb_server.web.multipart import MediaType
 
 MULTIPART_DICOM = Offer(MULTIPART, DICOM)
 BARE_DICOM = Offer(DICOM)

@@ -7,7 +7,7 @@ import contextlib
 import pytest
 
 from dicomweb_server.errors import BadRequest, PayloadTooLarge
-from dicomweb_server.multipart import (
+from dicomweb_server.web.multipart import (
     MAX_BOUNDARY,
     MAX_PREAMBLE,
     MediaType,

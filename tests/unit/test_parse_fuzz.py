@@ -8,7 +8,9 @@ import pydicom
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dicomweb_server import dicom, dicom_index, dicom_json
+from dicomweb_server import dicom
+from dicomweb_server.dicom import dicom_json
+from dicomweb_server.dicom import index as dicom_index
 
 DATA = Path(pydicom.data.__file__).parent / "test_files"
 SEEDS = [

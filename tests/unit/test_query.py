@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from dicomweb_server.app import API
-from dicomweb_server.errors import BadRequest
-from dicomweb_server.query import (
+from dicomweb_server.db.search import INSTANCE_RETURN, PageCache, signature, to_sql
+from dicomweb_server.dicom.query import (
     ATTRIBUTES,
     SEQUENCE_ATTRIBUTES,
     Condition,
@@ -19,7 +19,7 @@ from dicomweb_server.query import (
     Resource,
     parse_query,
 )
-from dicomweb_server.query_sql import INSTANCE_RETURN, PageCache, signature, to_sql
+from dicomweb_server.errors import BadRequest
 
 STUDIES = Resource(Level.STUDY, frozenset({Level.STUDY}))
 SERIES = Resource(Level.SERIES, frozenset({Level.STUDY, Level.SERIES}))

@@ -16,8 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
-from dicomweb_server.errors import BadRequest, NotAcceptable
-from dicomweb_server.render import (
+from dicomweb_server.dicom.render import (
     THUMBNAIL_SIZE,
     FrameOutOfRange,
     RenderError,
@@ -28,6 +27,7 @@ from dicomweb_server.render import (
     render,
     thumbnail_params,
 )
+from dicomweb_server.errors import BadRequest, NotAcceptable
 
 from ._testdata import corpus, part10
 

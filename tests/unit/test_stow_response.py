@@ -9,7 +9,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from dicomweb_server import db, dicom, stow, structure
+from dicomweb_server import db, dicom
 from dicomweb_server.dicom import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -18,8 +18,10 @@ from dicomweb_server.dicom import (
     TRANSFER_SYNTAX_NOT_SUPPORTED,
     Failure,
     Header,
+    structure,
 )
-from dicomweb_server.stow import store_response
+from dicomweb_server.dicomweb import stow
+from dicomweb_server.dicomweb.stow import store_response
 
 BASE = "https://pacs.example/tenant-a"
 STUDY = "1.2.3"
@@ -184,7 +186,7 @@ def test_records_of_one_series_keep_one_copy_of_the_shared_attributes() -> None:
     """A long STOW body keeps every index record until its transaction: the study and series
     attributes, identical across a series, are held once (stow._record), never mixed between studies."""
     from dicomweb_server import dicom
-    from dicomweb_server.stow import _record
+    from dicomweb_server.dicomweb.stow import _record
     from tests.dicomfiles import instance
 
     def describe(data: bytes) -> dicom.Description:

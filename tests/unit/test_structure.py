@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.uid import UID
 
-from dicomweb_server import dicom, structure
+from dicomweb_server import dicom
+from dicomweb_server.dicom import structure
 
 from ._testdata import bundled, corpus
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
-from dicomweb_server import auth
+from dicomweb_server.access import auth
 
 ISSUER = "https://issuer.test"
 CFG = auth.TokenSettings(ISSUER, ISSUER + "/dicomweb")

@@ -28,7 +28,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from dicomweb_server.transcode import (
+from dicomweb_server.dicom.transcode import (
     COMPRESSED,
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,

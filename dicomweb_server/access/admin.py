@@ -1,0 +1,322 @@
+"""Administration from the command line: signing keys, tenants, clients; the development bootstrap.
+
+``dicomweb-server keys|tenants|clients ...``.  A client secret is printed once,
+at creation or rotation, and only its argon2id hash is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import re
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dicomweb_server import db
+from dicomweb_server.access import auth
+from dicomweb_server.settings import INT32_MAX, INT64_MAX, Settings
+
+DEV_TENANT = "dev"
+DEV_CLIENT = "dev-client"
+# The database's own checks (alembic 0005), tested here first so that a mistake is one line
+CLIENT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class CommandError(Exception):
+    """A mistake on the command line; ``dicomweb-server`` prints it on one line and exits 2."""
+
+
+def _run(url: str, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def go() -> Any:
+        pool = await db.create_pool(url, 2)
+        try:
+            return await work(pool)
+        finally:
+            await pool.close()
+
+    return asyncio.run(go())
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# -- keys ---------------------------------------------------------------------------------
+
+
+def keys_command(args: argparse.Namespace, settings: Settings) -> None:
+    path = Path(args.file) if args.file else settings.signing_keys
+    if path is None:
+        raise CommandError("name the key file with --file or DICOMWEB_SIGNING_KEYS")
+    if args.action == "create":
+        if path.exists():
+            raise CommandError(f"{path} exists; use `keys rotate`")
+        keys = auth.SigningKeys.generate(path)
+        print(json.dumps({"file": str(path), "kid": keys.signing.kid}))
+    elif args.action == "rotate":
+        keys = auth.SigningKeys.load(path)
+        print(json.dumps({"file": str(path), "new_kid": keys.rotate(), "verifying": _kids(keys)}))
+    elif args.action == "retire":
+        keys = auth.SigningKeys.load(path)
+        print(json.dumps({"file": str(path), "retired": keys.retire(args.keep), "verifying": _kids(keys)}))
+
+
+def _kids(keys: auth.SigningKeys) -> list[str]:
+    return [str(k.kid) for k in keys.keys.keys]
+
+
+# -- tenants and clients --------------------------------------------------------------------
+
+
+def tenants_command(args: argparse.Namespace, url: str) -> None:
+    if args.action == "create":
+        if not args.tenant:
+            raise CommandError("tenants create needs a tenant id, e.g. `tenants create st-mary`")
+        if not auth.TENANT_ID.fullmatch(args.tenant):
+            raise CommandError(
+                f"{args.tenant!r} is not a tenant id: lower-case letters, digits and '-', at most 63"
+            )
+        created = _run(url, lambda pool: db.create_tenant(pool, args.tenant, args.name or args.tenant))
+        print(json.dumps({"tenant": args.tenant, "created": created}))
+    else:
+        rows = _run(url, db.list_tenants)
+        print(json.dumps([{**r, "created_at": r["created_at"].isoformat()} for r in rows], indent=2))
+
+
+def _check_new_client(url: str, tenant: str, client_id: str) -> None:
+    if not CLIENT_ID.fullmatch(client_id):
+        raise CommandError(f"{client_id!r} is not a client id: letters, digits, '.', '_' and '-', at most 64")
+
+    async def check(pool: Any) -> str | None:
+        if tenant not in {row["id"] for row in await db.list_tenants(pool)}:
+            return f"no tenant {tenant!r} (create it with `dicomweb-server tenants create {tenant}`)"
+        if await db.find_client(pool, client_id) is not None:
+            return f"client {client_id!r} exists (rotate its secret with `clients rotate-secret`)"
+        return None
+
+    problem = _run(url, check)
+    if problem:
+        raise CommandError(problem)
+
+
+def clients_command(args: argparse.Namespace, url: str, settings: Settings) -> None:
+    if args.action in ("rotate-secret", "disable", "enable") and not args.client_id:
+        raise CommandError(f"clients {args.action} needs a client id (see `dicomweb-server clients list`)")
+    if args.action == "create":
+        scopes = args.scopes.split(",") if args.scopes else ["dicomweb.read", "dicomweb.write"]
+        unknown = set(scopes) - set(auth.SCOPES)
+        if unknown:
+            raise CommandError(
+                f"unknown scopes: {', '.join(sorted(unknown))}; known: {', '.join(auth.SCOPES)}"
+            )
+        if not args.tenant:
+            raise CommandError("clients create needs --tenant (see `dicomweb-server tenants list`)")
+        for option, value, high in (
+            ("--rate-requests", args.rate_requests, INT32_MAX),
+            ("--rate-bytes", args.rate_bytes, INT64_MAX),
+        ):
+            if value is not None and not 0 <= value <= high:
+                raise CommandError(f"{option} must be from 0 to {high}, got {value}")
+        client_id = args.client_id or f"{args.tenant[:55]}-{secrets.token_hex(4)}"
+        _check_new_client(url, args.tenant, client_id)
+        secret = auth.new_secret()
+        _run(
+            url,
+            lambda pool: db.create_client(
+                pool,
+                client_id,
+                args.tenant,
+                args.name or client_id,
+                scopes,
+                auth.hash_secret(secret),
+                args.rate_requests,
+                args.rate_bytes,
+            ),
+        )
+        print(
+            json.dumps(
+                {"client_id": client_id, "client_secret": secret, "tenant": args.tenant, "scopes": scopes}
+            ),
+            flush=True,
+        )
+        print("The secret is shown only now; keep it safe.", file=sys.stderr, flush=True)
+    elif args.action == "list":
+        rows = _run(url, lambda pool: db.list_clients(pool, args.tenant))
+        print(
+            json.dumps(
+                [
+                    {
+                        "client_id": c.client_id,
+                        "tenant": c.tenant,
+                        "name": c.name,
+                        "scopes": sorted(c.scopes),
+                        "active_secrets": len(c.secret_hashes),
+                        "disabled": c.disabled,
+                    }
+                    for c in rows
+                ],
+                indent=2,
+            )
+        )
+    elif args.action == "rotate-secret":
+        secret = auth.new_secret()
+        overlap = settings.secret_overlap_seconds
+        if not _run(
+            url, lambda pool: db.rotate_secret(pool, args.client_id, auth.hash_secret(secret), overlap)
+        ):
+            raise CommandError(f"no client {args.client_id}")
+        print(
+            json.dumps(
+                {"client_id": args.client_id, "client_secret": secret, "old_secret_valid_for_s": overlap}
+            )
+        )
+    elif args.action in ("disable", "enable"):
+        done = _run(url, lambda pool: db.set_client_disabled(pool, args.client_id, args.action == "disable"))
+        if not done:
+            raise CommandError(f"no client {args.client_id}")
+        print(json.dumps({"client_id": args.client_id, "disabled": args.action == "disable"}))
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "keys",
+        parents=[common],
+        help="signing keys: create, rotate (new key signs, old keys verify), retire",
+        description="Manage the JSON Web Key Set file whose private keys sign the access tokens.",
+    )
+    p.add_argument(
+        "action",
+        choices=["create", "rotate", "retire"],
+        help="create: a new file with one key; rotate: add a key that signs from now on (the older "
+        "ones keep verifying); retire: drop all but the newest --keep keys",
+    )
+    p.add_argument("--file", help="key file (default: DICOMWEB_SIGNING_KEYS)")
+    p.add_argument(
+        "--keep", type=int, default=1, help="retire: how many keys to keep, newest first (default 1)"
+    )
+    p = sub.add_parser(
+        "tenants",
+        parents=[common],
+        help="tenants: create, list",
+        description="Every client, instance and audit row belongs to one tenant.",
+    )
+    p.add_argument("action", choices=["create", "list"], help="create a tenant, or list them all as JSON")
+    p.add_argument(
+        "tenant", nargs="?", help="create: the tenant id (lower-case letters, digits and '-', at most 63)"
+    )
+    p.add_argument("--name", help="create: a display name (default: the id)")
+    p = sub.add_parser(
+        "clients",
+        parents=[common],
+        help="OAuth2 clients: create, list, rotate-secret, disable, enable",
+        description="OAuth2 clients (client credentials grant). A secret is printed once, as JSON on "
+        "stdout; only its argon2id hash is kept.",
+    )
+    p.add_argument(
+        "action",
+        choices=["create", "list", "rotate-secret", "disable", "enable"],
+        help="create (needs --tenant), list (optionally of one --tenant), rotate-secret, disable or "
+        "enable CLIENT_ID",
+    )
+    p.add_argument(
+        "client_id",
+        nargs="?",
+        help="the client id; create: optional (default: TENANT-<8 hex digits>), letters, digits, "
+        "'.', '_' and '-', at most 64",
+    )
+    p.add_argument("--tenant", help="create: the client's tenant (required); list: only this tenant's")
+    p.add_argument("--name", help="create: a display name (default: the client id)")
+    p.add_argument(
+        "--scopes",
+        help=f"create: comma-separated, from: {', '.join(auth.SCOPES)} "
+        "(default: dicomweb.read,dicomweb.write)",
+    )
+    p.add_argument(
+        "--rate-requests",
+        type=int,
+        help="create: requests per window, 0 to 2^31-1 (default: DICOMWEB_RATE_REQUESTS)",
+    )
+    p.add_argument(
+        "--rate-bytes",
+        type=int,
+        help="create: uploaded bytes per window, 0 to 2^63-1 (default: DICOMWEB_RATE_BYTES)",
+    )
+
+
+# -- development bootstrap and the secure-by-default check ------------------------------------
+
+
+@dataclass(frozen=True)
+class DevClient:
+    client_id: str
+    client_secret: str
+
+
+def dev_keys_path(settings: Settings) -> Path:
+    return settings.data_dir / "signing-keys.json"
+
+
+def dev_secret_path(settings: Settings) -> Path:
+    return settings.data_dir / "dev-client.json"
+
+
+def bootstrap_dev(settings: Settings, url: str) -> tuple[Path, DevClient]:
+    """On a loopback address with no key file configured: a local key file, a ``dev`` tenant and
+    a client with every scope, its secret kept (mode 0600) under the data folder so that the
+    printed walk-through keeps working.  Never used on any other address."""
+    path = settings.signing_keys or dev_keys_path(settings)
+    auth.SigningKeys.load_or_generate(path)
+    secret_file = dev_secret_path(settings)
+
+    async def ensure(pool: Any) -> DevClient:
+        await db.create_tenant(pool, DEV_TENANT, "Development tenant (make run)")
+        record = await db.find_client(pool, DEV_CLIENT)
+        if record is not None and secret_file.exists():
+            saved = json.loads(secret_file.read_text())
+            if auth.secret_matches(saved["client_secret"], record.secret_hashes):
+                return DevClient(DEV_CLIENT, saved["client_secret"])
+        secret = auth.new_secret()
+        if record is None:
+            await db.create_client(
+                pool, DEV_CLIENT, DEV_TENANT, "make run", auth.SCOPES, auth.hash_secret(secret)
+            )
+        else:
+            await db.rotate_secret(pool, DEV_CLIENT, auth.hash_secret(secret), 0)
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump({"client_id": DEV_CLIENT, "client_secret": secret}, out)
+        return DevClient(DEV_CLIENT, secret)
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return path, _run(url, ensure)
+
+
+def refuse_insecure(host: str, settings: Settings, url: str) -> None:
+    """Never serve beyond loopback without real signing keys, or while the development client works."""
+    if is_loopback(host):
+        return
+    if settings.signing_keys is None or not settings.signing_keys.exists():
+        raise CommandError(
+            f"refusing to listen on {host}: set DICOMWEB_SIGNING_KEYS to a key file "
+            "(`dicomweb-server keys create --file ...`)"
+        )
+    if settings.signing_keys.resolve() == dev_keys_path(settings).resolve():
+        raise CommandError(f"refusing to listen on {host} with the development signing keys")
+    dev = _run(url, lambda pool: db.find_client(pool, DEV_CLIENT))
+    if dev is not None and not dev.disabled:
+        raise CommandError(
+            f"refusing to listen on {host} while the development client is enabled "
+            f"(`dicomweb-server clients disable {DEV_CLIENT}`)"
+        )

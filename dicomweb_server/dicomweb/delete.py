@@ -1,0 +1,33 @@
+"""DELETE of a study, series or instance (the de facto DICOMweb extension of Microsoft and Google).
+
+A hard delete: the index rows go in one transaction, so the resource is gone
+from QIDO and WADO the moment it commits; the objects are removed after that.
+If the process dies in between, the sweep removes the unreferenced objects.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dicomweb_server import db
+from dicomweb_server.errors import NotFound, StorageError
+
+log = logging.getLogger(__name__)
+
+
+async def delete(request: Request) -> Response:
+    """DELETE /studies/{s}[/series/{se}[/instances/{i}]]: 204, or 404 for an unknown resource."""
+    state = request.app.state
+    p = request.path_params
+    keys = await db.delete(state.pool, request.state.tenant, p["study"], p.get("series"), p.get("instance"))
+    if keys is None:
+        raise NotFound("No such study, series or instance")
+    for key in keys:
+        try:
+            await state.store.delete(key)
+        except StorageError:
+            log.warning("object delete failed; the sweep will remove it", extra={"event": "delete_failed"})
+    return Response(status_code=204)

@@ -1,0 +1,53 @@
+"""QIDO-RS (PS3.18 §10.6): one search function for the six resources; the level comes from the route."""
+
+from __future__ import annotations
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dicomweb_server import db
+from dicomweb_server.db.search import PageCache, signature, to_sql
+from dicomweb_server.dicom.dicom_xml import to_xml
+from dicomweb_server.dicom.query import Resource, parse_query
+from dicomweb_server.dicomweb.results import remaining_warning, result
+from dicomweb_server.web.media import DICOM_JSON, MULTIPART, Offer, negotiate
+from dicomweb_server.web.multipart import closing, multipart_type, new_boundary, part_head
+
+DICOM_XML = "application/dicom+xml"
+OFFERS = [Offer(DICOM_JSON), Offer("application/json"), Offer(MULTIPART, DICOM_XML)]
+
+
+async def search(request: Request, resource: Resource) -> Response:
+    """GET /studies, /series, /instances and their study/series-scoped forms."""
+    state = request.app.state
+    settings = state.settings
+    choice = negotiate(request.headers.get("accept"), OFFERS)
+    p = request.path_params
+    query = parse_query(
+        request.url.query,
+        resource,
+        study_uid=p.get("study"),
+        series_uid=p.get("series"),
+        max_limit=settings.qido_max_limit,
+        max_offset=settings.qido_max_offset,
+    )
+    tenant = request.state.tenant
+    cache: PageCache = state.page_cache
+    sig = signature(query, tenant)
+    statements = to_sql(query, tenant, after_pk=cache.get(sig, query.offset))
+    rows, total = await db.search_page(state.pool, statements, query.limit)
+    if rows:
+        cache.put(sig, query.offset + len(rows), rows[-1]["pk"])
+    base = request.state.base_url
+    results = [result(query, row, base) for row in rows]
+    headers = {}
+    if total is not None:
+        headers["Warning"] = remaining_warning(base, total - query.offset - len(rows))
+    if choice.offer.media_type == MULTIPART:
+        boundary = new_boundary()
+        body = b"".join(part_head(boundary, DICOM_XML) + to_xml(r) + b"\r\n" for r in results)
+        return Response(
+            body + closing(boundary), 200, headers, media_type=multipart_type(DICOM_XML, boundary)
+        )
+    return Response(orjson.dumps(results), 200, headers, media_type=choice.offer.media_type)
