@@ -142,7 +142,7 @@ async def app(db: asyncpg.Pool, database_url: str, tmp_path: Path) -> AsyncItera
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Settings]:
     """A real SeaweedFS S3 server on 127.0.0.1 for the whole session."""
-    from tests.s3server import run_seaweedfs
+    from tests.support.s3server import run_seaweedfs
 
     with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as ep:
         yield S3Settings(
