@@ -26,16 +26,16 @@ from types import FrameType
 
 import httpx
 
-from bench import access, environment, qido_report, wado_report
-from bench.corpus import CT_FULL, CT_QUICK, SMALL_FULL, SMALL_QUICK, load_corpus
-from bench.outcome import Outcome, Outcomes, merge_rounds
-from bench.procs import TargetUnavailable, log_tail
-from bench.qido import QidoOptions, big_spec, small_spec
-from bench.qido_corpus import load_stow_corpus
-from bench.qido_load import write_plans
-from bench.report import console_table, markdown
-from bench.sampling import wait_until_quiet
-from bench.servers import (
+from bench.access import workload as access
+from bench.corpus.ct import CT_FULL, CT_QUICK, SMALL_FULL, SMALL_QUICK, load_corpus
+from bench.corpus.population import load_stow_corpus
+from bench.corpus.retrieve import load_retrieve_corpus
+from bench.harness import environment
+from bench.harness.outcome import Outcome, Outcomes, merge_rounds
+from bench.harness.procs import TargetUnavailable, log_tail
+from bench.harness.report import console_table, markdown
+from bench.harness.sampling import wait_until_quiet
+from bench.harness.servers import (
     RATE_BYTES,
     RATE_REQUESTS,
     REPO,
@@ -44,11 +44,14 @@ from bench.servers import (
     export_revision,
     make_target,
 )
-from bench.target import Endpoint, disk_usage
-from bench.wado import WadoOptions
-from bench.wado import options as retrieve_options
-from bench.wado_corpus import load_retrieve_corpus
-from bench.workloads import SUITES, WORKLOADS, Context, Result, Workload
+from bench.harness.target import Endpoint, disk_usage
+from bench.harness.workload import SUITES, WORKLOADS, Context, Result, Workload
+from bench.qido import report as qido_report
+from bench.qido.load import write_plans
+from bench.qido.workloads import QidoOptions, big_spec, small_spec
+from bench.wado import report as wado_report
+from bench.wado.workloads import WadoOptions
+from bench.wado.workloads import options as retrieve_options
 
 NETNS_FLAG = "DICOMWEB_BENCH_IN_NETNS"
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bench.outcome import Outcome
-from bench.report import GOALS
+from bench.harness.outcome import Outcome
+from bench.harness.report import GOALS
 
 
 def test_a_goal_names_the_skipped_target_it_needs() -> None:

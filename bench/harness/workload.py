@@ -24,11 +24,11 @@ import httpx
 import numpy as np
 import pydicom
 
-from bench import rawhttp
-from bench.corpus import Corpus, Series
-from bench.multipart import CONTENT_TYPE, BigBodyPlan, build_body
-from bench.sampling import ProcessSampler, ProcStats, settle
-from bench.target import Endpoint
+from bench.corpus.ct import Corpus, Series
+from bench.corpus.multipart import CONTENT_TYPE, BigBodyPlan, build_body
+from bench.harness import rawhttp
+from bench.harness.sampling import ProcessSampler, ProcStats, settle
+from bench.harness.target import Endpoint
 
 STOW_HEADERS = {"Content-Type": CONTENT_TYPE, "Accept": "application/dicom+json"}
 REFERENCED_SOP_SEQ, FAILED_SOP_SEQ = "00081199", "00081198"
@@ -268,7 +268,7 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload(
         "qido-20k",
         "QIDO-RS searches, 20k instances loaded by STOW",
-        _lazy("qido", "run_small"),
+        _lazy("qido.workloads", "run_small"),
         frozenset({"ours", "orthanc-sqlite", "orthanc-postgresql"}),
         suite="qido",
         session="qido-20k",
@@ -276,7 +276,7 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload(
         "qido-1m",
         "QIDO-RS searches, 1M instances COPYed into the index",
-        _lazy("qido", "run_big"),
+        _lazy("qido.workloads", "run_big"),
         frozenset({"ours"}),
         suite="qido",
         session="qido-1m",
@@ -284,7 +284,7 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload(
         "wado-study",
         "WADO-RS whole-study retrieve",
-        _lazy("wado", "run_study"),
+        _lazy("wado.workloads", "run_study"),
         frozenset({"ours", "orthanc-sqlite", "orthanc-postgresql"}),
         suite="retrieve",
         session="retrieve",
@@ -292,7 +292,7 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload(
         "wado-metadata",
         "WADO-RS study metadata",
-        _lazy("wado", "run_metadata"),
+        _lazy("wado.workloads", "run_metadata"),
         frozenset({"ours", "orthanc-sqlite", "orthanc-postgresql"}),
         suite="retrieve",
         session="retrieve",
@@ -300,7 +300,7 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload(
         "wado-frames",
         "WADO-RS single frames",
-        _lazy("wado", "run_frames"),
+        _lazy("wado.workloads", "run_frames"),
         frozenset({"ours", "orthanc-sqlite", "orthanc-postgresql"}),
         suite="retrieve",
         session="retrieve",
@@ -308,7 +308,7 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload(
         "wado-big",
         "WADO-RS 2 GiB study to a slow client",
-        _lazy("wado", "run_big"),
+        _lazy("wado.workloads", "run_big"),
         frozenset({"ours", "orthanc-sqlite"}),
         suite="retrieve",
         session="retrieve-big",
@@ -316,7 +316,7 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload(
         "access-qido",
         "Access overhead: QIDO p50 with token + rate limiter vs. the commit before the access layer",
-        _lazy("access", "run"),
+        _lazy("access.workload", "run"),
         frozenset({"ours", "ours-redis", "ours-noauth"}),
         suite="access",
         session="access",

@@ -11,9 +11,9 @@ from typing import Any
 
 import psutil
 
-from bench.corpus import Corpus
-from bench.orthanc import orthanc_version
-from bench.servers import WORKERS, ours_revision
+from bench.corpus.ct import Corpus
+from bench.harness.orthanc import orthanc_version
+from bench.harness.servers import WORKERS, ours_revision
 
 
 def isolated() -> bool:
@@ -89,11 +89,11 @@ def describe(
     if workloads is None or "stow-big-body" in workloads:
         env["Big body"] = "skipped" if args.skip_big else f"{big_gib:g} GiB in one request"
     if qido is not None:
-        from bench.qido_report import corpus_lines
+        from bench.qido.report import corpus_lines
 
         env.update(corpus_lines(qido, workloads or []))
     if wado is not None:
-        from bench import wado_report
+        from bench.wado import report as wado_report
 
         env.update(wado_report.corpus_lines(wado, workloads or []))
     return env
@@ -110,11 +110,11 @@ def method_notes(
         stow_notes(args, big_gib) if workloads is None or any(w.startswith("stow") for w in workloads) else []
     )
     if qido is not None:
-        from bench.qido_report import method_lines
+        from bench.qido.report import method_lines
 
         notes += method_lines(qido, workloads or [])
     if wado is not None:
-        from bench import wado_report
+        from bench.wado import report as wado_report
 
         notes += wado_report.method_lines(wado, workloads or [], args.concurrency)
     return notes

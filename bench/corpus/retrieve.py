@@ -30,8 +30,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from bench.corpus import Corpus, CorpusSpec, Series, _phantom, load_corpus, uid
-from bench.multipart import BOUNDARY
+from bench.corpus.ct import Corpus, CorpusSpec, Series, _phantom, load_corpus, uid
+from bench.corpus.multipart import BOUNDARY
 
 MF_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word Secondary Capture Image Storage
 MF_FRAMES, MF_ROWS, MF_COLS = 120, 256, 256

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from bench.outcome import Outcomes
-from bench.qido import BUDGET_SECONDS, MIN_ITERATIONS, QUERY_TYPES, QidoDetail, QueryStats, details
-from bench.workloads import Result
+from bench.harness.outcome import Outcomes
+from bench.harness.workload import Result
+from bench.qido.workloads import BUDGET_SECONDS, MIN_ITERATIONS, QUERY_TYPES, QidoDetail, QueryStats, details
 
 SMALL_P95_MS = 10.0
 EXACT_P50_MS = 3.0
@@ -295,7 +295,7 @@ def _plan_text(d: QidoDetail | None, key: str) -> str:
 def _rel(path: str | None) -> str:
     if not path:
         return "docs/qido-plans.md"
-    from bench.servers import REPO
+    from bench.harness.servers import REPO
 
     try:
         return str(__import__("pathlib").Path(path).resolve().relative_to(REPO))

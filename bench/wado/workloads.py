@@ -40,12 +40,12 @@ import httpx
 import numpy as np
 import orjson
 
-from bench import rawhttp
-from bench.multipart import build_body
-from bench.sampling import ProcessSampler, ProcStats, settle, wait_until_quiet
-from bench.target import Endpoint
-from bench.wado_corpus import BigStudy, FrameInstance, RetrieveCorpus, big_study
-from bench.workloads import STOW_HEADERS, Context, Result, _post_all, check_response
+from bench.corpus.multipart import build_body
+from bench.corpus.retrieve import BigStudy, FrameInstance, RetrieveCorpus, big_study
+from bench.harness import rawhttp
+from bench.harness.sampling import ProcessSampler, ProcStats, settle, wait_until_quiet
+from bench.harness.target import Endpoint
+from bench.harness.workload import STOW_HEADERS, Context, Result, _post_all, check_response
 
 STUDY_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 STUDY_FALLBACK = 'multipart/related; type="application/dicom"'

@@ -25,10 +25,10 @@ from urllib.parse import urlsplit
 import asyncpg
 import orjson
 
-from bench.qido_corpus import Population, StudyRows, check_against_ingest
+from bench.corpus.population import Population, StudyRows, check_against_ingest
 
 if TYPE_CHECKING:
-    from bench.qido import Probe, QidoDetail
+    from bench.qido.workloads import Probe, QidoDetail
 
 TENANT = "dev"  # the tenant of the dev client whose token the harness uses (dicomweb_server.access.admin)
 TRANSFER_SYNTAX = "1.2.840.10008.1.2.1"
@@ -150,7 +150,7 @@ async def _all_index_defs(conn: asyncpg.Connection) -> list[tuple[str, str]]:
 
 
 async def bulk_load(dsn: str, pop: Population) -> Any:
-    from bench.qido import LoadStats
+    from bench.qido.workloads import LoadStats
 
     check_against_ingest(pop)
     conn = await asyncpg.connect(dsn)
@@ -412,7 +412,7 @@ async def explain_all(
     state: str,
 ) -> tuple[dict[str, dict[str, str]], list[str]]:
     """Verdicts per query type, and a markdown section (summary table, then SQL and plans)."""
-    from bench.qido import QUERY_TYPES
+    from bench.qido.workloads import QUERY_TYPES
     from dicomweb_server import db as server_db
 
     # A connection from the server's own pool factory: the same session settings as its queries.

@@ -7,10 +7,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import access, qido_report, wado_report
-from bench.outcome import Outcomes
-from bench.sampling import MIB
-from bench.workloads import WORKLOADS, Result
+from bench.access import workload as access
+from bench.harness.outcome import Outcomes
+from bench.harness.sampling import MIB
+from bench.harness.workload import WORKLOADS, Result
+from bench.qido import report as qido_report
+from bench.wado import report as wado_report
 
 
 @dataclass(frozen=True)

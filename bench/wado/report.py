@@ -6,9 +6,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from bench.outcome import Outcomes
-from bench.sampling import MIB
-from bench.wado import (
+from bench.harness.outcome import Outcomes
+from bench.harness.sampling import MIB
+from bench.wado.workloads import (
     BUDGET_SECONDS,
     MIN_REQUESTS,
     Measure,

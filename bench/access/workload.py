@@ -31,13 +31,13 @@ import httpx
 import numpy as np
 import orjson
 
-from bench import rawhttp
-from bench.outcome import Outcomes
-from bench.qido import ACCEPT, Probe, model
-from bench.qido_corpus import Population
-from bench.sampling import ProcessSampler, wait_until_quiet
-from bench.target import Endpoint
-from bench.workloads import Context, Result, _post_all
+from bench.corpus.population import Population
+from bench.harness import rawhttp
+from bench.harness.outcome import Outcomes
+from bench.harness.sampling import ProcessSampler, wait_until_quiet
+from bench.harness.target import Endpoint
+from bench.harness.workload import Context, Result, _post_all
+from bench.qido.workloads import ACCEPT, Probe, model
 
 WORKLOAD = "access-qido"
 BASELINE = "ours-noauth"

@@ -28,8 +28,8 @@ import orjson
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
-from bench.corpus import UID_PREFIX
-from bench.multipart import build_body
+from bench.corpus.ct import UID_PREFIX
+from bench.corpus.multipart import build_body
 
 FORMAT_VERSION = 1  # bump when the generated files change, so cached corpora are regenerated
 SOP_CLASS = {

@@ -25,10 +25,10 @@ import httpx
 import numpy as np
 import orjson
 
-from bench.qido_corpus import DAYS, FIRST_DAY, Population, QidoSpec, StowCorpus, fold, wildcard_regex
-from bench.sampling import ProcessSampler, wait_until_quiet
-from bench.target import Endpoint
-from bench.workloads import Context, Result, _post_all
+from bench.corpus.population import DAYS, FIRST_DAY, Population, QidoSpec, StowCorpus, fold, wildcard_regex
+from bench.harness.sampling import ProcessSampler, wait_until_quiet
+from bench.harness.target import Endpoint
+from bench.harness.workload import Context, Result, _post_all
 
 ACCEPT = {"Accept": "application/dicom+json"}
 NAME_PREFIXES = ["Doe", "Smi", "John", "Garc", "Mul", "Nguy", "Wil", "Mart", "And", "Tay", "Dvo", "Lee"]
@@ -476,7 +476,7 @@ async def run_small(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context)
     probes = plan_probes(pop, opts.warmup, opts.iterations)
     ours = endpoint.target == "ours"
     if ours:  # black-box measurement, but say whether autovacuum had analyzed the tables yet
-        from bench import qido_load
+        from bench.qido import load as qido_load
 
         dsn = qido_load.ours_dsn(endpoint.workdir)
         load.notes.append(f"index before the queries: {await qido_load.table_state(dsn)}")
@@ -527,7 +527,7 @@ async def run_small(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context)
 
 
 async def run_big(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context) -> Result:
-    from bench import qido_load
+    from bench.qido import load as qido_load
 
     opts: QidoOptions = ctx.qido
     pop = Population(opts.big)
