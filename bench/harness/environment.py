@@ -7,13 +7,12 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 
 from bench.corpus.ct import Corpus
 from bench.harness.orthanc import orthanc_version
-from bench.harness.servers import WORKERS, ours_revision
+from bench.harness.servers import ours_revision
 
 
 def isolated() -> bool:
@@ -60,8 +59,6 @@ def describe(
     corpora: dict[str, Corpus],
     big_gib: float,
     workloads: list[str] | None = None,
-    qido: Any = None,
-    wado: Any = None,
 ) -> dict[str, str]:
     load1, load5, _ = os.getloadavg()
     probe = (256 if args.quick else 1024) << 20
@@ -88,68 +85,4 @@ def describe(
         env[f"Corpus {name}"] = _corpus_text(corpus)
     if workloads is None or "stow-big-body" in workloads:
         env["Big body"] = "skipped" if args.skip_big else f"{big_gib:g} GiB in one request"
-    if qido is not None:
-        from bench.qido.report import corpus_lines
-
-        env.update(corpus_lines(qido, workloads or []))
-    if wado is not None:
-        from bench.wado import report as wado_report
-
-        env.update(wado_report.corpus_lines(wado, workloads or []))
     return env
-
-
-def method_notes(
-    args: argparse.Namespace,
-    big_gib: float,
-    workloads: list[str] | None = None,
-    qido: Any = None,
-    wado: Any = None,
-) -> list[str]:
-    notes = (
-        stow_notes(args, big_gib) if workloads is None or any(w.startswith("stow") for w in workloads) else []
-    )
-    if qido is not None:
-        from bench.qido.report import method_lines
-
-        notes += method_lines(qido, workloads or [])
-    if wado is not None:
-        from bench.wado import report as wado_report
-
-        notes += wado_report.method_lines(wado, workloads or [], args.concurrency)
-    return notes
-
-
-def stow_notes(args: argparse.Namespace, big_gib: float) -> list[str]:
-    return [
-        "- Everything runs inside a private network namespace (`unshare --net`, loopback only); "
-        "client and servers share the same CPUs, so the client's own cost is part of every figure.",
-        "- Each target starts fresh (empty data directory), receives the warm-up series, then the measured "
-        f"series with {args.concurrency} requests in flight; each request is one whole series as "
-        '`multipart/related; type="application/dicom"`, bodies prebuilt in memory and sent by the lean '
-        "client of bench/rawhttp.py (httpx copied each body into a fresh buffer, a quarter of a core), "
-        "each client over its own keep-alive connection; the one big body goes with httpx (chunked).",
-        "- Each target's data directory is removed when the whole run ends, not between targets, and a run "
-        "starts no sooner than 6 minutes after the previous run's clean-up: on this machine's ext4 (no "
-        "journal) the inode allocator steps over every recently freed inode, which made STOW right after a "
-        "large deletion run at about half speed.",
-        "- inst/s and MB/s (10^6 bytes of DICOM payload per second) are over the wall time from the first "
-        "measured request to the last response; p50/p95 are per-request latencies.",
-        "- Peak RSS / growth: sum of RSS over the server's process tree, sampled every 50 ms; growth is peak "
-        "minus the idle value just before the measured requests. 'aux' is side processes working in the "
-        "target's directory (a PostgreSQL started for it), counted separately; PostgreSQL RSS includes "
-        "shared buffers counted once per backend.",
-        "- CPU ms/inst: CPU time of the server tree plus its aux processes per measured instance. other CPU: "
-        "share of all CPUs used by processes outside the benchmark during the measurement (a quiet machine "
-        "shows a few %; loopback TCP softirq time is not counted).",
-        f"- ours: `dicomweb-server serve --workers {WORKERS}` with an empty DICOMWEB_DATA_DIR (embedded "
-        "PostgreSQL); sink: `bench/sink.py` (reads and discards the body) under the same uvicorn setup "
-        f"(uvloop, httptools, {WORKERS} workers).",
-        "- orthanc-sqlite / orthanc-postgresql: Debian's Orthanc with the DICOMweb plugin, default settings "
-        "apart from ports and directories; the PostgreSQL index (plugin option IndexConnectionsCount="
-        f"{args.pg_index_connections}) uses a private PostgreSQL started with pgserver over a unix socket.",
-        "- Storage check: Orthanc's /statistics instance count must equal what was sent; for ours, every "
-        "STOW response must list every instance and its data directory must hold >= 90% of the payload.",
-        f"- Big body: one chunked STOW request of {big_gib:g} GiB made of unique 0.5 MB instances generated "
-        "on the fly; the goal is on the server's RSS growth during that request.",
-    ]
