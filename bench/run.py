@@ -3,7 +3,7 @@
 Ours needs a bearer token on every DICOMweb route: after its start the harness gets one for the dev
 client that ``serve`` bootstraps on loopback, and raises its rate limit so it never refuses. The
 access suite times the same QIDO search on ours, on ours with the limiter in Redis (``ours-redis``)
-and on ours from the commit before the access layer (``ours-noauth``): see bench/access.py.
+and on ours from the commit before the access layer (``ours-noauth``): see bench/access/.
 
 Re-executes itself inside a private network namespace (``unshare --net``, loopback only), starts each
 target in turn on 127.0.0.1 (fresh for every session of workloads: the STOW workloads share one, each
@@ -13,42 +13,85 @@ QIDO scenario has its own), runs the workloads against it, stops it, and reports
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import FrameType
 
-import httpx
-
-from bench import access, environment, qido_report, wado_report
-from bench.corpus import CT_FULL, CT_QUICK, SMALL_FULL, SMALL_QUICK, load_corpus
-from bench.outcome import Outcome, Outcomes, merge_rounds
-from bench.procs import TargetUnavailable, log_tail
-from bench.qido import QidoOptions, big_spec, small_spec
-from bench.qido_corpus import load_stow_corpus
-from bench.qido_load import write_plans
-from bench.report import console_table, markdown
-from bench.sampling import wait_until_quiet
-from bench.servers import (
+from bench.access import report as access_report
+from bench.access import workload as access_workload
+from bench.corpus.ct import CT_FULL, CT_QUICK, SMALL_FULL, SMALL_QUICK, load_corpus
+from bench.corpus.population import load_stow_corpus
+from bench.corpus.retrieve import load_retrieve_corpus
+from bench.harness import environment, report
+from bench.harness.outcome import Outcome, Outcomes, merge_rounds
+from bench.harness.servers import (
     RATE_BYTES,
     RATE_REQUESTS,
     REPO,
     TARGET_NAMES,
     baseline_revision,
     export_revision,
-    make_target,
 )
-from bench.target import Endpoint, disk_usage
-from bench.wado import WadoOptions
-from bench.wado import options as retrieve_options
-from bench.wado_corpus import load_retrieve_corpus
-from bench.workloads import SUITES, WORKLOADS, Context, Result, Workload
+from bench.harness.session import DELETED_STAMP, bench_target, sessions, wait_after_deletion
+from bench.harness.suite import Suite
+from bench.harness.workload import Context, Result, Workload
+from bench.qido import explain
+from bench.qido import report as qido_report
+from bench.qido import workloads as qido_workloads
+from bench.qido.workloads import QidoOptions, big_spec, small_spec
+from bench.stow import report as stow_report
+from bench.stow import workloads as stow_workloads
+from bench.wado import goals as wado_goals
+from bench.wado import report as wado_report
+from bench.wado import workloads as wado_workloads
+from bench.wado.runner import WadoOptions
+from bench.wado.runner import options as retrieve_options
+
+# THE registry: suite name (what --suite selects) -> its workloads, goals and report sections.
+# The order is the order of the workloads in a run and of the sections and goals in the report.
+SUITES: dict[str, Suite] = {
+    "stow": Suite(
+        stow_workloads.WORKLOADS,
+        stow_report.GOALS,
+        progress=report.progress_lines,
+        console=stow_report.console_lines,
+        markdown=stow_report.markdown_lines,
+        method=stow_report.method_lines,
+    ),
+    "qido": Suite(
+        qido_workloads.WORKLOADS,
+        qido_report.GOALS,
+        progress=qido_report.progress_lines,
+        console=qido_report.console_lines,
+        markdown=qido_report.markdown_lines,
+        environment=qido_report.corpus_lines,
+        method=qido_report.method_lines,
+    ),
+    "retrieve": Suite(
+        wado_workloads.WORKLOADS,
+        wado_goals.GOALS,
+        progress=wado_report.progress_lines,
+        console=wado_report.console_lines,
+        markdown=wado_report.markdown_lines,
+        environment=wado_report.corpus_lines,
+        method=wado_report.method_lines,
+    ),
+    "access": Suite(
+        access_workload.WORKLOADS,
+        access_report.GOALS,
+        console=access_report.console_lines,
+        markdown=access_report.markdown_lines,
+    ),
+}
+WORKLOADS: tuple[Workload, ...] = tuple(w for suite in SUITES.values() for w in suite.workloads)
+SUITE_OF: dict[str, Suite] = {w.key: suite for suite in SUITES.values() for w in suite.workloads}
+SUITE_NAME: dict[str, str] = {w.key: name for name, suite in SUITES.items() for w in suite.workloads}
+GOALS = report.goals(tuple(SUITES.values()))
 
 NETNS_FLAG = "DICOMWEB_BENCH_IN_NETNS"
 
@@ -176,128 +219,11 @@ def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-async def run_target(endpoint: Endpoint, outcome: Outcome, ctx: Context, workloads: list[Workload]) -> None:
-    limits = httpx.Limits(max_connections=ctx.concurrency, max_keepalive_connections=ctx.concurrency)
-    async with httpx.AsyncClient(
-        timeout=httpx.Timeout(1800.0), limits=limits, headers=endpoint.headers
-    ) as client:
-        for workload in workloads:
-            print(f"[{endpoint.target}] {workload.key} ...", flush=True)
-            result = await workload.run(client, endpoint, ctx)
-            outcome.results[workload.key] = result
-            print_progress(endpoint.target, result)
-
-
-def print_progress(target: str, result: Result) -> None:
-    proc = result.proc
-    if result.extra is not None:  # QIDO and WADO: their own summaries
-        lines = qido_report.progress_lines(target, result) + wado_report.progress_lines(target, result)
-        for line in lines + access.progress_lines(target, result):
-            print(line, flush=True)
-        return
-    print(
-        f"[{target}] {result.workload}: {result.instances} inst in {result.elapsed:.2f} s, "
-        f"{result.inst_per_s:.1f} inst/s, {result.mb_per_s:.1f} MB/s, "
-        f"peak RSS {proc.app_peak / 2**20:.0f} MiB, client CPU {proc.client_cpu / proc.wall:.0%} of a core, "
-        f"other CPU {proc.foreign_cpu:.0%}"
-        + (f", {len(result.errors)} ERRORS" if result.errors else "")
-        + (f", {len(result.warnings)} warnings" if result.warnings else ""),
-        flush=True,
-    )
-    for line in [*(f"ERROR {e}" for e in result.errors[:3]), *(f"warning {w}" for w in result.warnings[:3])]:
-        print(f"[{target}]   {line}", flush=True)
-
-
-def stored_check(results: list[Result], stored: int | None, endpoint: Endpoint) -> tuple[bool, str]:
-    """Did the target really store what it acknowledged? (A broken server must not look fast.)"""
-    sent = sum(r.sent_instances for r in results)
-    payload = sum(r.payload_bytes for r in results)
-    if not payload and not sent:
-        return True, "n/a (nothing sent by STOW)"
-    if not endpoint.stores_dicom:
-        return True, "n/a (sink)"
-    if stored is not None:
-        ok = stored == sent
-        return ok, f"{'ok' if ok else 'MISMATCH'}: server reports {stored} instances, {sent} sent"
-    used = disk_usage(endpoint.workdir)
-    ok = used >= 0.9 * payload
-    return (
-        ok,
-        f"{'ok' if ok else 'SUSPICIOUS'}: {used / 1e6:.0f} MB on disk for {payload / 1e6:.0f} MB of payload",
-    )
-
-
-def sessions(name: str, workloads: list[str]) -> list[list[Workload]]:
-    """The selected workloads that apply to ``name``, grouped by session (one fresh server each)."""
-    groups: dict[str, list[Workload]] = {}
-    for w in WORKLOADS:
-        if w.key in workloads and w.applies(name):
-            groups.setdefault(w.session, []).append(w)
-    return list(groups.values())
-
-
-def bench_target(
-    name: str, args: argparse.Namespace, ctx: Context, log_dir: Path, workloads: list[str]
-) -> Outcome:
-    outcome = Outcome(name)
-    if not environment.isolated() and name.startswith("orthanc"):
-        outcome.skipped = "Orthanc listens on every interface; only run inside the private network namespace"
-        print(f"[{name}] SKIPPED: {outcome.skipped}", flush=True)
-        return outcome
-    checks: list[str] = []
-    for group in sessions(name, workloads):
-        if not bench_session(name, args, ctx, log_dir, group, outcome, checks):
-            break
-    outcome.stored_check = "; ".join(checks) or outcome.stored_check
-    return outcome
-
-
-def bench_session(
-    name: str,
-    args: argparse.Namespace,
-    ctx: Context,
-    log_dir: Path,
-    group: list[Workload],
-    outcome: Outcome,
-    checks: list[str],
-) -> bool:
-    """One fresh server for ``group``; False if the target could not run at all."""
-    started = time.monotonic()
-    target = make_target(name, args.pg_index_connections, args.ours_bin, args.ours_src, args.baseline_src)
-    work_root = args.cache_dir / "work"
-    work_root.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work_root))
-    label = f"{name}/{group[0].session}"
-    try:
-        if args.wait_quiet > 0:
-            outcome.waited += wait_until_quiet(0.10, args.wait_quiet, label)
-            started = time.monotonic()
-        print(f"[{label}] starting (workdir {workdir}, logs {log_dir})", flush=True)
-        endpoint = target.start(workdir, log_dir)
-        outcome.notes.update(endpoint.notes)
-        asyncio.run(run_target(endpoint, outcome, ctx, group))
-        results = [outcome.results[w.key] for w in group if w.key in outcome.results]
-        ok, check = stored_check(results, target.stored_instances(), endpoint)
-        outcome.stored_ok = outcome.stored_ok and ok
-        checks.append(f"{group[0].session}: {check}")
-        print(f"[{label}] stored-instance check: {check}", flush=True)
-        if not ok or any(r.errors for r in results):
-            print(
-                f"[{label}] PROBLEMS; tail of {endpoint.log_path}:\n{log_tail(endpoint.log_path)}", flush=True
-            )
-    except TargetUnavailable as exc:
-        outcome.skipped = str(exc)
-        print(f"[{label}] SKIPPED: {exc}", flush=True)
-        return False
-    finally:
-        target.stop()
-        # Removed at the end of the run, not now: on an ext4 without a journal (this machine's) the
-        # inode allocator steps one by one over inodes freed in the last minutes, which made file
-        # creation several times dearer for whichever target ran right after a deletion.
-        args.leftover_dirs.append(workdir)
-        os.sync()
-        outcome.seconds += time.monotonic() - started
-    return True
+def print_progress(target: str, workload: str, result: Result) -> None:
+    """A suite's own summary of a result that carries its detail, else the STOW-like line."""
+    show = SUITE_OF[workload].progress if result.extra is not None else report.progress_lines
+    for line in show(target, result):
+        print(line, flush=True)
 
 
 def select_workloads(args: argparse.Namespace) -> list[str]:
@@ -311,7 +237,7 @@ def select_workloads(args: argparse.Namespace) -> list[str]:
         if key not in by_key:
             sys.exit(f"bench: unknown workload {key!r}; choose from {', '.join(by_key)}")
     big = ("stow-big-body", "wado-big")
-    return [w for w in chosen if by_key[w].suite in suites and not (args.skip_big and w in big)]
+    return [w for w in chosen if SUITE_NAME[w] in suites and not (args.skip_big and w in big)]
 
 
 def qido_options(args: argparse.Namespace, workloads: list[str]) -> QidoOptions | None:
@@ -343,32 +269,6 @@ def wado_options(args: argparse.Namespace, workloads: list[str]) -> WadoOptions 
     return opts
 
 
-DELETED_STAMP = "last-cleanup"
-DELETION_SHADOW = 360.0  # seconds; ext4 avoids reusing inodes freed within 60 s, or 360 s while dirty
-
-
-def wait_after_deletion(cache_dir: Path) -> float:
-    """Sleep until the previous run's clean-up is old enough not to slow file creation.
-
-    On ext4 without a journal (this machine's) the inode allocator steps, one by one, over every
-    inode freed in the last minutes; a run right after another's clean-up measured the first
-    targets' STOW at about half speed.  Returns the seconds waited."""
-    stamp = cache_dir / DELETED_STAMP
-    try:
-        deleted = float(stamp.read_text())
-    except (OSError, ValueError):
-        return 0.0
-    wait = deleted + DELETION_SHADOW - time.time()
-    if wait <= 0:
-        return 0.0
-    print(
-        f"[bench] waiting {wait:.0f} s: the previous run removed its data {DELETION_SHADOW - wait:.0f} s ago",
-        flush=True,
-    )
-    time.sleep(wait)
-    return wait
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -392,11 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     wado = wado_options(args, workloads)
     ctx = Context(corpora=corpora, concurrency=args.concurrency, big_gib=big_gib, qido=qido, wado=wado)
     log_dir = args.cache_dir / "logs" / time.strftime("%Y%m%d-%H%M%S")
-    env = environment.describe(args, corpora, big_gib, workloads, qido, wado)
+    env = environment.describe(args, corpora, big_gib, workloads)
+    for suite in SUITES.values():
+        env.update(suite.environment(args, ctx, workloads))
     if args.baseline_src is not None:
         env["Access baseline (ours-noauth)"] = f"git {args.baseline_src.name[:7]} (exported)"
 
-    targets = [t for t in targets if sessions(t, workloads)]  # e.g. the sink has no QIDO workload
+    selected = [w for w in WORKLOADS if w.key in workloads]
+    targets = [t for t in targets if sessions(t, selected)]  # e.g. the sink has no QIDO workload
     env["Waited after the previous run's clean-up"] = f"{wait_after_deletion(args.cache_dir):.0f} s"
     rounds: dict[str, list[Outcome]] = {name: [] for name in targets}
     try:
@@ -404,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in targets:
                 if args.rounds > 1:
                     print(f"[{name}] round {number}/{args.rounds}", flush=True)
-                rounds[name].append(bench_target(name, args, ctx, log_dir, workloads))
+                rounds[name].append(bench_target(name, args, ctx, log_dir, selected, print_progress))
     except KeyboardInterrupt:
         print(f"\ninterrupted; servers stopped; logs in {log_dir}", flush=True)
         return 130
@@ -420,21 +323,22 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.monotonic() - started:.0f} s in all, of which {waited:.0f} s waiting for a quiet machine; "
         + ", ".join(f"{o.target} {o.seconds:.0f} s" for o in outcomes.values())
     )
-    print(console_table(outcomes))
+    suites = tuple(SUITES.values())
+    print(report.console_table(outcomes, suites))
     out = args.out or (
         args.cache_dir / "benchmarks-quick.md" if args.quick else REPO / "docs" / "benchmarks.md"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     notes = [
-        *environment.method_notes(args, big_gib, workloads, qido, wado),
+        *(line for suite in suites for line in suite.method(args, ctx, workloads)),
         f"- ours: every DICOMweb request carries `Authorization: Bearer` with a token of the dev client "
         f"that `serve` bootstraps on loopback (client credentials at `/oauth/token`); its rate limit is "
         f"raised to {RATE_REQUESTS:.0e} requests and {RATE_BYTES:.0e} bytes per window "
         "(`DICOMWEB_RATE_REQUESTS`, `DICOMWEB_RATE_BYTES`), so the limiter counts but never refuses.",
     ]
-    out.write_text(markdown(env, outcomes, notes))
+    out.write_text(report.markdown(env, outcomes, notes, suites))
     if qido is not None and (plans := qido_report.plan_sections(outcomes)):
-        write_plans(qido.plans_out, plans)
+        explain.write_plans(qido.plans_out, plans)
         print(f"wrote {qido.plans_out}")
     print(f"\nwrote {out}; server logs in {log_dir}")
     return 0

@@ -1,9 +1,9 @@
-"""bench/report.py: a goal whose target was skipped says which target and why."""
+"""bench/harness/goals.py, through the registry in bench/run.py: a skipped target is named with why."""
 
 from __future__ import annotations
 
-from bench.outcome import Outcome
-from bench.report import GOALS
+from bench.harness.outcome import Outcome
+from bench.run import GOALS
 
 
 def test_a_goal_names_the_skipped_target_it_needs() -> None:

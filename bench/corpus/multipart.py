@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from bench.corpus import UID_PREFIX, uid
+from bench.corpus.ct import UID_PREFIX, uid
 
 BOUNDARY = "dicomweb-bench-7f3a9c2e51d04b86"
 CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'

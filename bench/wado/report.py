@@ -1,91 +1,26 @@
-"""WADO-RS retrieve: goal values for report.GOALS, console lines and the docs/benchmarks.md section."""
+"""WADO-RS retrieve: progress and console lines, the docs/benchmarks.md section, environment and method."""
 
 from __future__ import annotations
 
+import argparse
 import math
-from collections.abc import Callable
 from typing import Any
 
-from bench.outcome import Outcomes
-from bench.sampling import MIB
-from bench.wado import (
-    BUDGET_SECONDS,
-    MIN_REQUESTS,
-    Measure,
-    WadoDetail,
-    details,
-    frame_form,
+from bench.harness.outcome import Outcomes
+from bench.harness.sampling import MIB
+from bench.harness.workload import Context
+from bench.wado.goals import (
+    FRAME_KEYS,
+    FRAME_LABELS,
+    FRAME_P50_MS,
+    WORKLOAD_KEYS,
+    frame_p50,
+    goal_rows,
+    measured_targets,
+    verdict,
 )
-
-TARGETS = ("ours", "orthanc-sqlite", "orthanc-postgresql")
-BASELINE = "orthanc-sqlite"
-STUDY_RATIO = 1.2  # ours MB/s >= 1.2x orthanc-sqlite
-METADATA_P50_MS = 10.0
-METADATA_SPEEDUP = 6.0  # orthanc-sqlite p50 / ours p50
-FRAME_P50_MS = 3.0
-BIG_GROWTH_MIB = 64.0
-FRAME_KEYS = ("ct", "mf-native", "mf-rle", "mf-j2k")
-FRAME_LABELS = {
-    "ct": "CT 512x512, frame 1",
-    "mf-native": "120-frame native, middle frame",
-    "mf-rle": "120-frame RLE, middle frame",
-    "mf-j2k": "120-frame JPEG 2000, middle frame",
-}
-
-
-def _detail(outcomes: Outcomes, target: str, workload: str) -> WadoDetail | None:
-    outcome = outcomes.get(target)
-    if outcome is None or not outcome.stored_ok:
-        return None
-    return details(outcome.results.get(workload))
-
-
-def measure(outcomes: Outcomes, target: str, workload: str, key: str) -> Measure | None:
-    """The measure if it is sound (answered, every response checked out), else None."""
-    d = _detail(outcomes, target, workload)
-    m = d.measures.get(key) if d is not None else None
-    return m if m is not None and m.ok else None
-
-
-# ---------------------------------------------------------------------------
-# Goal values (report.GOALS)
-
-
-def study_ratio(den: str) -> Callable[[Outcomes], float | None]:
-    def compute(outcomes: Outcomes) -> float | None:
-        a = measure(outcomes, "ours", "wado-study", "study")
-        b = measure(outcomes, den, "wado-study", "study")
-        return a.mb_per_s / b.mb_per_s if a and b and b.mb_per_s else None
-
-    return compute
-
-
-def metadata_p50(outcomes: Outcomes) -> float | None:
-    m = measure(outcomes, "ours", "wado-metadata", "metadata")
-    return m.latency(50) if m else None
-
-
-def metadata_speedup(outcomes: Outcomes) -> float | None:
-    a = measure(outcomes, "ours", "wado-metadata", "metadata")
-    b = measure(outcomes, BASELINE, "wado-metadata", "metadata")
-    return b.latency(50) / a.latency(50) if a and b and a.latency(50) else None
-
-
-def frame_p50(key: str) -> Callable[[Outcomes], float | None]:
-    def compute(outcomes: Outcomes) -> float | None:
-        m = measure(outcomes, "ours", "wado-frames", key)
-        return m.latency(50) if m else None
-
-    return compute
-
-
-def big_growth(outcomes: Outcomes) -> float | None:
-    m = measure(outcomes, "ours", "wado-big", "big")
-    return m.proc.app_growth / MIB if m and m.proc else None
-
-
-# ---------------------------------------------------------------------------
-# Cells
+from bench.wado.measure import BUDGET_SECONDS, MIN_REQUESTS, Measure, WadoDetail, details
+from bench.wado.workloads import frame_form
 
 
 def _ms(value: float) -> str:
@@ -129,19 +64,9 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def _targets(outcomes: Outcomes, workload: str) -> list[tuple[str, WadoDetail]]:
-    out = []
-    for t in TARGETS:
-        outcome = outcomes.get(t)
-        d = details(outcome.results.get(workload)) if outcome is not None else None
-        if d is not None:
-            out.append((t, d))
-    return out
-
-
 def _study_rows(outcomes: Outcomes) -> list[list[str]]:
     rows = []
-    for t, d in _targets(outcomes, "wado-study"):
+    for t, d in measured_targets(outcomes, "wado-study"):
         m = d.measures["study"]
         peak, growth, _aux = _rss(m)
         cpu = (
@@ -190,7 +115,7 @@ STUDY_HEADER = [
 
 def _metadata_rows(outcomes: Outcomes) -> list[list[str]]:
     rows = []
-    for t, d in _targets(outcomes, "wado-metadata"):
+    for t, d in measured_targets(outcomes, "wado-metadata"):
         m = d.measures["metadata"]
         size = f"{m.body_bytes / len(m.latencies) / 1e3:.0f}" if m.latencies else "-"
         rows.append(
@@ -217,7 +142,7 @@ def _frame_cell(d: WadoDetail | None, key: str) -> str:
 
 
 def _frame_rows(outcomes: Outcomes) -> tuple[list[str], list[list[str]]]:
-    targets = _targets(outcomes, "wado-frames")
+    targets = measured_targets(outcomes, "wado-frames")
     header = ["frame", "request"] + [f"{t} p50 / p95 ms (returned)" for t, _ in targets]
     header += ["goal", "verdict"]
     rows = []
@@ -234,14 +159,14 @@ def _frame_rows(outcomes: Outcomes) -> tuple[list[str], list[list[str]]]:
 
 
 def _probe_rows(outcomes: Outcomes) -> list[list[str]]:
-    targets = [d for _t, d in _targets(outcomes, "wado-frames") if d.probes]
+    targets = [d for _t, d in measured_targets(outcomes, "wado-frames") if d.probes]
     labels = list(dict.fromkeys(label for d in targets for label in d.probes))
     return [[label, *(d.probes.get(label, "-").replace("|", "/") for d in targets)] for label in labels]
 
 
 def _big_rows(outcomes: Outcomes) -> list[list[str]]:
     rows = []
-    for t, d in _targets(outcomes, "wado-big"):
+    for t, d in measured_targets(outcomes, "wado-big"):
         m = d.measures["big"]
         load = d.load
         peak, growth, aux = _rss(m)
@@ -278,88 +203,10 @@ BIG_HEADER = [
 ]
 
 
-def verdict(value: float | None, threshold: float, at_least: bool, unit: str) -> str:
-    """'met' or 'missed by X' (how far from the threshold), 'n/a' when not measured."""
-    if value is None or math.isnan(value):
-        return "n/a"
-    met = value >= threshold if at_least else value <= threshold
-    if met:
-        return "met"
-    gap = threshold - value if at_least else value - threshold
-    if unit == "x":
-        return f"missed by {gap:.2f}x ({value / threshold:.0%} of the target)"
-    return f"missed by {gap:.1f} {unit}"
-
-
-def goal_rows(outcomes: Outcomes) -> list[list[str]]:
-    """(goal, measured, target, verdict) for the WADO section, for the workloads that ran."""
-    specs: list[tuple[str, str, float | None, float, bool, str]] = [
-        (
-            "wado-study",
-            f"Whole-study retrieve MB/s: ours / {BASELINE}",
-            study_ratio(BASELINE)(outcomes),
-            STUDY_RATIO,
-            True,
-            "x",
-        ),
-        (
-            "wado-metadata",
-            "Study metadata (100 instances): ours p50",
-            metadata_p50(outcomes),
-            METADATA_P50_MS,
-            False,
-            "ms",
-        ),
-        (
-            "wado-metadata",
-            f"Study metadata p50: {BASELINE} / ours (times faster)",
-            metadata_speedup(outcomes),
-            METADATA_SPEEDUP,
-            True,
-            "x",
-        ),
-        *(
-            (
-                "wado-frames",
-                f"Frame, {FRAME_LABELS[k]}: ours p50",
-                frame_p50(k)(outcomes),
-                FRAME_P50_MS,
-                False,
-                "ms",
-            )
-            for k in FRAME_KEYS
-        ),
-        (
-            "wado-big",
-            "2 GiB study to a slow client: ours RSS growth",
-            big_growth(outcomes),
-            BIG_GROWTH_MIB,
-            False,
-            "MiB",
-        ),
-    ]
-    rows = []
-    for workload, label, value, threshold, at_least, unit in specs:
-        if not _targets(outcomes, workload):
-            continue
-        shown = "n/a" if value is None or math.isnan(value) else _fmt(value, unit)
-        target = f"{'≥' if at_least else '≤'} {_fmt(threshold, unit)}"
-        rows.append([label, shown, target, verdict(value, threshold, at_least, unit)])
-    return rows
-
-
-def _fmt(value: float, unit: str) -> str:
-    if unit == "x":
-        return f"{value:.2f}x"
-    if unit == "ms":
-        return f"{value:.2f} ms"
-    return f"{value:.1f} {unit}"
-
-
 def _quirk_lines(outcomes: Outcomes) -> list[str]:
     out = []
     for workload in ("wado-study", "wado-metadata", "wado-frames", "wado-big"):
-        for t, d in _targets(outcomes, workload):
+        for t, d in measured_targets(outcomes, workload):
             for m in d.measures.values():
                 for q in dict.fromkeys(m.quirks):
                     out.append(f"- **{t}**, {workload} {m.key}: {q}")
@@ -397,24 +244,24 @@ def progress_lines(target: str, result: Any) -> list[str]:
 
 
 def console_lines(outcomes: Outcomes) -> list[str]:
-    if not any(_targets(outcomes, w) for w in ("wado-study", "wado-metadata", "wado-frames", "wado-big")):
+    if not any(measured_targets(outcomes, w) for w in WORKLOAD_KEYS):
         return []
     lines = ["", "WADO-RS retrieve"]
-    for t, d in _targets(outcomes, "wado-study"):
+    for t, d in measured_targets(outcomes, "wado-study"):
         m = d.measures["study"]
         lines.append(f"  study     {t:<19} {m.mb_per_s:6.0f} MB/s  p50 {_ms(m.latency(50))} ms  {_status(m)}")
-    for t, d in _targets(outcomes, "wado-metadata"):
+    for t, d in measured_targets(outcomes, "wado-metadata"):
         m = d.measures["metadata"]
         lines.append(
             f"  metadata  {t:<19} p50 {_ms(m.latency(50))} ms  p95 {_ms(m.latency(95))} ms  {_status(m)}"
         )
-    for t, d in _targets(outcomes, "wado-frames"):
+    for t, d in measured_targets(outcomes, "wado-frames"):
         for m in d.measures.values():
             lines.append(
                 f"  frame     {t:<19} {m.key:<10} p50 {_ms(m.latency(50))} ms  p95 {_ms(m.latency(95))} ms  "
                 f"{_status(m)}"
             )
-    for t, d in _targets(outcomes, "wado-big"):
+    for t, d in measured_targets(outcomes, "wado-big"):
         m = d.measures["big"]
         growth = f"{m.proc.app_growth / MIB:.0f}" if m.proc else "-"
         lines.append(f"  big       {t:<19} {m.mb_per_s:6.0f} MB/s  RSS growth {growth} MiB  {_status(m)}")
@@ -423,7 +270,7 @@ def console_lines(outcomes: Outcomes) -> list[str]:
 
 
 def markdown_lines(outcomes: Outcomes, env: dict[str, str]) -> list[str]:
-    if not any(_targets(outcomes, w) for w in ("wado-study", "wado-metadata", "wado-frames", "wado-big")):
+    if not any(measured_targets(outcomes, w) for w in WORKLOAD_KEYS):
         return []
     out = [
         "",
@@ -471,10 +318,10 @@ def markdown_lines(outcomes: Outcomes, env: dict[str, str]) -> list[str]:
             "",
             *_table(header, rows),
         ]
-        missing = next((d.missing for _, d in _targets(outcomes, "wado-frames") if d.missing), ())
+        missing = next((d.missing for _, d in measured_targets(outcomes, "wado-frames") if d.missing), ())
         out += [f"- not generated here: {m}" for m in missing]
     if rows := _big_rows(outcomes):
-        note = next((d.notes[0] for _, d in _targets(outcomes, "wado-big") if d.notes), "")
+        note = next((d.notes[0] for _, d in measured_targets(outcomes, "wado-big") if d.notes), "")
         out += [
             "",
             "### A 2 GiB study to a slow client [wado-big]",
@@ -486,7 +333,7 @@ def markdown_lines(outcomes: Outcomes, env: dict[str, str]) -> list[str]:
             *_table(BIG_HEADER, rows),
         ]
     if probes := _probe_rows(outcomes):
-        targets = [t for t, d in _targets(outcomes, "wado-frames") if d.probes]
+        targets = [t for t, d in measured_targets(outcomes, "wado-frames") if d.probes]
         out += [
             "",
             "### Accept headers: what each target answers (not timed)",
@@ -503,7 +350,10 @@ def markdown_lines(outcomes: Outcomes, env: dict[str, str]) -> list[str]:
     return out
 
 
-def corpus_lines(opts: Any, workloads: list[str]) -> dict[str, str]:
+def corpus_lines(args: argparse.Namespace, ctx: Context, workloads: list[str]) -> dict[str, str]:
+    opts = ctx.wado
+    if opts is None:
+        return {}
     out: dict[str, str] = {}
     corpus = opts.corpus
     if corpus is not None:
@@ -534,7 +384,10 @@ def corpus_lines(opts: Any, workloads: list[str]) -> dict[str, str]:
     return out
 
 
-def method_lines(opts: Any, workloads: list[str], concurrency: int) -> list[str]:
+def method_lines(args: argparse.Namespace, ctx: Context, workloads: list[str]) -> list[str]:
+    opts, concurrency = ctx.wado, args.concurrency
+    if opts is None:
+        return []
     shared = [
         "- Everything runs inside a private network namespace (`unshare --net`, loopback only); client "
         "and servers share the same CPUs, so the client's own cost is part of every figure. Peak RSS / "
@@ -552,7 +405,7 @@ def method_lines(opts: Any, workloads: list[str], concurrency: int) -> list[str]
         "- Accept headers are the ones the goals name (`transfer-syntax=*`). When a target refuses one "
         "(Orthanc answers some with 400/406), the refusal is recorded and the same media type without the "
         "transfer-syntax parameter is measured instead; such rows say 'fallback Accept'.",
-        "- The measured retrieve requests go through a lean HTTP/1.1 client (bench/rawhttp.py: one "
+        "- The measured retrieve requests go through a lean HTTP/1.1 client (bench/harness/rawhttp.py: one "
         "keep-alive connection per client, 1 MiB reads, nothing kept but what a check needs): httpx "
         "spent a whole core reading ~0.8 GB/s and added about 1 ms to every small request, and against "
         "Orthanc it showed 40-100 ms frame latencies that this client does not see (Nagle and delayed "

@@ -30,8 +30,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from bench.corpus import Corpus, CorpusSpec, Series, _phantom, load_corpus, uid
-from bench.multipart import BOUNDARY
+from bench.corpus.ct import Corpus, CorpusSpec, Series, load_corpus, phantom, uid
+from bench.corpus.multipart import BOUNDARY
 
 MF_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word Secondary Capture Image Storage
 MF_FRAMES, MF_ROWS, MF_COLS = 120, 256, 256
@@ -150,7 +150,7 @@ def _mf_dataset(frames: int, rows: int, cols: int, label: str, index: int) -> Da
 
 def _cine(rng: np.random.Generator) -> np.ndarray:
     """MF_FRAMES frames of a moving 12-bit phantom with noise (compresses like a real image, roughly)."""
-    base = np.clip(_phantom(MF_ROWS, MF_COLS) * 1.5, 0, 4095)
+    base = np.clip(phantom(MF_ROWS, MF_COLS) * 1.5, 0, 4095)
     frames = np.empty((MF_FRAMES, MF_ROWS, MF_COLS), dtype="<u2")
     for k in range(MF_FRAMES):
         noise = rng.normal(0.0, 10.0, size=base.shape)
@@ -295,7 +295,7 @@ class BigStudy:
 
     async def body(self, index: int) -> AsyncIterator[bytes]:
         """One STOW request holding instance ``index`` (Content-Length known: Orthanc wants no chunking)."""
-        frame = np.clip(_phantom(BIG_ROWS, BIG_COLS) + index, 0, 65535).astype("<u2").tobytes()
+        frame = np.clip(phantom(BIG_ROWS, BIG_COLS) + index, 0, 65535).astype("<u2").tobytes()
         yield _PART_HEAD + self._header(index)
         chunk = frame * _CHUNK_FRAMES
         for _ in range(BIG_FRAMES // _CHUNK_FRAMES):

@@ -6,8 +6,8 @@ seed on every run (a few ms per thousand studies). From it come:
 - the 20k scenario: Part-10 files (64x64, 16-bit) grouped one multipart STOW body per series, generated
   once into the cache directory;
 - the 1M scenario: the DICOM JSON of each instance, built directly (no pydicom) in exactly the shape
-  that ingest produces, checked against the real ingest code path by ``check_against_ingest``;
-- the expected result counts of every query, computed from the model (``matches``).
+  that ingest produces, checked against the real ingest code path (bench/qido/rows.py);
+- the expected result counts of every query, computed from the model (bench/qido/queries.py).
 """
 
 from __future__ import annotations
@@ -17,19 +17,17 @@ import hashlib
 import io
 import json
 import random
-import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
-from bench.corpus import UID_PREFIX
-from bench.multipart import build_body
+from bench.corpus.ct import UID_PREFIX
+from bench.corpus.multipart import build_body
 
 FORMAT_VERSION = 1  # bump when the generated files change, so cached corpora are regenerated
 SOP_CLASS = {
@@ -311,7 +309,7 @@ def part10(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
-def _pixels(rng: np.random.Generator) -> np.ndarray:
+def pixels(rng: np.random.Generator) -> np.ndarray:
     y, x = np.mgrid[0:ROWS, 0:COLS].astype(np.float32)
     body = ((y - ROWS / 2) / (0.42 * ROWS)) ** 2 + ((x - COLS / 2) / (0.46 * COLS)) ** 2 <= 1
     img = np.where(body, 1024.0, 0.0) + rng.normal(0.0, 12.0, size=(ROWS, COLS))
@@ -339,7 +337,7 @@ def _generate_bodies(pop: Population, directory: Path) -> None:
     names: list[str] = []
     for study in pop.studies:
         for series in study.series:
-            files = [part10(dataset(study, series, i, _pixels(rng))) for i in range(series.instances)]
+            files = [part10(dataset(study, series, i, pixels(rng))) for i in range(series.instances)]
             name = f"{study.index:06d}-{series.index}.body"
             (tmp / name).write_bytes(build_body(files))
             names.append(name)
@@ -361,118 +359,6 @@ def load_stow_corpus(spec: QidoSpec, cache_dir: Path) -> StowCorpus:
         raise RuntimeError(f"{directory}: manifest does not match the population; delete it")
     bodies = tuple((directory / n).read_bytes() for n in names)
     return StowCorpus(pop, tuple(zip(bodies, counts, strict=True)))
-
-
-# ---------------------------------------------------------------------------
-# Rows for the 1M scenario, with exactly the values ingest (stow._record, db.store_batch) would store.
-
-
-def _ingest_view(data: bytes) -> dict[str, Any]:
-    """What ingest stores for one Part-10 file, via the server's own code (either API generation)."""
-    from dicomweb_server import dicom
-    from dicomweb_server.settings import Settings
-
-    settings = Settings()
-    if hasattr(dicom, "describe"):
-        d = dicom.describe(
-            data, complete=True, budget=settings.header_budget_bytes, threshold=settings.bulk_data_threshold
-        )
-        assert not isinstance(d, dicom.Failure), d
-        return {
-            "metadata": json.loads(d.metadata),
-            "study": d.study,
-            "series": d.series,
-            "instance": d.instance,
-            "study_attrs": json.loads(d.study_attrs),
-            "series_attrs": json.loads(d.series_attrs),
-        }
-    from types import SimpleNamespace
-
-    from dicomweb_server.dicomweb import stow
-
-    header = dicom.parse_header(data, complete=True)
-    assert isinstance(header, dicom.Header), header
-    meta = stow.Ingest._metadata(SimpleNamespace(settings=settings), header)  # type: ignore[attr-defined]
-    record = stow._record(header, meta, "k", 1)  # type: ignore[call-arg, arg-type]
-    return {
-        "metadata": json.loads(record.metadata),
-        "study": record.study,
-        "series": record.series,
-        "instance": record.instance,
-        "study_attrs": json.loads(record.study_attrs),
-        "series_attrs": json.loads(record.series_attrs),
-    }
-
-
-def check_against_ingest(pop: Population, samples: int = 6) -> None:
-    """Build a few instances through the real ingest code and compare with the direct rows."""
-    rng = np.random.default_rng(0)
-    picked = [pop.studies[len(pop.studies) * k // samples] for k in range(samples)]
-    for study in picked:
-        rows = StudyRows(study)
-        for series in study.series:
-            for i in sorted({0, series.instances - 1}):
-                got = _ingest_view(part10(dataset(study, series, i, _pixels(rng))))
-                fast = orjson.loads(orjson.dumps(rows.series_json[series.index].instance(i)))
-                want = {
-                    "metadata": fast,
-                    "study": rows.study_values,
-                    "series": rows.series_values[series.index],
-                    "instance": {
-                        **rows.instance_values(series, i),
-                        "transfer_syntax_uid": ExplicitVRLittleEndian,
-                    },
-                    "study_attrs": json.loads(rows.study_attrs),
-                    "series_attrs": json.loads(rows.series_attrs[series.index]),
-                }
-                bad = [k for k in want if want[k] != got[k]]
-                if bad:
-                    detail: dict[str, Any] = {k: (got[k], want[k]) for k in bad if k != "metadata"}
-                    if "metadata" in bad:
-                        m1, m2 = got["metadata"], want["metadata"]
-                        detail["metadata"] = sorted(t for t in set(m1) | set(m2) if m1.get(t) != m2.get(t))
-                    raise AssertionError(f"direct rows differ from ingest for {series.uid} #{i}: {detail}")
-
-
-class StudyRows:
-    """Index values of one study and its series (via dicom_index.index_values on a first instance)."""
-
-    def __init__(self, study: StudyInfo) -> None:
-        from dicomweb_server.dicom import index as dicom_index
-
-        self.study = study
-        self.series_json = [SeriesJson(study, s) for s in study.series]
-        self.series_values: list[dict[str, Any]] = []
-        self.series_attrs: list[str] = []
-        values = [dicom_index.index_values(sj.base) for sj in self.series_json]
-        for sj, (_, series_values, _) in zip(self.series_json, values, strict=True):
-            self.series_values.append(series_values)
-            attrs = dicom_index.subset(sj.base, dicom_index.SERIES_TAGS)
-            self.series_attrs.append(orjson.dumps(attrs).decode())
-        first = self.series_json[0].base
-        self.study_values = values[0][0]
-        self.study_attrs = orjson.dumps(dicom_index.subset(first, dicom_index.STUDY_TAGS)).decode()
-        self._instance_const = {k: v for k, v in values[0][2].items() if k != "instance_number"}
-
-    def instance_values(self, series: SeriesInfo, i: int) -> dict[str, Any]:
-        return {**self._instance_const, "sop_class_uid": SOP_CLASS[series.modality], "instance_number": i + 1}
-
-
-# ---------------------------------------------------------------------------
-# Expected matches (PS3.4 C.2.2.2 as CONFORMANCE.md describes ours: PN folded, any component group).
-
-
-def fold(text: str) -> str:
-    from dicomweb_server.dicom.index import fold as server_fold
-
-    folded = server_fold(text)
-    assert folded is not None
-    return folded
-
-
-def wildcard_regex(value: str) -> re.Pattern[str]:
-    pattern = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in fold(value))
-    return re.compile(pattern, re.DOTALL)
 
 
 def iter_series(pop: Population) -> Iterator[tuple[StudyInfo, SeriesInfo]]:

@@ -12,8 +12,8 @@ from urllib.parse import parse_qs, urlparse
 
 import httpx
 
-from bench.procs import ManagedProcess, TargetUnavailable, free_port, http_ok, terminate_leftovers
-from bench.target import Endpoint, Target
+from bench.harness.procs import ManagedProcess, TargetUnavailable, free_port, http_ok, terminate_leftovers
+from bench.harness.target import Endpoint, Target
 
 ORTHANC = "/usr/sbin/Orthanc"
 PLUGIN_DIR = Path("/usr/share/orthanc/plugins")

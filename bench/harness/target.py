@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.procs import processes_using
+from bench.harness.procs import processes_using
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Loopback ceiling: an ASGI app that reads and discards request bodies, then answers 200.
 
-Run like our server: ``uvicorn bench.sink:app --workers 2 --loop uvloop --http httptools``.
+Run like our server: ``uvicorn bench.harness.sink:app --workers 2 --loop uvloop --http httptools``.
 The response is ``{"received": <body bytes>}`` so the harness can check the whole body arrived.
 """
 

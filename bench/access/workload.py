@@ -31,13 +31,13 @@ import httpx
 import numpy as np
 import orjson
 
-from bench import rawhttp
-from bench.outcome import Outcomes
-from bench.qido import ACCEPT, Probe, model
-from bench.qido_corpus import Population
-from bench.sampling import ProcessSampler, wait_until_quiet
-from bench.target import Endpoint
-from bench.workloads import Context, Result, _post_all
+from bench.corpus.population import Population
+from bench.harness import rawhttp
+from bench.harness.sampling import ProcessSampler, wait_until_quiet
+from bench.harness.stow_client import post_all
+from bench.harness.target import Endpoint
+from bench.harness.workload import Context, Result, Workload
+from bench.qido.queries import ACCEPT, Probe, model
 
 WORKLOAD = "access-qido"
 BASELINE = "ours-noauth"
@@ -111,7 +111,7 @@ async def run(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context) -> Re
     assert corpus is not None
     pop = corpus.population
     print(f"[{endpoint.target}] {WORKLOAD}: loading {pop.instance_count} instances by STOW ...", flush=True)
-    posted = await _post_all(endpoint, corpus.bodies, ctx.concurrency)
+    posted = await post_all(endpoint, corpus.bodies, ctx.concurrency)
     wait_until_quiet(0.10, 30.0, endpoint.target)
     warm, measured = iterations(ctx)
     paths = probes(pop)
@@ -167,117 +167,17 @@ async def run(client: httpx.AsyncClient, endpoint: Endpoint, ctx: Context) -> Re
     )
 
 
-# ---------------------------------------------------------------------------
-# Report
-
-
 def details(result: Any) -> AccessDetail | None:
     extra = getattr(result, "extra", None)
     return extra if isinstance(extra, AccessDetail) else None
 
 
-def _detail(outcomes: Outcomes, target: str) -> AccessDetail | None:
-    outcome = outcomes.get(target)
-    return details(outcome.valid(WORKLOAD)) if outcome is not None else None
-
-
-def overhead(variant: str) -> Callable[[Outcomes], float | None]:
-    """p50(variant) - p50(baseline), ms."""
-
-    def compute(outcomes: Outcomes) -> float | None:
-        a, b = _detail(outcomes, variant), _detail(outcomes, BASELINE)
-        return a.p("qido", 50) - b.p("qido", 50) if a and b else None
-
-    return compute
-
-
-def progress_lines(target: str, result: Any) -> list[str]:
-    return []  # run() prints its own line
-
-
-def _verdict(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    if value <= TARGET_MS:
-        return f"met ({TARGET_MS - value:.3f} ms to spare)"
-    return f"MISSED by {value - TARGET_MS:.3f} ms"
-
-
-def console_lines(outcomes: Outcomes) -> list[str]:
-    lines = []
-    for target, label in [(BASELINE, "no access layer (baseline)"), *VARIANTS.items()]:
-        d = _detail(outcomes, target)
-        if d is None:
-            continue
-        extra = ""
-        if target != BASELINE:
-            value = overhead(target)(outcomes)
-            extra = f", overhead {value:+.3f} ms: {_verdict(value)}" if value is not None else ""
-        lines.append(
-            f"  access {target:<12} {label:<28} QIDO p50 {d.p('qido', 50):.3f} ms, "
-            f"p95 {d.p('qido', 95):.3f} ms, /healthz p50 {d.p('healthz', 50):.3f} ms{extra}"
-        )
-    return ["", "Access overhead (QIDO p50):", *lines] if lines else []
-
-
-def markdown_lines(outcomes: Outcomes, baseline_rev: str = "") -> list[str]:
-    rows = []
-    for target, label in [(BASELINE, "no access layer (baseline)"), *VARIANTS.items()]:
-        outcome = outcomes.get(target)
-        if outcome is None:
-            continue
-        d = _detail(outcomes, target)
-        if d is None:
-            result = outcome.results.get(WORKLOAD)
-            failed = f"{len(result.errors)} errors" if result and result.errors else "not run"
-            why = outcome.skipped or failed
-            rows.append([target, label, "-", "-", "-", "-", "-", why.splitlines()[0]])
-            continue
-        value = overhead(target)(outcomes) if target != BASELINE else None
-        rows.append(
-            [
-                target,
-                label + (f" ({outcome.notes['source']})" if "source" in outcome.notes else ""),
-                f"{d.p('qido', 50):.3f}",
-                f"{d.p('qido', 95):.3f}",
-                f"{d.p('healthz', 50):.3f}",
-                str(len(d.qido)),
-                f"{value:+.3f}" if value is not None else "-",
-                _verdict(value) if target != BASELINE else "baseline",
-            ]
-        )
-    if not rows:
-        return []
-    base = _detail(outcomes, BASELINE)
-    example = base.query if base else next((d.query for t in VARIANTS if (d := _detail(outcomes, t))), "")
-    header = [
-        "target",
-        "access layer",
-        "QIDO p50 ms",
-        "p95 ms",
-        "/healthz p50 ms",
-        "requests",
-        "p50 overhead ms",
-        f"goal ≤ {TARGET_MS} ms",
-    ]
-    out = ["", "## Access overhead", ""]
-    out += [
-        "Auth plus rate limiting on QIDO p50 (goal: at most "
-        f"{TARGET_MS} ms). Same query, same corpus, same run: `GET /dicomweb{example}` "
-        f"(one of {PROBES} PatientIDs in turn, at most {LIMIT} results) on the QIDO 20k corpus "
-        "loaded by STOW, "
-        "sequential over one keep-alive connection. Baseline: ours from the commit just before the access "
-        f"layer{f' ({baseline_rev})' if baseline_rev else ''}, which has no token guard, limiter or audit "
-        "trail; no in-process switch exists to turn them off. The variants send a valid bearer token "
-        "(client credentials, dev client) and every answer must carry a `RateLimit` header (the limiter "
-        "counted it; the limit is 1e9 per window, never reached). Overhead = variant p50 - baseline p50; "
-        "it also holds the per-request audit record and any other change between the two commits "
-        "on this path. `/healthz` (unguarded) is the HTTP floor of each server.",
-        "",
-    ]
-    out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    sample = next((d.rate_header for t in VARIANTS if (d := _detail(outcomes, t)) and d.rate_header), "")
-    if sample:
-        out += ["", f"A `RateLimit` header as answered: `{sample}`."]
-    return out
+WORKLOADS: tuple[Workload, ...] = (
+    Workload(
+        WORKLOAD,
+        "Access overhead: QIDO p50 with token + rate limiter vs. the commit before the access layer",
+        run,
+        frozenset({"ours", "ours-redis", "ours-noauth"}),
+        session="access",
+    ),
+)

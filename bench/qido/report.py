@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import math
+from pathlib import Path
 from typing import Any
 
-from bench.outcome import Outcomes
-from bench.qido import BUDGET_SECONDS, MIN_ITERATIONS, QUERY_TYPES, QidoDetail, QueryStats, details
-from bench.workloads import Result
+from bench.harness.goals import Goal
+from bench.harness.outcome import Outcomes
+from bench.harness.servers import REPO
+from bench.harness.workload import Context, Result
+from bench.qido.measure import BUDGET_SECONDS, MIN_ITERATIONS, QidoDetail, QueryStats, details
+from bench.qido.queries import QUERY_TYPES
 
 SMALL_P95_MS = 10.0
 EXACT_P50_MS = 3.0
@@ -76,7 +81,7 @@ def big_verdict(outcomes: Outcomes, key: str) -> tuple[str, str, bool | None]:
 
 
 def share_met(workload: str) -> Any:
-    """For report.GOALS: the share of query types that meet their goals (None if not measured)."""
+    """For GOALS: the share of query types that meet their goals (None if not measured)."""
 
     def compute(outcomes: Outcomes) -> float | None:
         judge = small_verdict if workload == "qido-20k" else big_verdict
@@ -191,7 +196,7 @@ def _load_line(target: str, d: QidoDetail) -> str:
     return text
 
 
-def markdown_lines(outcomes: Outcomes) -> list[str]:
+def markdown_lines(outcomes: Outcomes, env: dict[str, str]) -> list[str]:
     out: list[str] = []
     small = {t: _detail(outcomes, t, "qido-20k") for t in QIDO_TARGETS}
     small_targets = [t for t, d in small.items() if d is not None]
@@ -295,10 +300,8 @@ def _plan_text(d: QidoDetail | None, key: str) -> str:
 def _rel(path: str | None) -> str:
     if not path:
         return "docs/qido-plans.md"
-    from bench.servers import REPO
-
     try:
-        return str(__import__("pathlib").Path(path).resolve().relative_to(REPO))
+        return str(Path(path).resolve().relative_to(REPO))
     except ValueError:
         return path
 
@@ -307,7 +310,10 @@ def _rel(path: str | None) -> str:
 # Environment and method
 
 
-def corpus_lines(opts: Any, workloads: list[str]) -> dict[str, str]:
+def corpus_lines(args: argparse.Namespace, ctx: Context, workloads: list[str]) -> dict[str, str]:
+    opts = ctx.qido
+    if opts is None:
+        return {}
     out = {}
     if "qido-20k" in workloads and opts.corpus is not None:
         pop = opts.corpus.population
@@ -329,7 +335,9 @@ def corpus_lines(opts: Any, workloads: list[str]) -> dict[str, str]:
     return out
 
 
-def method_lines(opts: Any, workloads: list[str]) -> list[str]:
+def method_lines(args: argparse.Namespace, ctx: Context, workloads: list[str]) -> list[str]:
+    if ctx.qido is None:
+        return []
     return [
         "- QIDO: every target is started fresh for each QIDO scenario (its own index). Queries run one at "
         "a time over a single keep-alive connection (so ours' keyset page cache, which is per worker "
@@ -339,7 +347,7 @@ def method_lines(opts: Any, workloads: list[str]) -> list[str]:
         "does not percent-decode), below `/dicomweb` (ours) or `/dicom-web` (Orthanc). A query type's "
         f"warm-up stops after {BUDGET_SECONDS / 2:g} s and its measured requests after {BUDGET_SECONDS:g} s "
         f"(at least {MIN_ITERATIONS}); '(n=...)' marks a figure from fewer requests than asked.",
-        "- QIDO expected counts come from the population model (bench/qido_corpus.py): PatientName "
+        "- QIDO expected counts come from the population model (bench/qido/queries.py): PatientName "
         "matching folds case and accents as CONFORMANCE.md says; the limit caps a page; for ours the "
         "Warning header's remaining count is checked too. Orthanc's counts are compared with the model "
         "and differences are listed, not judged.",
@@ -352,3 +360,21 @@ def method_lines(opts: Any, workloads: list[str]) -> list[str]:
         "the COPY from their saved definitions; then VACUUM ANALYZE and CHECKPOINT. The EXPLAIN report "
         "is written to docs/qido-plans.md.",
     ]
+
+
+GOALS = (
+    Goal(
+        "QIDO 20k: query types meeting their goals (see QIDO section)",
+        share_met("qido-20k"),
+        1.0,
+        True,
+        "%",
+    ),
+    Goal(
+        "QIDO 1M: query types meeting p95 ≤ 25 ms (see QIDO section)",
+        share_met("qido-1m"),
+        1.0,
+        True,
+        "%",
+    ),
+)

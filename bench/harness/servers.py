@@ -12,11 +12,11 @@ from pathlib import Path
 
 import httpx
 
-from bench.orthanc import OrthancTarget
-from bench.procs import ManagedProcess, TargetUnavailable, free_port, http_ok, terminate_leftovers
-from bench.target import Endpoint, Target
+from bench.harness.orthanc import OrthancTarget
+from bench.harness.procs import ManagedProcess, TargetUnavailable, free_port, http_ok, terminate_leftovers
+from bench.harness.target import Endpoint, Target
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))  # uvicorn worker processes, ours and sink alike
 # Per-client rate limit for ours: counted (the limiter is active) but never reached, so that the
 # benchmark measures the server, not the limiter.
@@ -267,7 +267,7 @@ class SinkTarget(_UvicornLike):
             sys.executable,
             "-m",
             "uvicorn",
-            "bench.sink:app",
+            "bench.harness.sink:app",
             "--host",
             "127.0.0.1",
             "--port",

@@ -67,7 +67,7 @@ def uid(seed: int, *parts: object) -> str:
     return str(generate_uid(prefix=UID_PREFIX, entropy_srcs=["/".join(map(str, (seed, *parts)))]))
 
 
-def _phantom(rows: int, cols: int) -> np.ndarray:
+def phantom(rows: int, cols: int) -> np.ndarray:
     """A crude CT slice: air outside a water ellipse with a few denser inserts (stored = HU + 1024)."""
     y, x = np.mgrid[0:rows, 0:cols].astype(np.float32)
     cy, cx = rows / 2, cols / 2
@@ -131,7 +131,7 @@ def _dataset(spec: CorpusSpec, series_index: int, instance_index: int, pixels: n
 
 def _generate(spec: CorpusSpec, directory: Path) -> None:
     rng = np.random.default_rng(spec.seed)
-    base = _phantom(spec.rows, spec.cols)
+    base = phantom(spec.rows, spec.cols)
     tmp = directory.with_name(directory.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
     manifest: list[dict[str, object]] = []

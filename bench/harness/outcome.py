@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.workloads import Result
+from bench.harness.workload import Result
 
 
 @dataclass

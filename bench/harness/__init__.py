@@ -1,0 +1,4 @@
+"""Harness plumbing shared by every suite.
+
+Process control, targets, sampling, the lean HTTP client, results and report assembly.
+"""

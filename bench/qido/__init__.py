@@ -1,0 +1,4 @@
+"""QIDO-RS suite: query types counted from the population model.
+
+The 20k (STOW-loaded) and 1M (COPYed) scenarios, and EXPLAIN of our SQL.
+"""
