@@ -10,7 +10,7 @@ one folder (prometheus-client's multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR``)
 workers.  Gauges there are ``livesum``: a worker that stopped is left out (its files are
 removed by the next worker that starts, or by itself when it stops cleanly).
 
-Other modules call one function each, in one line: ``request`` (app.RequestContext),
+Other modules call one function each, in one line: ``request`` (web.context.RequestContext),
 ``stow_result`` (stow.py), ``audit_written`` / ``audit_dropped`` (audit.AuditTrail);
 ``TimedStore`` wraps the object store and ``sample`` reads the pool and connection gauges.
 """

@@ -37,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 from dicomweb_server import db, metrics
 from dicomweb_server.access import auth
 from dicomweb_server.errors import DicomWebError
+from dicomweb_server.web.context import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,6 @@ _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 _CLIENT_ID = re.compile(r"[!-~]{1,128}")
 _WORD = re.compile(r"[a-z-]{1,32}")
 _PARAMETER = re.compile(r"[A-Za-z0-9_.-]{1,32}")
-REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # what app.RequestContext accepts from a client
 
 
 def digest(value: str) -> str:
