@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -14,20 +16,65 @@ from starlette.middleware.cors import CORSMiddleware
 from dicomweb_server import db, logs, metrics
 from dicomweb_server.access import auth
 from dicomweb_server.access import guard as access
+from dicomweb_server.access import jobs as access_jobs
+from dicomweb_server.access.audit import AuditTrail
 from dicomweb_server.access.ratelimit import Policy, RateLimiter
 from dicomweb_server.db.search import PageCache
-from dicomweb_server.ingest import sweep
+from dicomweb_server.ingest import jobs as ingest_jobs
+from dicomweb_server.ingest.jobs import StatisticsKeeper
+from dicomweb_server.jobs.runner import Job, Parts, Processor, Runner, bind
 from dicomweb_server.routes import ROUTES
 from dicomweb_server.settings import Settings
-from dicomweb_server.storage import open_store
+from dicomweb_server.storage import ObjectStore, open_store
 from dicomweb_server.web.context import RequestContext
 from dicomweb_server.web.errors import EXCEPTION_HANDLERS
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Resources:
+    """The index's pool and the object store: what every command and the server work on."""
+
+    pool: Any  # asyncpg.Pool (db.create_pool)
+    store: ObjectStore
+
+
+@contextlib.asynccontextmanager
+async def resources(
+    settings: Settings, url: str | None = None, pool_size: int | None = None
+) -> AsyncIterator[Resources]:
+    """The one place the pool and the store are built and closed (the lifespan, ``cli gc``).
+
+    ``url`` overrides ``settings.database_url`` (the CLI's embedded PostgreSQL); the store's
+    operations are timed for the metrics (metrics.TimedStore).
+    """
+    url = url or settings.database_url
+    if not url:
+        raise RuntimeError("DATABASE_URL is not set; `dicomweb-server serve` starts an embedded PostgreSQL")
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await db.create_pool(url, pool_size or settings.db_pool_size)
+        stack.push_async_callback(pool.close)
+        store: ObjectStore = metrics.TimedStore(await open_store(settings.storage_path, settings.s3))
+        stack.push_async_callback(store.close)
+        yield Resources(pool, store)
+
+
+# Every context's background work, merged as the routes are (DESIGN.md, jobs/).
+JOBS: dict[str, Processor] = {
+    **ingest_jobs.JOBS,
+    **access_jobs.JOBS,
+    "metrics.sample": lambda parts: Job(
+        partial(metrics.sample, parts.pool, parts.get(AuditTrail)), every=METRICS_EVERY, at_start=True
+    ),
+}
+METRICS_EVERY = 5.0  # seconds between samples of the pool, audit queue and connection gauges
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    """Build every long-lived part in order, hand them to the handlers (``app.state``) and the
+    job runner, and close them in the reverse order (an ``AsyncExitStack``)."""
     settings: Settings = app.state.settings
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set; `dicomweb-server serve` starts an embedded PostgreSQL")
@@ -36,41 +83,32 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     issuer = settings.issuer or settings.public_base_url
     if not issuer:
         raise RuntimeError("DICOMWEB_ISSUER (or DICOMWEB_PUBLIC_BASE_URL) must be set")
-    app.state.pool = await db.create_pool(settings.database_url, settings.db_pool_size)
-    app.state.store = metrics.TimedStore(await open_store(settings.storage_path, settings.s3))
-    app.state.page_cache = PageCache()
-    app.state.ingested = asyncio.Event()
-    keys = auth.SigningKeys.load(settings.signing_keys)
-    tokens = auth.TokenSettings(issuer, issuer + "/dicomweb", settings.token_lifetime)
-    app.state.access = access.Access(
-        keys=keys,
-        tokens=tokens,
-        verifier=auth.Verifier(keys, tokens, _external_issuer(settings, tokens)),
-        limiter=await RateLimiter.open(settings.rate_limit_storage),
-        default_policy=Policy(settings.rate_requests, settings.rate_bytes, settings.rate_window_seconds),
-        pool=app.state.pool,
-    )
-    app.state.audit = access.AuditTrail(app.state.pool)
-    metrics.worker_started()
-    tasks = [
-        asyncio.create_task(_fresh_statistics(app)),
-        asyncio.create_task(app.state.audit.run()),
-        asyncio.create_task(metrics.sample_forever(app.state.pool, app.state.audit)),
-    ]
-    if settings.gc_interval_seconds > 0:
-        tasks.append(asyncio.create_task(_sweep_forever(app)))
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        metrics.worker_started()
+        stack.callback(metrics.worker_stopped)
+        parts = await stack.enter_async_context(resources(settings))
+        keys = auth.SigningKeys.load(settings.signing_keys)
+        tokens = auth.TokenSettings(issuer, issuer + "/dicomweb", settings.token_lifetime)
+        limiter = await RateLimiter.open(settings.rate_limit_storage)
+        stack.push_async_callback(limiter.close)
+        trail = AuditTrail(parts.pool)
+        stack.push_async_callback(trail.close)  # after the runner stops: flushes what is queued
+        keeper = StatisticsKeeper(parts.pool)
+        state = app.state
+        state.pool, state.store, state.audit = parts.pool, parts.store, trail
+        state.page_cache = PageCache()
+        state.ingested = keeper.ingested  # set by STOW until its transaction appends the events
+        state.access = access.Access(
+            keys=keys,
+            tokens=tokens,
+            verifier=auth.Verifier(keys, tokens, _external_issuer(settings, tokens)),
+            limiter=limiter,
+            default_policy=Policy(settings.rate_requests, settings.rate_bytes, settings.rate_window_seconds),
+            pool=parts.pool,
+        )
+        jobs = bind(JOBS, Parts(settings, parts.pool, parts.store, (trail, keeper)))
+        await stack.enter_async_context(Runner(jobs))
         yield
-    finally:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await app.state.audit.close()
-        await app.state.access.limiter.close()
-        await app.state.store.close()
-        await app.state.pool.close()
-        metrics.worker_stopped()
 
 
 def _external_issuer(settings: Settings, tokens: auth.TokenSettings) -> auth.ExternalIssuer | None:
@@ -84,29 +122,6 @@ def _external_issuer(settings: Settings, tokens: auth.TokenSettings) -> auth.Ext
     return auth.ExternalIssuer.load(
         settings.external_issuer, audience, settings.external_jwks, settings.external_tenant_claim
     )
-
-
-async def _fresh_statistics(app: Starlette) -> None:
-    """After ingest, keep planner statistics current (checked at most once a second, in <1 ms)."""
-    while True:
-        await asyncio.sleep(1)  # a flag, not wait_for(): Python 3.11's wait_for can swallow a cancel
-        if not app.state.ingested.is_set():
-            continue
-        app.state.ingested.clear()
-        try:
-            await db.analyze_if_stale(app.state.pool)
-        except Exception:
-            log.exception("statistics refresh failed", extra={"event": "analyze_failed"})
-
-
-async def _sweep_forever(app: Starlette) -> None:
-    settings: Settings = app.state.settings
-    while True:
-        await asyncio.sleep(settings.gc_interval_seconds)
-        try:
-            await sweep.sweep(app.state.pool, app.state.store, settings.gc_grace_seconds)
-        except Exception:
-            log.exception("sweep failed", extra={"event": "sweep_failed"})
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
