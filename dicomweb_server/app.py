@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
@@ -28,8 +27,6 @@ from dicomweb_server.settings import Settings
 from dicomweb_server.storage import ObjectStore, open_store
 from dicomweb_server.web.context import RequestContext
 from dicomweb_server.web.errors import EXCEPTION_HANDLERS
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
