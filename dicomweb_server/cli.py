@@ -41,32 +41,46 @@ def migrate(database_url: str) -> None:
     command.upgrade(config, "head")
 
 
-def _data_dir(create: bool) -> Path:
-    """The data folder, resolved once and exported so that worker processes agree.
+def _settings(create: bool) -> Settings:
+    """The settings, from the environment through ``Settings.from_env`` (which validates).
 
-    ``DICOMWEB_DATA_DIR`` if set; otherwise the one ``make run`` uses: ``.data`` in the project
-    folder when this is a source checkout, else ``.data`` in the current folder.  Commands that
-    only read or administer (``create`` false) never start an empty embedded database.
+    The data folder is ``DICOMWEB_DATA_DIR`` if set; otherwise the one ``make run`` uses:
+    ``.data`` in the project folder when this is a source checkout, else ``.data`` in the
+    current folder.  Commands that only read or administer (``create`` false) never start an
+    empty embedded database.
     """
-    given = os.environ.get("DICOMWEB_DATA_DIR")
-    project = ROOT / "pyproject.toml"
-    folder = Path(given) if given else (ROOT / ".data" if project.exists() else Path.cwd() / ".data")
-    folder = folder.resolve()
-    os.environ["DICOMWEB_DATA_DIR"] = str(folder)
-    if not create and not os.environ.get("DATABASE_URL") and not (folder / "pg").exists():
+    default = ROOT / ".data" if (ROOT / "pyproject.toml").exists() else Path.cwd() / ".data"
+    try:
+        settings = Settings.from_env(data_dir_default=default)
+    except ValueError as exc:  # a setting out of range: its message names the variable
+        raise CommandError(str(exc)) from None
+    folder = settings.data_dir
+    if not create and not settings.database_url and not (folder / "pg").exists():
         raise CommandError(
             f"no database in {folder} (nothing has been served from it): set DICOMWEB_DATA_DIR to "
             "the server's data folder, or DATABASE_URL to its database"
         )
-    return folder
+    _export(worker_environment(settings))
+    return settings
 
 
-def _settings(create: bool) -> Settings:
-    _data_dir(create)
-    try:
-        return Settings.from_env()
-    except ValueError as exc:  # a setting out of range: its message names the variable
-        raise CommandError(str(exc)) from None
+def worker_environment(
+    settings: Settings, database_url: str | None = None, issuer: str | None = None, keys: Path | None = None
+) -> dict[str, str]:
+    """What the server's worker processes (and this one's app factory) must find in the
+    environment: they build their own ``Settings.from_env``.  The one place it is decided."""
+    env = {"DICOMWEB_DATA_DIR": str(settings.data_dir)}
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    if issuer:
+        env["DICOMWEB_ISSUER"] = issuer
+    if keys is not None:
+        env["DICOMWEB_SIGNING_KEYS"] = str(keys)
+    return env
+
+
+def _export(env: dict[str, str]) -> None:
+    os.environ.update(env)
 
 
 def _database(settings: Settings) -> tuple[str, object | None]:
@@ -76,6 +90,15 @@ def _database(settings: Settings) -> tuple[str, object | None]:
 
     url, server = start_postgres(settings.data_dir / "pg")
     return url, server
+
+
+def _migrate(settings: Settings) -> None:
+    """``dicomweb-server migrate``: the migrations, on the embedded PostgreSQL if need be."""
+    url, server = _database(settings)
+    try:
+        migrate(url)
+    finally:
+        _stop(server)
 
 
 def _stop(server: object | None) -> None:
@@ -181,39 +204,41 @@ def _save_walkthrough(settings: Settings, text: str) -> Path:
     return path
 
 
-def serve(args: argparse.Namespace) -> None:
+def serve(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
     from dicomweb_server.web.connections import ConnectionLimits, GuardedHttp
 
-    settings = _settings(create=True)
+    host = settings.host if args.host is None else args.host
+    port = settings.port if args.port is None else args.port
+    count = settings.workers if args.workers is None else args.workers
     url, server = _database(settings)
     status = 0
     try:
-        os.environ["DATABASE_URL"] = url  # workers build their settings from the environment
         migrate(url)
         # The base URL as a client on this machine reaches it (0.0.0.0 is no address to connect to).
-        base = settings.public_base_url or _probe_url(args.host, args.port).removesuffix("/readyz")
-        os.environ.setdefault("DICOMWEB_ISSUER", settings.issuer or base)
+        base = settings.public_base_url or _probe_url(host, port).removesuffix("/readyz")
+        keys = None
         dev = None
-        if admin.is_loopback(args.host) and settings.signing_keys is None:
-            keys_path, dev = admin.bootstrap_dev(settings, url)
-            os.environ["DICOMWEB_SIGNING_KEYS"] = str(keys_path)
+        if admin.is_loopback(host) and settings.signing_keys is None:
+            keys, dev = admin.bootstrap_dev(settings, url)
         else:
-            admin.refuse_insecure(args.host, settings, url)
+            admin.refuse_insecure(host, settings, url)
+        # Workers build their settings from the environment.
+        _export(worker_environment(settings, url, settings.issuer or base, keys))
         text = walkthrough(base, dev, settings)
         saved = _save_walkthrough(settings, text)
         threading.Thread(
-            target=_announce_when_ready, args=(_probe_url(args.host, args.port), text, saved), daemon=True
+            target=_announce_when_ready, args=(_probe_url(host, port), text, saved), daemon=True
         ).start()
-        metrics.prepare(settings.metrics_port, settings.metrics_host, args.workers)
+        metrics.prepare(settings.metrics_port, settings.metrics_host, count)
         limits = ConnectionLimits.from_settings(settings)
         config = uvicorn.Config(
             "dicomweb_server.app:create_app",
             factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
+            host=host,
+            port=port,
+            workers=count,
             loop="uvloop",
             # uvicorn's httptools protocol with header, body-rate and connection limits (connections.py)
             http=functools.partial(GuardedHttp, limits=limits),  # type: ignore[arg-type]
@@ -221,15 +246,15 @@ def serve(args: argparse.Namespace) -> None:
             log_config=None,
             access_log=False,
             # X-Forwarded-* only from the configured proxies (uvicorn trusts 127.0.0.1 by default).
-            proxy_headers=bool(os.environ.get("DICOMWEB_TRUSTED_PROXIES")),
-            forwarded_allow_ips=os.environ.get("DICOMWEB_TRUSTED_PROXIES") or "",
+            proxy_headers=bool(settings.trusted_proxies),
+            forwarded_allow_ips=settings.trusted_proxies or "",
             timeout_graceful_shutdown=10,
         )
         # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler it found:
         # make that handler an exit, so the finally below still stops the embedded PostgreSQL.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        if args.workers > 1:
-            status = workers.Supervisor(config, args.workers, _log_level(args), args.verbose).run()
+        if count > 1:
+            status = workers.Supervisor(config, count, _log_level(args, settings), args.verbose).run()
         else:
             uvicorn.Server(config).run()
     except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down and re-raised SIGINT; stop quietly
@@ -240,12 +265,11 @@ def serve(args: argparse.Namespace) -> None:
         sys.exit(status)
 
 
-def init(args: argparse.Namespace) -> None:
+def init(args: argparse.Namespace, settings: Settings) -> None:
     """A deployment's first start (the container's entrypoint runs it before ``serve``): create the
     signing key file if there is none, and apply the migrations.  Safe to run on every start."""
     from dicomweb_server.access import auth
 
-    settings = _settings(create=True)
     path = settings.signing_keys
     if path is None:
         raise CommandError("init needs DICOMWEB_SIGNING_KEYS: the key file to create (or keep)")
@@ -261,31 +285,25 @@ def init(args: argparse.Namespace) -> None:
     )
 
 
-def _log_level(args: argparse.Namespace) -> str:
-    return os.environ.get("DICOMWEB_LOG_LEVEL") or ("DEBUG" if getattr(args, "verbose", False) else "INFO")
+def _log_level(args: argparse.Namespace, settings: Settings | None) -> str:
+    given = settings.log_level if settings is not None else None
+    return given or ("DEBUG" if getattr(args, "verbose", False) else "INFO")
 
 
-def gc(args: argparse.Namespace) -> None:
-    from dicomweb_server import db
+def gc(args: argparse.Namespace, settings: Settings) -> None:
+    from dicomweb_server.app import resources
     from dicomweb_server.ingest import sweep
-    from dicomweb_server.storage import open_store
 
-    settings = _settings(create=False)
     url, server = _database(settings)
     grace = settings.gc_grace_seconds if args.grace is None else args.grace
 
     async def run() -> None:
-        pool = await db.create_pool(url, 2)
-        store = await open_store(settings.storage_path, settings.s3)
-        try:
-            report = await sweep.sweep(pool, store, grace)
+        async with resources(settings, url, pool_size=2) as parts:
+            report = await sweep.sweep(parts.pool, parts.store, grace)
             print(
                 f"scanned {report.scanned} objects, removed {report.removed_objects} unreferenced "
                 f"and {report.removed_uploads} unfinished uploads"
             )
-        finally:
-            await store.close()
-            await pool.close()
 
     try:
         asyncio.run(run())
@@ -316,20 +334,20 @@ def _parsers() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--host",
-        default=os.environ.get("DICOMWEB_HOST", "127.0.0.1"),
+        default=None,
         help="address to listen on (default: DICOMWEB_HOST or 127.0.0.1); any other than loopback "
         "needs DICOMWEB_SIGNING_KEYS",
     )
     p.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("DICOMWEB_PORT", "8080")),
+        default=None,
         help="TCP port (default: DICOMWEB_PORT or 8080)",
     )
     p.add_argument(
         "--workers",
         type=int,
-        default=int(os.environ.get("DICOMWEB_WORKERS", "1")),
+        default=None,
         help="worker processes (default: DICOMWEB_WORKERS or 1); each connection goes to the one "
         "with the fewest (see workers.py)",
     )
@@ -340,7 +358,7 @@ def _parsers() -> argparse.ArgumentParser:
         help="apply database migrations",
         description="Apply the database migrations up to the latest (serve does this too).",
     )
-    p.set_defaults(func=lambda a: migrate(_database(_settings(create=True))[0]))
+    p.set_defaults(func=lambda a, settings: _migrate(settings))
     p = sub.add_parser(
         "init",
         parents=[common],
@@ -366,14 +384,24 @@ def _parsers() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that may start (and so create) the embedded database in the data folder.
+_CREATES = frozenset({"serve", "migrate", "init", "keys"})
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = _parsers()
     args = parser.parse_args(argv)
-    logs.configure(_log_level(args), libraries=args.verbose)
+    try:
+        settings = _settings(create=args.command in _CREATES)
+    except CommandError as exc:
+        logs.configure(_log_level(args, None), libraries=args.verbose)
+        print(f"dicomweb-server: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    logs.configure(_log_level(args, settings), libraries=args.verbose)
     if not args.verbose:
         warnings.simplefilter("ignore")  # library warnings (and pydicom's, which quote values) stay out
     try:
-        _run(args)
+        _run(args, settings)
     except (CommandError, ServiceUnavailable) as exc:
         print(f"dicomweb-server: error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -381,9 +409,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace, settings: Settings) -> None:
     if args.command in ("keys", "tenants", "clients"):
-        settings = _settings(create=args.command == "keys")
         if args.command == "keys":
             admin.keys_command(args, settings)
             return
@@ -397,7 +424,7 @@ def _run(args: argparse.Namespace) -> None:
         finally:
             _stop(server)
         return
-    args.func(args)
+    args.func(args, settings)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ one folder (prometheus-client's multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR``)
 workers.  Gauges there are ``livesum``: a worker that stopped is left out (its files are
 removed by the next worker that starts, or by itself when it stops cleanly).
 
-Other modules call one function each, in one line: ``request`` (app.RequestContext),
+Other modules call one function each, in one line: ``request`` (web.context.RequestContext),
 ``stow_result`` (stow.py), ``audit_written`` / ``audit_dropped`` (audit.AuditTrail);
 ``TimedStore`` wraps the object store and ``sample`` reads the pool and connection gauges.
 """
@@ -213,16 +213,14 @@ def _established() -> int:
     )
 
 
-async def sample_forever(pool: Any, audit: Any, every: float = 5.0) -> None:
-    """Pool, audit queue and connection gauges of this process, every few seconds."""
-    while True:
-        POOL_SIZE.set(pool.get_size())
-        POOL_IDLE.set(pool.get_idle_size())
-        POOL_MAX.set(pool.get_max_size())
-        AUDIT_QUEUED.set(len(getattr(audit, "queue", ())))
-        with contextlib.suppress(psutil.Error, OSError):
-            CONNECTIONS.set(await asyncio.to_thread(_established))
-        await asyncio.sleep(every)
+async def sample(pool: Any, audit: Any) -> None:
+    """Pool, audit queue and connection gauges of this process (a job, every few seconds)."""
+    POOL_SIZE.set(pool.get_size())
+    POOL_IDLE.set(pool.get_idle_size())
+    POOL_MAX.set(pool.get_max_size())
+    AUDIT_QUEUED.set(len(getattr(audit, "queue", ())))
+    with contextlib.suppress(psutil.Error, OSError):
+        CONNECTIONS.set(await asyncio.to_thread(_established))
 
 
 # -- exposition -------------------------------------------------------------------------------

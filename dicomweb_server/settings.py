@@ -108,11 +108,25 @@ class Settings:
     # Prometheus metrics on a listener of their own (metrics.py); 0: off.
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    # `dicomweb-server serve` (cli.py): where it listens, how many workers, our log level, and
+    # the proxies whose X-Forwarded-* headers are believed (none by default).
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    log_level: str | None = None  # None: INFO, or DEBUG with --verbose
+    trusted_proxies: str | None = None
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+    def from_env(cls, env: dict[str, str] | None = None, data_dir_default: Path | None = None) -> Settings:
+        """The settings from ``env`` (the process environment), validated: a bad value is a
+        ``ValueError`` naming its variable.  ``data_dir_default`` (the command line's) is used
+        when ``DICOMWEB_DATA_DIR`` is unset, and the folder is then made absolute."""
         e = dict(os.environ if env is None else env)
-        data_dir = Path(e.get("DICOMWEB_DATA_DIR", ".data"))
+        if data_dir_default is None:
+            data_dir = Path(e.get("DICOMWEB_DATA_DIR", ".data"))
+        else:
+            given = e.get("DICOMWEB_DATA_DIR")
+            data_dir = (Path(given) if given else data_dir_default).resolve()
         s3 = None
         if e.get("S3_BUCKET"):
             s3 = S3Settings(
@@ -173,4 +187,9 @@ class Settings:
             external_tenant_claim=e.get("DICOMWEB_EXTERNAL_TENANT_CLAIM") or "tenant",
             metrics_port=_int(e, "DICOMWEB_METRICS_PORT", 0, 0, 65535),
             metrics_host=e.get("DICOMWEB_METRICS_HOST") or "127.0.0.1",
+            host=e.get("DICOMWEB_HOST") or "127.0.0.1",
+            port=_int(e, "DICOMWEB_PORT", 8080, 0, 65535),
+            workers=_int(e, "DICOMWEB_WORKERS", 1),
+            log_level=e.get("DICOMWEB_LOG_LEVEL") or None,
+            trusted_proxies=e.get("DICOMWEB_TRUSTED_PROXIES") or None,
         )

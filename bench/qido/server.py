@@ -79,10 +79,10 @@ def ingest_view(data: bytes) -> dict[str, Any]:
 def _resources() -> dict[str, Any]:
     """Route path → QIDO Resource, from the server's route table (its API list: the routes
     themselves wrap each handler in the access guard)."""
-    from dicomweb_server import app
+    from dicomweb_server import routes
 
     out = {}
-    for path, methods, handler, _transaction in app.API:
+    for path, methods, handler, _transaction in routes.API:
         keywords = getattr(handler, "keywords", None) or {}
         if "resource" in keywords and "GET" in methods:
             out[path] = keywords["resource"]

@@ -1,7 +1,7 @@
 """The audit trail: one row per protected request and token request (PS3.15 A.5 event types).
 
-Rows are queued by the request and appended in batches by one background task, off the
-request path.  The trail must survive any input:
+Rows are queued by the request and appended in batches by one background job (``job()``, run
+by jobs.runner), off the request path.  The trail must survive any input:
 
 - Every value is made safe before it reaches a row.  What the server itself chose (the event,
   the status, the tenant of a verified token) goes in as is; what a client typed (a path UID, a
@@ -37,6 +37,8 @@ from starlette.responses import JSONResponse, Response
 from dicomweb_server import db, metrics
 from dicomweb_server.access import auth
 from dicomweb_server.errors import DicomWebError
+from dicomweb_server.jobs.runner import Job, Runner
+from dicomweb_server.web.context import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,8 @@ MAX_QUEUED = 100_000  # rows waiting while the database is unreachable (~20 MB)
 BATCH = 1000  # rows per COPY
 DROP_LOG_SECONDS = 10.0
 CLOSE_SECONDS = 10.0  # shutdown waits this long for the database
+GATHER_SECONDS = 0.05  # after the first queued row, wait this long to gather a batch
+RETRY_SECONDS = 1.0  # while the database cannot be written, try again this often
 
 Row = tuple[Any, ...]  # in db.AUDIT_COLUMNS order
 
@@ -71,7 +75,6 @@ _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 _CLIENT_ID = re.compile(r"[!-~]{1,128}")
 _WORD = re.compile(r"[a-z-]{1,32}")
 _PARAMETER = re.compile(r"[A-Za-z0-9_.-]{1,32}")
-REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # what app.RequestContext accepts from a client
 
 
 def digest(value: str) -> str:
@@ -134,6 +137,8 @@ class AuditTrail:
         self.dropped = 0  # rows never written: the queue was full, or shutdown could not write them
         self._unlogged_drops = 0
         self._drop_logged = 0.0
+        self._failing_since = 0.0  # while the database cannot be written: when that began
+        self._failure_logged = 0.0
 
     @property
     def queued(self) -> int:
@@ -229,37 +234,39 @@ class AuditTrail:
                 extra={"event": "audit_reduced", "request_id": reduced(row)[10], "error": error},
             )
 
+    async def step(self) -> float | None:
+        """One run of the writer (jobs.runner, woken by ``wake``): flush; while the database
+        cannot be written, log (then, and every minute) and ask to run again in a second, even
+        if no request comes."""
+        try:
+            await self.flush()
+        except Exception as exc:
+            now = time.monotonic()
+            self._failing_since = self._failing_since or now
+            if now - self._failure_logged >= 60:
+                log.error(
+                    "audit write failed; rows kept for a retry",
+                    extra={"event": "audit_failed", "queued": len(self.queue), "error": type(exc).__name__},
+                )
+                self._failure_logged = now
+            return RETRY_SECONDS
+        if self._failing_since:
+            log.warning(
+                "audit writes resumed",
+                extra={"event": "audit_resumed", "seconds": round(time.monotonic() - self._failing_since)},
+            )
+        self._failing_since = self._failure_logged = 0.0
+        return None
+
+    def job(self) -> Job:
+        """The writer as the runner runs it: woken by a queued row, gathering a batch first."""
+        return Job(self.step, wakeup=self.wake, gather=GATHER_SECONDS)
+
     async def run(self) -> None:
-        failing_since = 0.0  # while the database cannot be written: logged then, and every minute
-        logged = 0.0
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            await asyncio.sleep(0.05)  # gather a batch
-            try:
-                await self.flush()
-            except Exception as exc:
-                now = time.monotonic()
-                failing_since = failing_since or now
-                if now - logged >= 60:
-                    log.error(
-                        "audit write failed; rows kept for a retry",
-                        extra={
-                            "event": "audit_failed",
-                            "queued": len(self.queue),
-                            "error": type(exc).__name__,
-                        },
-                    )
-                    logged = now
-                await asyncio.sleep(1)
-                self.wake.set()  # retry, even if no request comes
-            else:
-                if failing_since:
-                    log.warning(
-                        "audit writes resumed",
-                        extra={"event": "audit_resumed", "seconds": round(time.monotonic() - failing_since)},
-                    )
-                failing_since = logged = 0.0
+        """The writer on its own runner, until cancelled (for tools and tests; the server's
+        lifespan runs ``job()`` on the process's runner)."""
+        async with Runner({"audit.flush": self.job()}):
+            await asyncio.Event().wait()
 
     async def close(self) -> None:
         """Flush (for up to ``CLOSE_SECONDS``); whatever cannot be written is counted as dropped and

@@ -79,7 +79,7 @@ class _HeadersTooLarge(Exception):
 
 
 def _response(status: bytes, message: str, retry_after: int | None = None) -> bytes:
-    """A complete error response in the server's JSON error form (app.on_error's)."""
+    """A complete error response in the server's JSON error form (web.errors.on_error's)."""
     code = int(status[:3])
     text = json.dumps({"status": code, "message": message}).encode()
     lines = [b"HTTP/1.1 " + status, b"content-type: application/json", b"connection: close"]

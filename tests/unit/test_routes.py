@@ -8,7 +8,7 @@ from pathlib import Path
 
 from starlette.routing import Mount, Route
 
-from dicomweb_server.app import ROUTES
+from dicomweb_server.routes import ROUTES
 
 SPEC = json.loads((Path(__file__).resolve().parents[2] / "openapi" / "openapi.json").read_text())
 

@@ -28,8 +28,8 @@ from pydicom.uid import generate_uid
 from dicomweb_server import db as index
 from dicomweb_server.access import auth
 from dicomweb_server.access import guard as access
-from dicomweb_server.app import API, ROUTES
 from dicomweb_server.logs import JsonFormatter
+from dicomweb_server.routes import API, ROUTES
 from tests.conftest import (
     ASGI_ISSUER,
     CLIENT,

@@ -373,7 +373,7 @@ async def test_thumbnails_at_every_level_and_frame_rendering(app: App) -> None:
 async def test_capabilities_describe_every_route(app: App) -> None:
     from xml.etree import ElementTree
 
-    from dicomweb_server.app import API
+    from dicomweb_server.routes import API
 
     r = await app.client.options("/dicomweb")
     assert r.status_code == 200

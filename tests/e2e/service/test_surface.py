@@ -13,7 +13,7 @@ from pydicom.uid import generate_uid
 from starlette.routing import Route
 
 from dicomweb_server import metrics
-from dicomweb_server.app import ROUTES
+from dicomweb_server.routes import ROUTES
 from tests.conftest import App, free_port, start_server
 from tests.support.dicomfiles import content_type, instance, multipart
 

@@ -47,3 +47,23 @@ async def test_analyze_skips_the_stored_dicom_json(db: asyncpg.Pool) -> None:
         ("series", "attrs", 0),
         ("study", "attrs", 0),
     ]
+
+
+async def test_the_keeper_follows_the_instance_stored_events(db: asyncpg.Pool) -> None:
+    """It starts at the newest event and reads on from there (ingest/jobs.py)."""
+    from dicomweb_server import events
+    from dicomweb_server.ingest.jobs import StatisticsKeeper
+
+    keeper = StatisticsKeeper(db)
+    await keeper.step()
+    async with db.acquire() as conn:
+        start = await events.latest(conn)
+        assert keeper.cursor == start
+        async with conn.transaction():
+            await events.append(conn, [events.InstanceStored("bulk", "1.2", "1.2.3", "1.2.3.4", "k")])
+        newest = await events.latest(conn)
+    await keeper.step()
+    assert keeper.cursor == newest > start
+    keeper.ingested.set()  # a STOW's wake-up is taken, and cleared, by the next look
+    await keeper.step()
+    assert not keeper.ingested.is_set() and keeper.cursor == newest

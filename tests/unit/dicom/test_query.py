@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from dicomweb_server.app import API
 from dicomweb_server.db.search import INSTANCE_RETURN, PageCache, signature, to_sql
 from dicomweb_server.dicom.query import (
     ATTRIBUTES,
@@ -20,6 +19,7 @@ from dicomweb_server.dicom.query import (
     parse_query,
 )
 from dicomweb_server.errors import BadRequest
+from dicomweb_server.routes import API
 
 STUDIES = Resource(Level.STUDY, frozenset({Level.STUDY}))
 SERIES = Resource(Level.SERIES, frozenset({Level.STUDY, Level.SERIES}))

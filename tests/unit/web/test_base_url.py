@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from dicomweb_server.app import base_url
+from dicomweb_server.web.context import base_url
 
 
 def scope(host: str | None, server: tuple[str, int] | None = ("127.0.0.1", 8080), **extra: Any) -> dict:

@@ -1,0 +1,67 @@
+"""The ingest context's background work: the garbage sweep and the statistics keeper.
+
+``JOBS`` is merged by ``app.py`` with the other contexts' and run by ``jobs.runner``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from dicomweb_server import db, events
+from dicomweb_server.ingest import sweep
+from dicomweb_server.jobs.runner import Job, Parts, Processor
+
+STATISTICS_EVERY = 1.0  # seconds between looks at the outbox and the ingested flag
+READ_LIMIT = 1000
+
+
+def sweep_job(parts: Parts) -> Job | None:
+    """Every ``DICOMWEB_GC_INTERVAL_SECONDS`` (0: off), one sweep (invariant I3, ingest/sweep.py)."""
+    interval = parts.settings.gc_interval_seconds
+    if interval <= 0:
+        return None
+    grace = parts.settings.gc_grace_seconds
+
+    async def step() -> None:
+        await sweep.sweep(parts.pool, parts.store, grace)
+
+    return Job(step, every=interval)
+
+
+class StatisticsKeeper:
+    """Keeps the planner's statistics current after ingest (``db.analyze_if_stale``).
+
+    Autovacuum looks once a minute; searches right after a bulk ingest would otherwise be
+    planned without statistics.  New ``instance.stored`` events (read after a cursor kept in
+    memory, starting from the newest event at start-up) or ``ingested`` (set by a STOW until
+    the ingest transaction appends its events) make it look, at most once a second; the check
+    itself takes under a millisecond.
+    """
+
+    def __init__(self, pool: Any):
+        self.pool = pool
+        self.ingested = asyncio.Event()
+        self.cursor: int | None = None  # the last event id read; None until the first step
+
+    async def step(self) -> None:
+        woken = self.ingested.is_set()
+        self.ingested.clear()
+        async with db.connection(self.pool) as conn:
+            if self.cursor is None:
+                self.cursor = await events.latest(conn)
+                fresh = False
+            else:
+                new = await events.read(conn, self.cursor, READ_LIMIT, events.INSTANCE_STORED)
+                if new:
+                    self.cursor = new[-1].id
+                fresh = bool(new)
+        if woken or fresh:
+            await db.analyze_if_stale(self.pool)
+
+
+def statistics_job(parts: Parts) -> Job:
+    return Job(parts.get(StatisticsKeeper).step, every=STATISTICS_EVERY)
+
+
+JOBS: dict[str, Processor] = {"ingest.sweep": sweep_job, "index.statistics": statistics_job}

@@ -1,0 +1,1 @@
+"""Background work: one runner per process, hosting the processors each context exports."""
