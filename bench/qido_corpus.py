@@ -364,7 +364,7 @@ def load_stow_corpus(spec: QidoSpec, cache_dir: Path) -> StowCorpus:
 
 
 # ---------------------------------------------------------------------------
-# Rows for the 1M scenario, with exactly the values ingest (stow._record, db.store_batch) would store.
+# Rows for the 1M scenario, with exactly the values ingest (stow._record, db.store.store_batch) would store.
 
 
 def _ingest_view(data: bytes) -> dict[str, Any]:

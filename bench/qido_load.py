@@ -44,7 +44,7 @@ def ours_dsn(workdir: Path) -> str:
 
 
 def _columns() -> tuple[list[str], list[str], list[str]]:
-    from dicomweb_server import db
+    from dicomweb_server.db import store as db
 
     study = [
         "pk",
@@ -85,7 +85,7 @@ class Rows:
         self.study_cols, self.series_cols, self.instance_cols = _columns()
 
     def instances(self) -> Iterator[tuple[Any, ...]]:
-        from dicomweb_server import db
+        from dicomweb_server.db import store as db
 
         keys = random.Random(f"{self.pop.spec.seed}/{self.start}")
         dumps, sha = orjson.dumps, hashlib.sha256
@@ -413,7 +413,7 @@ async def explain_all(
 ) -> tuple[dict[str, dict[str, str]], list[str]]:
     """Verdicts per query type, and a markdown section (summary table, then SQL and plans)."""
     from bench.qido import QUERY_TYPES
-    from dicomweb_server import db as server_db
+    from dicomweb_server.db import pool as server_db
 
     # A connection from the server's own pool factory: the same session settings as its queries.
     pool = await server_db.create_pool(dsn, 1)
@@ -503,7 +503,7 @@ async def explain_all(
         f"{detail.instances} instances",
         "",
         f"{state} PostgreSQL {version} (embedded, default settings); the server's connection settings "
-        f"(from `db.create_pool`): plan_cache_mode={plan_mode}, jit={jit}"
+        f"(from `db.pool.create_pool`): plan_cache_mode={plan_mode}, jit={jit}"
         + (
             "."
             if generic_used

@@ -20,12 +20,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dicomweb_server import db, logs, metrics
+from dicomweb_server import logs, metrics
 from dicomweb_server.access import auth
 from dicomweb_server.access import guard as access
 from dicomweb_server.access.audit import REQUEST_ID
 from dicomweb_server.access.ratelimit import Policy, RateLimiter
+from dicomweb_server.db import pool as db_pool
 from dicomweb_server.db.search import PageCache
+from dicomweb_server.db.statistics import analyze_if_stale
 from dicomweb_server.dicom import is_valid_uid
 from dicomweb_server.dicom.query import Level, Resource
 from dicomweb_server.dicomweb import capabilities, delete, qido, stow, wado
@@ -59,7 +61,7 @@ async def readyz(request: Request) -> Response:
     """Readiness: the index and the object store are reachable."""
     state = request.app.state
     try:
-        await db.ping(state.pool)
+        await db_pool.ping(state.pool)
     except (DicomWebError, StorageError):
         return JSONResponse({"status": "unavailable", "reason": "the index database is unreachable"}, 503)
     try:
@@ -241,7 +243,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     issuer = settings.issuer or settings.public_base_url
     if not issuer:
         raise RuntimeError("DICOMWEB_ISSUER (or DICOMWEB_PUBLIC_BASE_URL) must be set")
-    app.state.pool = await db.create_pool(settings.database_url, settings.db_pool_size)
+    app.state.pool = await db_pool.create_pool(settings.database_url, settings.db_pool_size)
     app.state.store = metrics.TimedStore(await open_store(settings.storage_path, settings.s3))
     app.state.page_cache = PageCache()
     app.state.ingested = asyncio.Event()
@@ -299,7 +301,8 @@ async def _fresh_statistics(app: Starlette) -> None:
             continue
         app.state.ingested.clear()
         try:
-            await db.analyze_if_stale(app.state.pool)
+            async with db_pool.connection(app.state.pool) as conn:
+                await analyze_if_stale(conn)
         except Exception:
             log.exception("statistics refresh failed", extra={"event": "analyze_failed"})
 

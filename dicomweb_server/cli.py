@@ -266,7 +266,7 @@ def _log_level(args: argparse.Namespace) -> str:
 
 
 def gc(args: argparse.Namespace) -> None:
-    from dicomweb_server import db
+    from dicomweb_server.db.pool import create_pool
     from dicomweb_server.ingest import sweep
     from dicomweb_server.storage import open_store
 
@@ -275,7 +275,7 @@ def gc(args: argparse.Namespace) -> None:
     grace = settings.gc_grace_seconds if args.grace is None else args.grace
 
     async def run() -> None:
-        pool = await db.create_pool(url, 2)
+        pool = await create_pool(url, 2)
         store = await open_store(settings.storage_path, settings.s3)
         try:
             report = await sweep.sweep(pool, store, grace)

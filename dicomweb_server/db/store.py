@@ -1,22 +1,26 @@
-"""All SQL, over asyncpg.  Plain async functions taking a pool or a connection.
+"""Index writes for ingest: one batch of instances, its studies and series, the duplicate policy.
 
-Ingest commits one transaction per STOW request (``store_batch``): studies and
-series are upserted in UID order (a fixed lock order, so concurrent requests
-cannot deadlock on them), instances are inserted with ``ON CONFLICT DO NOTHING``
-so the unique (tenant, SOP Instance UID) constraint applies the duplicate
-policy, and the study/series aggregates are incremented under the row locks.
+``store_batch(conn, ...)`` writes inside the caller's transaction, so a caller can commit other
+rows with it (the ``instance.stored`` event); ``commit_batch(pool, ...)`` is the whole unit of
+work, rerun by ``pool.in_transaction`` when a concurrent writer wins a race.  Studies and
+series are upserted in UID order (a fixed lock order, so concurrent requests cannot deadlock on
+them), instances are inserted with ``ON CONFLICT DO NOTHING`` so the unique (tenant, SOP
+Instance UID) constraint applies the duplicate policy (PS3.18 §10.5.3: 0x0111 or, with
+``DICOMWEB_DUPLICATE_POLICY=overwrite``, replaced in place), and the study/series aggregates
+are incremented under the row locks.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+import functools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 import orjson
 
+from dicomweb_server.db.pool import Connection, Pool, Race, in_transaction
 from dicomweb_server.dicom import (
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
     DUPLICATE_SOP_INSTANCE,
@@ -24,8 +28,6 @@ from dicomweb_server.dicom import (
     Failure,
 )
 from dicomweb_server.dicom.frames import FrameIndex
-from dicomweb_server.dicom.query import Statements
-from dicomweb_server.errors import ServiceUnavailable
 
 # Index columns filled from each instance (dicom_index.index_values); types are for unnest().
 STUDY_COLUMNS = {
@@ -124,12 +126,8 @@ _EXISTING_STUDIES = _existing_sql("study", "study_uid", None)
 _EXISTING_SERIES = _existing_sql("series", "series_uid", "study_pk")
 
 
-class _Retry(Exception):
-    """A row another transaction was creating disappeared before we could read it: start over."""
-
-
 async def _upsert(
-    conn: asyncpg.Connection, insert: str, existing: str, key: str, tenant: str, columns: dict[str, list[Any]]
+    conn: Connection, insert: str, existing: str, key: str, tenant: str, columns: dict[str, list[Any]]
 ) -> tuple[list[asyncpg.Record], list[int]]:
     """Insert the new rows, read the existing ones; return all rows and the pks created here.
 
@@ -140,7 +138,7 @@ async def _upsert(
     missing = sorted(set(columns[key]) - {row[key] for row in created})
     found = await conn.fetch(existing, tenant, missing) if missing else []
     if len(found) != len(missing):
-        raise _Retry
+        raise Race
     return [*created, *found], [row["pk"] for row in created]
 
 
@@ -202,37 +200,6 @@ _OVERWRITE = (
 )
 
 
-async def create_pool(url: str, size: int) -> asyncpg.Pool:
-    try:
-        return await asyncpg.create_pool(
-            url,
-            min_size=1,
-            max_size=size,
-            command_timeout=60,
-            # Statements are prepared once per connection; a generic plan chosen after five runs
-            # can ignore the selectivity of this run's values (54 ms instead of 0.1 ms measured),
-            # and JIT compilation costs more than it saves on index-sized queries.
-            server_settings={"plan_cache_mode": "force_custom_plan", "jit": "off"},
-        )
-    except (OSError, asyncpg.PostgresError):
-        raise ServiceUnavailable("The database is unavailable; try again later") from None
-
-
-@contextlib.asynccontextmanager
-async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection; losing the database becomes a 503, never a 500."""
-    try:
-        async with pool.acquire() as conn:
-            yield cast(asyncpg.Connection, conn)
-    except (TimeoutError, OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
-        raise ServiceUnavailable("The database is unavailable; try again later") from None
-
-
-async def ping(pool: asyncpg.Pool) -> None:
-    async with connection(pool) as conn:
-        await conn.fetchval("SELECT 1")
-
-
 def _named(rows: Sequence[dict[str, Any]], columns: Iterable[str]) -> dict[str, list[Any]]:
     return {c: [row[c] for row in rows] for c in columns}
 
@@ -247,29 +214,21 @@ OVERWRITE_REFUSED_COMMENT = "Overwrite refused: the stored instance belongs to a
 SERIES_ELSEWHERE_COMMENT = "Series Instance UID already belongs to another study"
 
 
+async def commit_batch(
+    pool: Pool, tenant: str, records: Sequence[Record], *, overwrite: bool
+) -> BatchOutcome:
+    """``store_batch`` as its own transaction, started over on a deadlock or race (then a 503)."""
+    work = functools.partial(store_batch, tenant=tenant, records=records, overwrite=overwrite)
+    return await in_transaction(pool, work)
+
+
 async def store_batch(
-    pool: asyncpg.Pool, tenant: str, records: Sequence[Record], *, overwrite: bool
+    conn: Connection, tenant: str, records: Sequence[Record], *, overwrite: bool
 ) -> BatchOutcome:
-    """Index ``records`` in one transaction and apply the duplicate policy; retried on deadlock."""
-    for attempt in range(3):
-        try:
-            async with connection(pool) as conn, conn.transaction():
-                return await _store_batch(conn, tenant, records, overwrite)
-        except (
-            asyncpg.DeadlockDetectedError,
-            asyncpg.SerializationError,
-            asyncpg.ForeignKeyViolationError,
-            _Retry,
-        ):
-            # A foreign key violation: a concurrent DELETE removed the study or series we joined.
-            if attempt == 2:
-                raise ServiceUnavailable("index busy, please retry") from None
-    raise AssertionError("unreachable")
+    """Index ``records`` in the caller's transaction and apply the duplicate policy.
 
-
-async def _store_batch(
-    conn: asyncpg.Connection, tenant: str, records: Sequence[Record], overwrite: bool
-) -> BatchOutcome:
+    Raises ``pool.Race`` (or a deadlock) for ``in_transaction`` to start the transaction over.
+    """
     out = BatchOutcome()
     studies = {r.study_uid: r for r in records}  # first instance of a study provides its attributes
     study_rows = [{"study_uid": u, **r.study, "attrs": r.study_attrs} for u, r in sorted(studies.items())]
@@ -392,7 +351,7 @@ def _frame_values(index: FrameIndex | None) -> dict[str, Any]:
 
 
 async def _resolve_duplicates(
-    conn: asyncpg.Connection,
+    conn: Connection,
     tenant: str,
     dups: list[Record],
     series_pk: dict[str, int],
@@ -446,370 +405,3 @@ async def _resolve_duplicates(
             _OVERWRITE, tenant, [r.sop_uid for r in replace], *_columns(values, _OVERWRITE_COLS)
         )
     return old_keys
-
-
-@dataclass(frozen=True)
-class StoredInstance:
-    """One instance as WADO-RS needs it: where its object is and where its frames lie."""
-
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    sop_class_uid: str
-    object_key: str
-    size: int
-    transfer_syntax_uid: str
-    sha256: bytes
-    number_of_frames: int | None
-    frames: FrameIndex
-    metadata: str | None = None  # DICOM JSON text, when asked for
-
-
-def _scope(study_uid: str, series_uid: str | None, sop_uid: str | None) -> tuple[str, list[str]]:
-    """WHERE clause and arguments ($2...) for a study, series or instance resource."""
-    clause, args = "st.study_uid = $2", [study_uid]
-    if series_uid is not None:
-        args.append(series_uid)
-        clause += f" AND se.series_uid = ${len(args) + 1}"
-    if sop_uid is not None:
-        args.append(sop_uid)
-        clause += f" AND i.sop_uid = ${len(args) + 1}"
-    return clause, args
-
-
-_RESOURCE = (
-    "FROM study st JOIN instance i ON i.study_pk = st.pk JOIN series se ON se.pk = i.series_pk "
-    "WHERE st.tenant = $1 AND {scope}"
-)
-_INSTANCE_FIELDS = (
-    "st.study_uid, se.series_uid, i.sop_uid, i.sop_class_uid, i.object_key, i.size, i.transfer_syntax_uid, "
-    "i.sha256, i.number_of_frames, i.pixel_offset, i.pixel_length, i.fragments, i.frame_fragments"
-)
-
-
-def _stored(row: asyncpg.Record, metadata: str | None = None) -> StoredInstance:
-    return StoredInstance(
-        row["study_uid"],
-        row["series_uid"],
-        row["sop_uid"],
-        row["sop_class_uid"],
-        row["object_key"],
-        row["size"],
-        row["transfer_syntax_uid"],
-        bytes(row["sha256"]),
-        row["number_of_frames"],
-        FrameIndex(row["pixel_offset"], row["pixel_length"], row["fragments"], row["frame_fragments"]),
-        metadata,
-    )
-
-
-async def find_instances(
-    pool: asyncpg.Pool, tenant: str, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
-) -> list[StoredInstance]:
-    """The instances of a study, series or instance resource, series by series in ingest order."""
-    scope, args = _scope(study_uid, series_uid, sop_uid)
-    async with connection(pool) as conn:
-        rows = await conn.fetch(
-            f"SELECT {_INSTANCE_FIELDS} {_RESOURCE.format(scope=scope)} ORDER BY i.series_pk, i.pk",
-            tenant,
-            *args,
-        )
-    return [_stored(row) for row in rows]
-
-
-async def find_instance(
-    pool: asyncpg.Pool, tenant: str, study_uid: str, series_uid: str, sop_uid: str, *, metadata: bool = False
-) -> StoredInstance | None:
-    scope, args = _scope(study_uid, series_uid, sop_uid)
-    fields = _INSTANCE_FIELDS + (", i.metadata::text AS metadata" if metadata else "")
-    async with connection(pool) as conn:
-        row = await conn.fetchrow(f"SELECT {fields} {_RESOURCE.format(scope=scope)}", tenant, *args)
-    return None if row is None else _stored(row, row["metadata"] if metadata else None)
-
-
-async def metadata(
-    pool: asyncpg.Pool, tenant: str, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
-) -> str | None:
-    """The DICOM JSON of every instance of a resource as one JSON array text, or None if there is none.
-
-    Built at ingest and joined by PostgreSQL: no object is read and no JSON is parsed here.
-    """
-    scope, args = _scope(study_uid, series_uid, sop_uid)
-    async with connection(pool) as conn:
-        joined: str | None = await conn.fetchval(
-            f"SELECT string_agg(i.metadata::text, ',' ORDER BY i.series_pk, i.pk) "
-            f"{_RESOURCE.format(scope=scope)}",
-            tenant,
-            *args,
-        )
-    return None if joined is None else f"[{joined}]"
-
-
-async def delete(
-    pool: asyncpg.Pool, tenant: str, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
-) -> list[str] | None:
-    """Remove a study, series or instance from the index in one transaction.
-
-    Returns the object keys that are no longer referenced (the caller deletes them
-    after this commits; the sweep removes any a crash leaves behind), or None when
-    the resource does not exist.  The study row is locked first, the same order as
-    ingest, and the aggregates are brought down under that lock.
-    """
-    scope, args = _scope(study_uid, series_uid, sop_uid)
-    async with connection(pool) as conn, conn.transaction():
-        study_pk = await conn.fetchval(
-            "SELECT pk FROM study WHERE tenant = $1 AND study_uid = $2 FOR UPDATE", tenant, study_uid
-        )
-        if study_pk is None:
-            return None
-        rows = await conn.fetch(
-            f"DELETE FROM instance i USING study st, series se WHERE st.pk = i.study_pk "
-            f"AND se.pk = i.series_pk AND st.tenant = $1 AND {scope} RETURNING i.object_key, i.series_pk",
-            tenant,
-            *args,
-        )
-        if not rows:
-            return None
-        removed: dict[int, int] = {}
-        for row in rows:
-            removed[row["series_pk"]] = removed.get(row["series_pk"], 0) + 1
-        await conn.execute(
-            "UPDATE series s SET num_instances = s.num_instances - v.n "
-            "FROM unnest($1::bigint[], $2::int[]) AS v(pk, n) WHERE s.pk = v.pk",
-            list(removed),
-            list(removed.values()),
-        )
-        await conn.execute("DELETE FROM series WHERE study_pk = $1 AND num_instances <= 0", study_pk)
-        await conn.execute(
-            "UPDATE study s SET num_instances = s.num_instances - $2, "
-            "num_series = (SELECT count(*) FROM series WHERE study_pk = s.pk), "
-            "modalities = ARRAY(SELECT DISTINCT modality FROM series "
-            "WHERE study_pk = s.pk AND modality IS NOT NULL ORDER BY modality), updated_at = now() "
-            "WHERE s.pk = $1",
-            study_pk,
-            len(rows),
-        )
-        await conn.execute("DELETE FROM study WHERE pk = $1 AND num_instances <= 0", study_pk)
-    return [row["object_key"] for row in rows]
-
-
-async def referenced_keys(pool: asyncpg.Pool, keys: Sequence[str]) -> set[str]:
-    """The subset of ``keys`` that a committed instance row references."""
-    async with connection(pool) as conn:
-        rows = await conn.fetch(
-            "SELECT object_key FROM instance WHERE object_key = ANY($1::text[])", list(keys)
-        )
-    return {row["object_key"] for row in rows}
-
-
-async def search_page(
-    pool: asyncpg.Pool, statements: Statements, limit: int
-) -> tuple[list[dict[str, Any]], int | None]:
-    """A QIDO page, and the total count when more rows remain than the page holds."""
-    async with connection(pool) as conn:
-        rows = await conn.fetch(statements.page, *statements.page_args)
-        total = None
-        if len(rows) > limit:
-            rows = rows[:limit]
-            total = await conn.fetchval(statements.count, *statements.count_args)
-    return [dict(r) for r in rows], total
-
-
-_INDEX_TABLES = ("study", "series", "instance")
-
-
-async def analyze_if_stale(pool: asyncpg.Pool) -> list[str]:
-    """ANALYZE the index tables whose statistics lag far behind their contents.
-
-    Autovacuum looks at a database once a minute; a bulk ingest followed by searches
-    inside that minute would otherwise be planned with no statistics at all.
-    """
-    async with connection(pool) as conn:
-        stale = await conn.fetch(
-            "SELECT relname FROM pg_stat_user_tables WHERE relname = ANY($1::text[]) "
-            "AND n_mod_since_analyze > 500 + 0.1 * n_live_tup",
-            list(_INDEX_TABLES),
-        )
-        names = [row["relname"] for row in stale if row["relname"] in _INDEX_TABLES]
-        for name in names:
-            await conn.execute(f"ANALYZE {name}")  # a name from the fixed list above
-    return names
-
-
-# -- access: tenants, clients, audit ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ClientRecord:
-    client_id: str
-    tenant: str
-    name: str
-    scopes: frozenset[str]
-    secret_hashes: tuple[str, ...]  # active ones only
-    disabled: bool
-    rate_requests: int | None
-    rate_bytes: int | None
-
-
-async def create_tenant(pool: asyncpg.Pool, tenant: str, name: str) -> bool:
-    """False when the tenant already exists."""
-    async with connection(pool) as conn:
-        status = await conn.execute(
-            "INSERT INTO tenant (id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING", tenant, name
-        )
-    return bool(status.endswith(" 1"))
-
-
-async def tenant_enabled(pool: asyncpg.Pool, tenant: str) -> bool:
-    async with connection(pool) as conn:
-        return bool(await conn.fetchval("SELECT NOT disabled FROM tenant WHERE id = $1", tenant))
-
-
-async def list_tenants(pool: asyncpg.Pool) -> list[dict[str, Any]]:
-    async with connection(pool) as conn:
-        rows = await conn.fetch("SELECT id, name, disabled, created_at FROM tenant ORDER BY id")
-    return [dict(r) for r in rows]
-
-
-async def create_client(
-    pool: asyncpg.Pool,
-    client_id: str,
-    tenant: str,
-    name: str,
-    scopes: Iterable[str],
-    secret_hash: str,
-    rate_requests: int | None = None,
-    rate_bytes: int | None = None,
-) -> None:
-    async with connection(pool) as conn, conn.transaction():
-        await conn.execute(
-            "INSERT INTO client (client_id, tenant, name, scopes, rate_requests, rate_bytes) "
-            "VALUES ($1, $2, $3, $4, $5, $6)",
-            client_id,
-            tenant,
-            name,
-            sorted(set(scopes)),
-            rate_requests,
-            rate_bytes,
-        )
-        await conn.execute(
-            "INSERT INTO client_secret (client_id, hash) VALUES ($1, $2)", client_id, secret_hash
-        )
-
-
-_CLIENT = (
-    "SELECT c.client_id, c.tenant, c.name, c.scopes, c.disabled OR t.disabled AS disabled, "
-    "c.rate_requests, c.rate_bytes, ARRAY(SELECT s.hash FROM client_secret s WHERE s.client_id = c.client_id "
-    "AND (s.expires_at IS NULL OR s.expires_at > now()) ORDER BY s.pk DESC LIMIT 2) AS hashes "
-    "FROM client c JOIN tenant t ON t.id = c.tenant"
-)
-
-
-def _client(row: asyncpg.Record) -> ClientRecord:
-    return ClientRecord(
-        row["client_id"],
-        row["tenant"],
-        row["name"],
-        frozenset(row["scopes"]),
-        tuple(row["hashes"]),
-        row["disabled"],
-        row["rate_requests"],
-        row["rate_bytes"],
-    )
-
-
-# The client table's CHECK: ^[A-Za-z0-9._-]{1,64}$
-_CLIENT_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
-
-
-async def find_client(pool: asyncpg.Pool, client_id: str) -> ClientRecord | None:
-    """The client, or None; an id the table could never hold (a NUL, say) is not looked up."""
-    if not 1 <= len(client_id) <= 64 or not _CLIENT_ID_CHARS.issuperset(client_id):
-        return None
-    async with connection(pool) as conn:
-        row = await conn.fetchrow(_CLIENT + " WHERE c.client_id = $1", client_id)
-    return None if row is None else _client(row)
-
-
-async def list_clients(pool: asyncpg.Pool, tenant: str | None = None) -> list[ClientRecord]:
-    async with connection(pool) as conn:
-        rows = await conn.fetch(
-            _CLIENT + " WHERE $1::text IS NULL OR c.tenant = $1 ORDER BY c.client_id", tenant
-        )
-    return [_client(r) for r in rows]
-
-
-async def rotate_secret(pool: asyncpg.Pool, client_id: str, secret_hash: str, overlap_seconds: int) -> bool:
-    """Add a secret; the current one stays valid for ``overlap_seconds``, any older one ends now."""
-    async with connection(pool) as conn, conn.transaction():
-        if await conn.fetchval("SELECT 1 FROM client WHERE client_id = $1 FOR UPDATE", client_id) is None:
-            return False
-        latest = await conn.fetchval("SELECT max(pk) FROM client_secret WHERE client_id = $1", client_id)
-        await conn.execute(
-            "UPDATE client_secret SET expires_at = CASE WHEN pk = $2 "
-            "THEN least(coalesce(expires_at, 'infinity'), now() + make_interval(secs => $3)) ELSE now() END "
-            "WHERE client_id = $1 AND (expires_at IS NULL OR expires_at > now())",
-            client_id,
-            latest,
-            float(overlap_seconds),
-        )
-        await conn.execute(
-            "INSERT INTO client_secret (client_id, hash) VALUES ($1, $2)", client_id, secret_hash
-        )
-    return True
-
-
-async def set_client_disabled(pool: asyncpg.Pool, client_id: str, disabled: bool) -> bool:
-    async with connection(pool) as conn:
-        status = await conn.execute(
-            "UPDATE client SET disabled = $2 WHERE client_id = $1", client_id, disabled
-        )
-    return bool(status.endswith(" 1"))
-
-
-AUDIT_COLUMNS = (
-    "at", "tenant", "client_id", "event_id", "event", "action", "transaction", "study_uid", "status",
-    "outcome", "request_id",
-)  # fmt: skip
-
-
-async def append_audit(pool: asyncpg.Pool, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Append audit rows (tuples in AUDIT_COLUMNS order) in one round trip."""
-    async with connection(pool) as conn:
-        await conn.copy_records_to_table("audit", records=rows, columns=AUDIT_COLUMNS)
-
-
-_AUDIT_FILTERS = {  # filter name: its condition, the value as $n
-    "after": "pk > {}",
-    "before": "pk < {}",
-    "since": "at >= {}",
-    "until": "at < {}",
-    "client_id": "client_id = {}",
-    "event_id": "event_id = {}",
-    "transaction": "transaction = {}",
-    "outcome": "outcome = {}",
-}
-
-
-async def read_audit(
-    pool: asyncpg.Pool, tenant: str | None, *, limit: int = 100, **filters: Any
-) -> list[dict[str, Any]]:
-    """Audit rows newest first (by pk, the order they were appended); one tenant's, or everyone's
-    for None (the operator; rows with no tenant are only seen so).  ``filters`` are the keys of
-    ``_AUDIT_FILTERS``; only those given become conditions, so the (tenant, pk) index serves."""
-    conditions: list[str] = []
-    args: list[Any] = []
-    if tenant is not None:
-        args.append(tenant)
-        conditions.append("tenant = $1")
-    for name, value in filters.items():
-        args.append(value)
-        conditions.append(_AUDIT_FILTERS[name].format(f"${len(args)}"))
-    where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
-    args.append(limit)
-    async with connection(pool) as conn:
-        rows = await conn.fetch(
-            f"SELECT pk, {', '.join(AUDIT_COLUMNS)} FROM audit {where}ORDER BY pk DESC LIMIT ${len(args)}",
-            *args,
-        )
-    return [dict(r) for r in rows]
