@@ -208,7 +208,7 @@ def _columns(rows: Sequence[dict[str, Any]], columns: Iterable[str]) -> list[lis
     return [[row[c] for row in rows] for c in columns]
 
 
-# Error Comments (LO, 64 characters: tests/unit/test_stow_response.py checks them).
+# Error Comments (LO, 64 characters: tests/unit/dicomweb/test_stow.py checks them).
 DUPLICATE_COMMENT = "Already stored with other content; see DICOMWEB_DUPLICATE_POLICY"
 OVERWRITE_REFUSED_COMMENT = "Overwrite refused: the stored instance belongs to another series"
 SERIES_ELSEWHERE_COMMENT = "Series Instance UID already belongs to another study"
