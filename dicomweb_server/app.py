@@ -6,18 +6,18 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
-from dicomweb_server import db, logs, metrics
+from dicomweb_server import logs, metrics
 from dicomweb_server.access import auth
 from dicomweb_server.access import guard as access
 from dicomweb_server.access import jobs as access_jobs
 from dicomweb_server.access.audit import AuditTrail
 from dicomweb_server.access.ratelimit import Policy, RateLimiter
+from dicomweb_server.db import pool as db_pool
 from dicomweb_server.db.search import PageCache
 from dicomweb_server.ingest import jobs as ingest_jobs
 from dicomweb_server.ingest.jobs import StatisticsKeeper
@@ -33,7 +33,7 @@ from dicomweb_server.web.errors import EXCEPTION_HANDLERS
 class Resources:
     """The index's pool and the object store: what every command and the server work on."""
 
-    pool: Any  # asyncpg.Pool (db.create_pool)
+    pool: db_pool.Pool
     store: ObjectStore
 
 
@@ -50,7 +50,7 @@ async def resources(
     if not url:
         raise RuntimeError("DATABASE_URL is not set; `dicomweb-server serve` starts an embedded PostgreSQL")
     async with contextlib.AsyncExitStack() as stack:
-        pool = await db.create_pool(url, pool_size or settings.db_pool_size)
+        pool = await db_pool.create_pool(url, pool_size or settings.db_pool_size)
         stack.push_async_callback(pool.close)
         store: ObjectStore = metrics.TimedStore(await open_store(settings.storage_path, settings.s3))
         stack.push_async_callback(store.close)

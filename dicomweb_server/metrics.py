@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 from prometheus_client import (
@@ -213,7 +213,15 @@ def _established() -> int:
     )
 
 
-async def sample(pool: Any, audit: Any) -> None:
+class PoolSizes(Protocol):
+    """What the gauges read of the database pool (db.pool.Pool, which this leaf cannot import)."""
+
+    def get_size(self) -> int: ...
+    def get_idle_size(self) -> int: ...
+    def get_max_size(self) -> int: ...
+
+
+async def sample(pool: PoolSizes, audit: Any) -> None:
     """Pool, audit queue and connection gauges of this process (a job, every few seconds)."""
     POOL_SIZE.set(pool.get_size())
     POOL_IDLE.set(pool.get_idle_size())

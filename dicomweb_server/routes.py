@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from dicomweb_server import db
 from dicomweb_server.access import guard as access
+from dicomweb_server.db import pool as db_pool
 from dicomweb_server.dicom import is_valid_uid
 from dicomweb_server.dicom.query import Level, Resource
 from dicomweb_server.dicomweb import capabilities, delete, qido, stow, wado
@@ -39,7 +39,7 @@ async def readyz(request: Request) -> Response:
     """Readiness: the index and the object store are reachable."""
     state = request.app.state
     try:
-        await db.ping(state.pool)
+        await db_pool.ping(state.pool)
     except (DicomWebError, StorageError):
         return JSONResponse({"status": "unavailable", "reason": "the index database is unreachable"}, 503)
     try:

@@ -50,12 +50,15 @@ def bearer(token: str) -> dict[str, str]:
 
 async def ensure_clients(pool: asyncpg.Pool) -> None:
     """The test tenants and their clients (every scope); secrets are not needed for minted tokens."""
-    from dicomweb_server import db as index
+    from dicomweb_server.db import access as index
+    from dicomweb_server.db.pool import connection
 
-    for tenant, client in ((TENANT, CLIENT), (OTHER_TENANT, OTHER_CLIENT)):
-        await index.create_tenant(pool, tenant, tenant)
-        if await index.find_client(pool, client) is None:
-            await index.create_client(pool, client, tenant, client, auth.SCOPES, auth.hash_secret("unused"))
+    async with connection(pool) as conn:
+        for tenant, client in ((TENANT, CLIENT), (OTHER_TENANT, OTHER_CLIENT)):
+            await index.create_tenant(conn, tenant, tenant)
+            if await index.find_client(conn, client) is None:
+                hashed = auth.hash_secret("unused")
+                await index.create_client(conn, client, tenant, client, auth.SCOPES, hashed)
 
 
 @pytest.fixture(scope="session")

@@ -33,9 +33,9 @@ def fold(text: str) -> str:
 
 def index_columns() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     """(study, series, instance) index columns ingest fills from the DICOM JSON: name -> SQL type."""
-    from dicomweb_server import db
+    from dicomweb_server.db import store
 
-    return db.STUDY_COLUMNS, db.SERIES_COLUMNS, db.INSTANCE_COLUMNS
+    return store.STUDY_COLUMNS, store.SERIES_COLUMNS, store.INSTANCE_COLUMNS
 
 
 def index_values(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -119,6 +119,6 @@ def qido_sql(path: str, after_pk: int | None = None) -> Any:
 
 async def create_pool(dsn: str) -> Any:
     """A one-connection pool from the server's own factory."""
-    from dicomweb_server import db
+    from dicomweb_server.db import pool
 
-    return await db.create_pool(dsn, 1)
+    return await pool.create_pool(dsn, 1)

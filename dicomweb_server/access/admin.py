@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dicomweb_server import db
 from dicomweb_server.access import auth
+from dicomweb_server.db import access as access_db
+from dicomweb_server.db.pool import Connection, connection, create_pool
 from dicomweb_server.settings import INT32_MAX, INT64_MAX, Settings
 
 DEV_TENANT = "dev"
@@ -33,11 +34,14 @@ class CommandError(Exception):
     """A mistake on the command line; ``dicomweb-server`` prints it on one line and exits 2."""
 
 
-def _run(url: str, work: Callable[[Any], Awaitable[Any]]) -> Any:
+def _run(url: str, work: Callable[[Connection], Awaitable[Any]]) -> Any:
+    """One command's database work, on a connection of its own pool."""
+
     async def go() -> Any:
-        pool = await db.create_pool(url, 2)
+        pool = await create_pool(url, 2)
         try:
-            return await work(pool)
+            async with connection(pool) as conn:
+                return await work(conn)
         finally:
             await pool.close()
 
@@ -88,10 +92,12 @@ def tenants_command(args: argparse.Namespace, url: str) -> None:
             raise CommandError(
                 f"{args.tenant!r} is not a tenant id: lower-case letters, digits and '-', at most 63"
             )
-        created = _run(url, lambda pool: db.create_tenant(pool, args.tenant, args.name or args.tenant))
+        created = _run(
+            url, lambda conn: access_db.create_tenant(conn, args.tenant, args.name or args.tenant)
+        )
         print(json.dumps({"tenant": args.tenant, "created": created}))
     else:
-        rows = _run(url, db.list_tenants)
+        rows = _run(url, access_db.list_tenants)
         print(json.dumps([{**r, "created_at": r["created_at"].isoformat()} for r in rows], indent=2))
 
 
@@ -99,10 +105,10 @@ def _check_new_client(url: str, tenant: str, client_id: str) -> None:
     if not CLIENT_ID.fullmatch(client_id):
         raise CommandError(f"{client_id!r} is not a client id: letters, digits, '.', '_' and '-', at most 64")
 
-    async def check(pool: Any) -> str | None:
-        if tenant not in {row["id"] for row in await db.list_tenants(pool)}:
+    async def check(conn: Connection) -> str | None:
+        if tenant not in {row["id"] for row in await access_db.list_tenants(conn)}:
             return f"no tenant {tenant!r} (create it with `dicomweb-server tenants create {tenant}`)"
-        if await db.find_client(pool, client_id) is not None:
+        if await access_db.find_client(conn, client_id) is not None:
             return f"client {client_id!r} exists (rotate its secret with `clients rotate-secret`)"
         return None
 
@@ -134,8 +140,8 @@ def clients_command(args: argparse.Namespace, url: str, settings: Settings) -> N
         secret = auth.new_secret()
         _run(
             url,
-            lambda pool: db.create_client(
-                pool,
+            lambda conn: access_db.create_client(
+                conn,
                 client_id,
                 args.tenant,
                 args.name or client_id,
@@ -153,7 +159,7 @@ def clients_command(args: argparse.Namespace, url: str, settings: Settings) -> N
         )
         print("The secret is shown only now; keep it safe.", file=sys.stderr, flush=True)
     elif args.action == "list":
-        rows = _run(url, lambda pool: db.list_clients(pool, args.tenant))
+        rows = _run(url, lambda conn: access_db.list_clients(conn, args.tenant))
         print(
             json.dumps(
                 [
@@ -174,7 +180,7 @@ def clients_command(args: argparse.Namespace, url: str, settings: Settings) -> N
         secret = auth.new_secret()
         overlap = settings.secret_overlap_seconds
         if not _run(
-            url, lambda pool: db.rotate_secret(pool, args.client_id, auth.hash_secret(secret), overlap)
+            url, lambda conn: access_db.rotate_secret(conn, args.client_id, auth.hash_secret(secret), overlap)
         ):
             raise CommandError(f"no client {args.client_id}")
         print(
@@ -183,7 +189,8 @@ def clients_command(args: argparse.Namespace, url: str, settings: Settings) -> N
             )
         )
     elif args.action in ("disable", "enable"):
-        done = _run(url, lambda pool: db.set_client_disabled(pool, args.client_id, args.action == "disable"))
+        disable = args.action == "disable"
+        done = _run(url, lambda conn: access_db.set_client_disabled(conn, args.client_id, disable))
         if not done:
             raise CommandError(f"no client {args.client_id}")
         print(json.dumps({"client_id": args.client_id, "disabled": args.action == "disable"}))
@@ -280,20 +287,20 @@ def bootstrap_dev(settings: Settings, url: str) -> tuple[Path, DevClient]:
     auth.SigningKeys.load_or_generate(path)
     secret_file = dev_secret_path(settings)
 
-    async def ensure(pool: Any) -> DevClient:
-        await db.create_tenant(pool, DEV_TENANT, "Development tenant (make run)")
-        record = await db.find_client(pool, DEV_CLIENT)
+    async def ensure(conn: Connection) -> DevClient:
+        await access_db.create_tenant(conn, DEV_TENANT, "Development tenant (make run)")
+        record = await access_db.find_client(conn, DEV_CLIENT)
         if record is not None and secret_file.exists():
             saved = json.loads(secret_file.read_text())
             if auth.secret_matches(saved["client_secret"], record.secret_hashes):
                 return DevClient(DEV_CLIENT, saved["client_secret"])
         secret = auth.new_secret()
         if record is None:
-            await db.create_client(
-                pool, DEV_CLIENT, DEV_TENANT, "make run", auth.SCOPES, auth.hash_secret(secret)
+            await access_db.create_client(
+                conn, DEV_CLIENT, DEV_TENANT, "make run", auth.SCOPES, auth.hash_secret(secret)
             )
         else:
-            await db.rotate_secret(pool, DEV_CLIENT, auth.hash_secret(secret), 0)
+            await access_db.rotate_secret(conn, DEV_CLIENT, auth.hash_secret(secret), 0)
         fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             json.dump({"client_id": DEV_CLIENT, "client_secret": secret}, out)
@@ -314,7 +321,7 @@ def refuse_insecure(host: str, settings: Settings, url: str) -> None:
         )
     if settings.signing_keys.resolve() == dev_keys_path(settings).resolve():
         raise CommandError(f"refusing to listen on {host} with the development signing keys")
-    dev = _run(url, lambda pool: db.find_client(pool, DEV_CLIENT))
+    dev = _run(url, lambda conn: access_db.find_client(conn, DEV_CLIENT))
     if dev is not None and not dev.disabled:
         raise CommandError(
             f"refusing to listen on {host} while the development client is enabled "

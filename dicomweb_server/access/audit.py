@@ -34,8 +34,10 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from dicomweb_server import db, metrics
+from dicomweb_server import metrics
 from dicomweb_server.access import auth
+from dicomweb_server.db import access as access_db
+from dicomweb_server.db.pool import Pool, connection
 from dicomweb_server.errors import DicomWebError
 from dicomweb_server.jobs.runner import Job, Runner
 from dicomweb_server.web.context import REQUEST_ID
@@ -68,7 +70,7 @@ CLOSE_SECONDS = 10.0  # shutdown waits this long for the database
 GATHER_SECONDS = 0.05  # after the first queued row, wait this long to gather a batch
 RETRY_SECONDS = 1.0  # while the database cannot be written, try again this often
 
-Row = tuple[Any, ...]  # in db.AUDIT_COLUMNS order
+Row = tuple[Any, ...]  # in db.access.AUDIT_COLUMNS order
 
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 # Printable ASCII: our client ids, "unknown:<digest>", and what an external issuer's verified token names.
@@ -127,7 +129,7 @@ def reduced(row: Row) -> Row:
 class AuditTrail:
     """Audit rows are queued by the request and appended in batches by one background task."""
 
-    def __init__(self, pool: Any, max_queued: int = MAX_QUEUED):
+    def __init__(self, pool: Pool, max_queued: int = MAX_QUEUED):
         self.pool = pool
         self.max_queued = max_queued
         self.queue: deque[Row] = deque()
@@ -205,7 +207,7 @@ class AuditTrail:
         while self.queue:
             batch = [self.queue.popleft() for _ in range(min(BATCH, len(self.queue)))]
             try:
-                await db.append_audit(self.pool, batch)
+                await self._append(batch)
             except Exception:
                 await self._row_by_row(batch)
             except BaseException:  # cancelled: written or not, nothing is lost (a repeat at worst)
@@ -214,16 +216,20 @@ class AuditTrail:
             else:
                 self._wrote(len(batch))
 
+    async def _append(self, rows: list[Row]) -> None:
+        async with connection(self.pool) as conn:
+            await access_db.append_audit(conn, rows)
+
     async def _row_by_row(self, batch: list[Row]) -> None:
         for i, row in enumerate(batch):
             try:
                 try:
-                    await db.append_audit(self.pool, [row])
+                    await self._append([row])
                     self._wrote(1)
                     continue
                 except Exception as exc:
                     error = type(exc).__name__
-                await db.append_audit(self.pool, [reduced(row)])
+                await self._append([reduced(row)])
             except BaseException:  # the reduced row failed too: the database, not this row
                 self._requeue(batch[i:])
                 raise
@@ -337,7 +343,7 @@ def _cursor(value: str) -> int:
 
 
 def audit_filters(pairs: list[tuple[str, str]]) -> tuple[dict[str, Any], int]:
-    """The query's filters for db.read_audit, and the limit; anything unknown, repeated, empty or
+    """The query's filters for db.access.read_audit, and the limit; anything unknown, repeated, empty or
     out of range is a 400."""
     seen: dict[str, str] = {}
     for name, value in pairs:
@@ -385,7 +391,8 @@ async def read_audit(request: Request) -> Response:
     (admin scope).  A full page carries ``Link: <...>; rel="next"``."""
     pairs = list(request.query_params.multi_items())
     filters, limit = audit_filters(pairs)
-    rows = await db.read_audit(request.app.state.pool, request.state.tenant, limit=limit, **filters)
+    async with connection(request.app.state.pool) as conn:
+        rows = await access_db.read_audit(conn, request.state.tenant, limit=limit, **filters)
     for row in rows:
         row["at"] = row["at"].isoformat()
     headers = {}

@@ -15,18 +15,19 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message
 
-from dicomweb_server import db
 from dicomweb_server.access import auth, token_endpoint
 from dicomweb_server.access.audit import EVENTS, SECURITY_ALERT, AuditTrail, digest, read_audit
 from dicomweb_server.access.ratelimit import Decision, Policy, RateLimiter
 from dicomweb_server.access.ratelimit import headers as rate_headers
+from dicomweb_server.db import access as access_db
+from dicomweb_server.db.access import ClientRecord
+from dicomweb_server.db.pool import Pool, connection
 from dicomweb_server.errors import DicomWebError, PayloadTooLarge
 
 log = logging.getLogger(__name__)
@@ -104,17 +105,17 @@ class Access:
     verifier: auth.Verifier
     limiter: RateLimiter
     default_policy: Policy
-    pool: Any
-    _clients: dict[str, tuple[float, db.ClientRecord | None]] = field(default_factory=dict)
+    pool: Pool
+    _clients: dict[str, tuple[float, ClientRecord | None]] = field(default_factory=dict)
     _tenants: dict[str, tuple[float, bool]] = field(default_factory=dict)
 
-    async def client(self, client_id: str) -> db.ClientRecord | None:
+    async def client(self, client_id: str) -> ClientRecord | None:
         """A client record, cached for a few seconds (a disabled client is refused within that)."""
         now = time.monotonic()
         cached = self._clients.get(client_id)
         if cached is not None and now - cached[0] < CLIENT_CACHE_SECONDS:
             return cached[1]
-        record = await db.find_client(self.pool, client_id)
+        record = await self.find_client(client_id)
         if len(self._clients) > 10_000:
             self._clients.clear()
         self._clients[client_id] = (now, record)
@@ -126,13 +127,19 @@ class Access:
         cached = self._tenants.get(tenant)
         if cached is not None and now - cached[0] < CLIENT_CACHE_SECONDS:
             return cached[1]
-        enabled = await db.tenant_enabled(self.pool, tenant)
+        async with connection(self.pool) as conn:
+            enabled = await access_db.tenant_enabled(conn, tenant)
         if len(self._tenants) > 10_000:
             self._tenants.clear()
         self._tenants[tenant] = (now, enabled)
         return enabled
 
-    def policy(self, client: db.ClientRecord) -> Policy:
+    async def find_client(self, client_id: str) -> ClientRecord | None:
+        """A client record as the database has it now (the token endpoint checks its secret)."""
+        async with connection(self.pool) as conn:
+            return await access_db.find_client(conn, client_id)
+
+    def policy(self, client: ClientRecord) -> Policy:
         base = self.default_policy
         return Policy(
             requests=base.requests if client.rate_requests is None else client.rate_requests,
@@ -285,7 +292,7 @@ async def token(request: Request) -> Response:
         return _oauth_error(400, "invalid_request", f"The token request form cannot be read: {exc.detail}")
     loop = asyncio.get_running_loop()
     asked: list[str] = []
-    known: list[db.ClientRecord] = []
+    known: list[ClientRecord] = []
 
     def find_client(client_id: str) -> token_endpoint.Client | None:
         asked.append(client_id)
@@ -296,7 +303,7 @@ async def token(request: Request) -> Response:
             cached = asyncio.run_coroutine_threadsafe(access.client(client_id), loop).result(30)
             known.extend([cached] if cached is not None else [])
             raise _Throttled(decision)
-        record = asyncio.run_coroutine_threadsafe(db.find_client(access.pool, client_id), loop).result(30)
+        record = asyncio.run_coroutine_threadsafe(access.find_client(client_id), loop).result(30)
         if record is None:
             return None
         known.append(record)
@@ -325,7 +332,7 @@ async def token(request: Request) -> Response:
     return JSONResponse(body, status, headers)
 
 
-def _who(request: Request, asked: list[str], known: list[db.ClientRecord]) -> None:
+def _who(request: Request, asked: list[str], known: list[ClientRecord]) -> None:
     """Who a token request claimed to be, for the audit and the access log: a known client with its
     tenant, or an unknown id in a form that cannot carry what was typed (a pasted secret, say)."""
     if known:

@@ -193,3 +193,23 @@ class PageCache:
     def clear(self) -> None:
         """Deletes shift offsets: forget every boundary."""
         self._entries.clear()
+
+
+# -- the page query (from the old db.py) ------------------------------------------------------
+# Imported here, not at the top, only while another change edits the generator above; move them
+# up when both have landed.
+from typing import Any  # noqa: E402
+
+from dicomweb_server.db.pool import Connection  # noqa: E402
+
+
+async def search_page(
+    conn: Connection, statements: Statements, limit: int
+) -> tuple[list[dict[str, Any]], int | None]:
+    """A QIDO page, and the total count when more rows remain than the page holds."""
+    rows = await conn.fetch(statements.page, *statements.page_args)
+    total = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        total = await conn.fetchval(statements.count, *statements.count_args)
+    return [dict(r) for r in rows], total

@@ -12,7 +12,8 @@ import logging
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dicomweb_server import db
+from dicomweb_server.db import delete as index
+from dicomweb_server.db.pool import transaction
 from dicomweb_server.errors import NotFound, StorageError
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,8 @@ async def delete(request: Request) -> Response:
     """DELETE /studies/{s}[/series/{se}[/instances/{i}]]: 204, or 404 for an unknown resource."""
     state = request.app.state
     p = request.path_params
-    keys = await db.delete(state.pool, request.state.tenant, p["study"], p.get("series"), p.get("instance"))
+    async with transaction(state.pool) as conn:
+        keys = await index.delete(conn, request.state.tenant, p["study"], p.get("series"), p.get("instance"))
     if keys is None:
         raise NotFound("No such study, series or instance")
     for key in keys:

@@ -6,8 +6,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dicomweb_server import db
-from dicomweb_server.db.search import PageCache, signature, to_sql
+from dicomweb_server.db.pool import connection
+from dicomweb_server.db.search import PageCache, search_page, signature, to_sql
 from dicomweb_server.dicom.dicom_xml import to_xml
 from dicomweb_server.dicom.query import Resource, parse_query
 from dicomweb_server.dicomweb.results import remaining_warning, result
@@ -36,7 +36,8 @@ async def search(request: Request, resource: Resource) -> Response:
     cache: PageCache = state.page_cache
     sig = signature(query, tenant)
     statements = to_sql(query, tenant, after_pk=cache.get(sig, query.offset))
-    rows, total = await db.search_page(state.pool, statements, query.limit)
+    async with connection(state.pool) as conn:
+        rows, total = await search_page(conn, statements, query.limit)
     if rows:
         cache.put(sig, query.offset + len(rows), rows[-1]["pk"])
     base = request.state.base_url

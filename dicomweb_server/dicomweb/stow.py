@@ -20,7 +20,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dicomweb_server import db, dicom, metrics
+from dicomweb_server import dicom, metrics
+from dicomweb_server.db.pool import Pool
+from dicomweb_server.db.store import BatchOutcome, Record, commit_batch
 from dicomweb_server.dicom import Failure, structure
 from dicomweb_server.dicom.frames import FragmentScanner, FrameIndex
 from dicomweb_server.errors import (
@@ -86,7 +88,7 @@ class _Done:
     """A part whose object is being made durable: only its compact index record is kept
     (the parsed header is dropped), so memory stays flat however many parts a body has."""
 
-    record: db.Record
+    record: Record
     commit: asyncio.Future[bytes]
 
 
@@ -97,7 +99,7 @@ class Ingest:
         self,
         settings: Settings,
         store: ObjectStore,
-        pool: Any,
+        pool: Pool,
         tenant: str,
         study_uid: str | None,
         base: str,
@@ -309,9 +311,9 @@ class Ingest:
                 raise ServiceUnavailable("object storage unavailable") from None
             else:
                 durable.append(d)
-        outcome = db.BatchOutcome()
+        outcome = BatchOutcome()
         if durable:
-            outcome = await db.store_batch(
+            outcome = await commit_batch(
                 self.pool,
                 self.tenant,
                 [replace(d.record, sha256=d.commit.result()) for d in durable],
@@ -321,7 +323,7 @@ class Ingest:
         await self._delete(outcome.unreferenced_keys)
         return self._response(durable, outcome)
 
-    def _response(self, durable: list[_Done], outcome: db.BatchOutcome) -> Response:
+    def _response(self, durable: list[_Done], outcome: BatchOutcome) -> Response:
         referenced = [d.record for d in durable if d.record.object_key in outcome.stored]
         failed = self.failed + [
             outcome.failed[d.record.object_key] for d in durable if d.record.object_key in outcome.failed
@@ -368,7 +370,7 @@ def _frame_index(part: _Part) -> FrameIndex | None:
 
 def _record(
     desc: dicom.Description, key: str, size: int, frames: FrameIndex | None, shared: dict[str, Any]
-) -> db.Record:
+) -> Record:
     """The index record; its SHA-256 is filled in when the object's commit returns it.
 
     Records wait for the request's one transaction, so a long body keeps thousands: the study and
@@ -377,7 +379,7 @@ def _record(
     fields = vars(desc) | {"object_key": key, "size": size, "frames": frames, "checker": None}
     for text, values in (("study_attrs", "study"), ("series_attrs", "series")):
         fields[text], fields[values] = shared.setdefault(fields[text], (fields[text], fields[values]))
-    return db.Record(**fields)
+    return Record(**fields)
 
 
 def store_response(

@@ -26,7 +26,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from dicomweb_server import db
+from dicomweb_server.db import retrieve as index
+from dicomweb_server.db.pool import connection
+from dicomweb_server.db.retrieve import StoredInstance
 from dicomweb_server.dicom import transcode
 from dicomweb_server.dicom.dicom_xml import to_xml
 from dicomweb_server.dicomweb.wado_frames import retrieve_bulkdata, retrieve_frames
@@ -59,14 +61,14 @@ EVRLE = transcode.EXPLICIT_VR_LITTLE_ENDIAN
 # -- instances ----------------------------------------------------------------------
 
 
-def _convertible(inst: db.StoredInstance, syntax: str, limit: int) -> bool:
+def _convertible(inst: StoredInstance, syntax: str, limit: int) -> bool:
     """Whether an instance can go out in ``syntax``: as stored, or transcoded in memory
     when it is no larger than the configured limit."""
     stored = inst.transfer_syntax_uid
     return syntax == stored or (inst.size <= limit and transcode.can_transcode(stored, syntax))
 
 
-def _wanted_syntax(inst: db.StoredInstance, requested: str | None, limit: int) -> str:
+def _wanted_syntax(inst: StoredInstance, requested: str | None, limit: int) -> str:
     """The syntax an instance goes out in: as stored for ``*``; Explicit VR Little Endian by
     default (PS3.18 §8.7.3.5.2) when it can be produced, otherwise as stored, never a 406."""
     if requested == "*":
@@ -76,7 +78,7 @@ def _wanted_syntax(inst: db.StoredInstance, requested: str | None, limit: int) -
     return requested
 
 
-def _producible(instances: list[db.StoredInstance], limit: int) -> Callable[[Offer, str | None], bool]:
+def _producible(instances: list[StoredInstance], limit: int) -> Callable[[Offer, str | None], bool]:
     def check(offer: Offer, syntax: str | None) -> bool:
         return syntax in (None, "*") or all(_convertible(i, syntax, limit) for i in instances)
 
@@ -107,7 +109,7 @@ async def _nothing() -> AsyncIterator[bytes]:
     yield b""  # an async generator that yields nothing
 
 
-async def _prepare(store: ObjectStore, inst: db.StoredInstance, syntax: str, *, strict: bool) -> _Part:
+async def _prepare(store: ObjectStore, inst: StoredInstance, syntax: str, *, strict: bool) -> _Part:
     """Settle how an instance goes out before its part starts.
 
     As stored: its first chunk is read (and the object's size checked when it fits in one).
@@ -142,9 +144,10 @@ async def retrieve(request: Request) -> Response:
     """GET /studies/{s}[/series/{se}[/instances/{i}]]: the instances, streamed."""
     state = request.app.state
     scope = scope_of(request)
-    instances = await db.find_instances(
-        state.pool, request.state.tenant, scope.study, scope.series, scope.sop
-    )
+    async with connection(state.pool) as conn:
+        instances = await index.find_instances(
+            conn, request.state.tenant, scope.study, scope.series, scope.sop
+        )
     if not instances:
         raise NotFound("No such study, series or instance")
     offers = [Offer(MULTIPART, DICOM), Offer(ZIP)]
@@ -186,7 +189,7 @@ async def retrieve(request: Request) -> Response:
 
 
 async def _dicom_parts(
-    store: ObjectStore, plan: list[tuple[db.StoredInstance, str]], boundary: str, strict: bool
+    store: ObjectStore, plan: list[tuple[StoredInstance, str]], boundary: str, strict: bool
 ) -> AsyncIterator[bytes]:
     for inst, syntax in plan:
         part = await _prepare(store, inst, syntax, strict=strict)
@@ -223,7 +226,7 @@ class _Sink:
 
 
 async def _zip(
-    store: ObjectStore, plan: list[tuple[db.StoredInstance, str]], strict: bool
+    store: ObjectStore, plan: list[tuple[StoredInstance, str]], strict: bool
 ) -> AsyncIterator[bytes]:
     """Sup 211 application/zip: one stored (uncompressed) entry per instance, streamed.
 
@@ -276,7 +279,8 @@ async def metadata(request: Request) -> Response:
     state = request.app.state
     choice = negotiate(accept_of(request), METADATA_OFFERS)
     scope = scope_of(request)
-    text = await db.metadata(state.pool, request.state.tenant, scope.study, scope.series, scope.sop)
+    async with connection(state.pool) as conn:
+        text = await index.metadata(conn, request.state.tenant, scope.study, scope.series, scope.sop)
     if text is None:
         raise NotFound("No such study, series or instance")
     body = absolute_bulkdata(text, request.state.base_url).encode()

@@ -18,7 +18,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from dicomweb_server import db, dicom
+from dicomweb_server import dicom
+from dicomweb_server.db.pool import connection
+from dicomweb_server.db.retrieve import StoredInstance, find_instance
 from dicomweb_server.dicom import frames, transcode
 from dicomweb_server.dicomweb.wado_stream import (
     accept_of,
@@ -45,7 +47,7 @@ PIXEL_DATA = ("7FE00010", "7FE00008", "7FE00009")  # Pixel Data, Float and Doubl
 class FrameSource:
     """One instance's frames: where they lie, and what they are."""
 
-    inst: db.StoredInstance
+    inst: StoredInstance
     info: transcode.PixelInfo
 
     @property
@@ -78,19 +80,20 @@ class FrameSource:
         return i.rows * i.columns * i.samples_per_pixel
 
 
-async def _find(request: Request, *, metadata: bool = False) -> db.StoredInstance:
+async def _find(request: Request, *, metadata: bool = False) -> StoredInstance:
     state = request.app.state
     scope = scope_of(request)
     assert scope.series is not None and scope.sop is not None
-    inst = await db.find_instance(
-        state.pool, request.state.tenant, scope.study, scope.series, scope.sop, metadata=metadata
-    )
+    async with connection(state.pool) as conn:
+        inst = await find_instance(
+            conn, request.state.tenant, scope.study, scope.series, scope.sop, metadata=metadata
+        )
     if inst is None:
         raise NotFound("No such instance")
     return inst
 
 
-def _source_of(inst: db.StoredInstance) -> FrameSource:
+def _source_of(inst: StoredInstance) -> FrameSource:
     assert inst.metadata is not None
     meta = orjson.loads(inst.metadata)
     if not any(tag in meta for tag in PIXEL_DATA):
@@ -337,7 +340,7 @@ async def _wrap(chunks: AsyncIterator[bytes], boundary: str, length: int) -> Asy
     yield head + b"\r\n" + closing(boundary)
 
 
-async def _value_from_object(store: ObjectStore, inst: db.StoredInstance, path: list[str]) -> bytes:
+async def _value_from_object(store: ObjectStore, inst: StoredInstance, path: list[str]) -> bytes:
     # Bulk data other than Pixel Data lies in the header: read only that far when it is known.
     index = inst.frames
     end = index.fragments[0] if index.fragments else index.pixel_offset

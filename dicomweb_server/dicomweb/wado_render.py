@@ -14,7 +14,8 @@ import logging
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dicomweb_server import db
+from dicomweb_server.db.pool import connection
+from dicomweb_server.db.retrieve import StoredInstance, find_instances
 from dicomweb_server.dicom import frames, render
 from dicomweb_server.dicomweb.wado_stream import accept_of, read_checked, scope_of
 from dicomweb_server.errors import DicomWebError, NotAcceptable, NotFound
@@ -27,11 +28,11 @@ log = logging.getLogger("dicomweb_server.dicomweb.wado")
 RENDER_OFFERS = [Offer("image/jpeg"), Offer("image/png"), Offer("image/gif")]
 
 
-def _has_pixels(inst: db.StoredInstance) -> bool:
+def _has_pixels(inst: StoredInstance) -> bool:
     return inst.frames.pixel_offset is not None or inst.frames.fragments is not None
 
 
-def candidates(instances: list[db.StoredInstance]) -> list[db.StoredInstance]:
+def candidates(instances: list[StoredInstance]) -> list[StoredInstance]:
     """The instances that may stand for a study or series in a thumbnail, best first: the middle
     image of the first series that has images (PS3.18 §10.4.1.1.3 leaves the choice to the
     server), then its neighbours, then the other images."""
@@ -56,9 +57,8 @@ async def rendered(request: Request, *, thumbnail: bool = False) -> Response:
     media = choice.offer.media_type
     params = dict(request.query_params)
     settings = render.thumbnail_params(params, media) if thumbnail else render.parse_params(params, media)
-    instances = await db.find_instances(
-        state.pool, request.state.tenant, scope.study, scope.series, scope.sop
-    )
+    async with connection(state.pool) as conn:
+        instances = await find_instances(conn, request.state.tenant, scope.study, scope.series, scope.sop)
     if not instances:
         raise NotFound("No such study, series or instance")
     store: ObjectStore = state.store
@@ -77,7 +77,7 @@ async def rendered(request: Request, *, thumbnail: bool = False) -> Response:
 
 
 async def _first_rendered(
-    store: ObjectStore, tries: list[db.StoredInstance], frame: int, params: render.RenderParams
+    store: ObjectStore, tries: list[StoredInstance], frame: int, params: render.RenderParams
 ) -> bytes:
     error: DicomWebError | None = None
     for inst in tries:
@@ -92,7 +92,7 @@ async def _first_rendered(
 
 
 async def _each_rendered(
-    store: ObjectStore, instances: list[db.StoredInstance], params: render.RenderParams
+    store: ObjectStore, instances: list[StoredInstance], params: render.RenderParams
 ) -> list[bytes]:
     """One image per instance; those that cannot be rendered are left out (and logged)."""
     images, error = [], None
@@ -113,7 +113,7 @@ async def _each_rendered(
 
 
 async def _render(
-    store: ObjectStore, inst: db.StoredInstance, frame: int, params: render.RenderParams
+    store: ObjectStore, inst: StoredInstance, frame: int, params: render.RenderParams
 ) -> bytes:
     data = await read_checked(store, inst)
     try:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from dicomweb_server import db
+from dicomweb_server.db.retrieve import StoredInstance
 from dicomweb_server.errors import DicomWebError
 from dicomweb_server.storage import ObjectStore
 
@@ -104,7 +104,7 @@ async def read_ahead(chunks: AsyncIterator[bytes], depth: int = READ_AHEAD) -> A
             await task
 
 
-def damaged(inst: db.StoredInstance, got: int | None = None) -> DamagedObject:
+def damaged(inst: StoredInstance, got: int | None = None) -> DamagedObject:
     """The error for an instance whose object does not match the index, logged with its object key."""
     if got is None:
         detail = "its bytes differ from those stored"
@@ -118,7 +118,7 @@ def damaged(inst: db.StoredInstance, got: int | None = None) -> DamagedObject:
 
 
 async def read_checked(
-    store: ObjectStore, inst: db.StoredInstance, start: int = 0, end: int | None = None
+    store: ObjectStore, inst: StoredInstance, start: int = 0, end: int | None = None
 ) -> bytes:
     """Bytes ``start:end`` of an instance's object (all of it by default), all of them or DamagedObject."""
     stop = inst.size if end is None else end
@@ -129,7 +129,7 @@ async def read_checked(
 
 
 async def stream_checked(
-    store: ObjectStore, inst: db.StoredInstance, start: int = 0, end: int | None = None
+    store: ObjectStore, inst: StoredInstance, start: int = 0, end: int | None = None
 ) -> AsyncIterator[bytes]:
     """Bytes ``start:end`` of an instance's object (all of it by default), chunk by chunk, checked
     against its recorded size: DamagedObject when the store holds fewer.

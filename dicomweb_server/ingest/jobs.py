@@ -6,9 +6,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-from dicomweb_server import db, events
+from dicomweb_server import events
+from dicomweb_server.db.pool import Pool, connection
+from dicomweb_server.db.statistics import analyze_if_stale
 from dicomweb_server.ingest import sweep
 from dicomweb_server.jobs.runner import Job, Parts, Processor
 
@@ -39,7 +40,7 @@ class StatisticsKeeper:
     itself takes under a millisecond.
     """
 
-    def __init__(self, pool: Any):
+    def __init__(self, pool: Pool):
         self.pool = pool
         self.ingested = asyncio.Event()
         self.cursor: int | None = None  # the last event id read; None until the first step
@@ -47,7 +48,7 @@ class StatisticsKeeper:
     async def step(self) -> None:
         woken = self.ingested.is_set()
         self.ingested.clear()
-        async with db.connection(self.pool) as conn:
+        async with connection(self.pool) as conn:
             if self.cursor is None:
                 self.cursor = await events.latest(conn)
                 fresh = False
@@ -56,8 +57,8 @@ class StatisticsKeeper:
                 if new:
                     self.cursor = new[-1].id
                 fresh = bool(new)
-        if woken or fresh:
-            await db.analyze_if_stale(self.pool)
+            if woken or fresh:
+                await analyze_if_stale(conn)
 
 
 def statistics_job(parts: Parts) -> Job:

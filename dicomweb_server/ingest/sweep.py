@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
-from dicomweb_server import db
+from dicomweb_server.db.delete import referenced_keys
+from dicomweb_server.db.pool import Pool, connection
 from dicomweb_server.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ class SweepReport:
     removed_uploads: int
 
 
-async def sweep(pool: Any, store: ObjectStore, grace: float, now: float | None = None) -> SweepReport:
+async def sweep(pool: Pool, store: ObjectStore, grace: float, now: float | None = None) -> SweepReport:
     """Remove unreferenced objects and stale uploads older than ``grace`` seconds."""
     cutoff = (time.time() if now is None else now) - grace
     scanned = removed = 0
@@ -49,8 +49,9 @@ async def sweep(pool: Any, store: ObjectStore, grace: float, now: float | None =
     return report
 
 
-async def _remove_unreferenced(pool: Any, store: ObjectStore, keys: list[str]) -> int:
-    referenced = await db.referenced_keys(pool, keys)
+async def _remove_unreferenced(pool: Pool, store: ObjectStore, keys: list[str]) -> int:
+    async with connection(pool) as conn:  # released before the objects are deleted
+        referenced = await referenced_keys(conn, keys)
     orphans = [k for k in keys if k not in referenced]
     for key in orphans:
         await store.delete(key)

@@ -24,8 +24,9 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from dicomweb_server.db.pool import Pool
 from dicomweb_server.settings import Settings
 from dicomweb_server.storage import ObjectStore
 
@@ -66,7 +67,7 @@ class Parts:
     """
 
     settings: Settings
-    pool: Any  # the index's asyncpg pool (db.create_pool)
+    pool: Pool
     store: ObjectStore
     others: tuple[object, ...] = field(default=())
 

@@ -14,9 +14,9 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import argon2
 import asyncpg
@@ -25,9 +25,10 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from dicomweb_server import db as index
 from dicomweb_server.access import auth
 from dicomweb_server.access import guard as access
+from dicomweb_server.db import access as index
+from dicomweb_server.db.pool import connection
 from dicomweb_server.logs import JsonFormatter
 from dicomweb_server.routes import API, ROUTES
 from tests.conftest import (
@@ -75,6 +76,7 @@ PROTECTED = [(path, method, tx) for path, methods, _, tx in API for method in me
 ]
 # A cheap argon2id hash for tests that exercise the endpoint's logic rather than the hash cost
 # (the stored hash carries its own parameters; the server verifies whatever it is given).
+T = TypeVar("T")
 CHEAP = argon2.PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
 
 
@@ -100,8 +102,15 @@ async def new_client(
     client_id = f"t-{uuid.uuid4().hex[:16]}"
     secret = secret or auth.new_secret()
     hashed = CHEAP.hash(secret) if cheap else auth.hash_secret(secret)
-    await index.create_client(pool, client_id, tenant, client_id, scopes, hashed)
+    async with connection(pool) as conn:
+        await index.create_client(conn, client_id, tenant, client_id, scopes, hashed)
     return client_id, secret
+
+
+async def _in(pool: asyncpg.Pool, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``fn(conn, *args)`` on a connection of ``pool`` (the db functions take a connection)."""
+    async with connection(pool) as conn:
+        return await fn(conn, *args)
 
 
 async def token_basic(client: httpx.AsyncClient, client_id: str, secret: str, **form: str) -> httpx.Response:
@@ -264,14 +273,14 @@ async def test_disabled_client_gets_no_token_and_its_tokens_stop_working(
         assert r.status_code == 200, r.text
         token = r.json()["access_token"]
         assert (await anon.get(STUDIES, headers=bearer(token))).status_code == 200
-        assert await index.set_client_disabled(db, client_id, True)
+        assert await _in(db, index.set_client_disabled, client_id, True)
         r = await token_basic(anon, client_id, secret)
         assert r.status_code == 401
         assert r.json()["error"] == "invalid_client"
         r = await anon.get(STUDIES, headers=bearer(token))
         assert r.status_code == 401
         assert 'error="invalid_token"' in r.headers["www-authenticate"]
-        assert await index.set_client_disabled(db, client_id, False)
+        assert await _in(db, index.set_client_disabled, client_id, False)
         assert (await anon.get(STUDIES, headers=bearer(token))).status_code == 200
 
 
@@ -280,7 +289,7 @@ async def test_disabled_tenant_disables_its_clients(
 ) -> None:
     monkeypatch.setattr(access, "CLIENT_CACHE_SECONDS", 0)
     tenant = f"t-{uuid.uuid4().hex[:10]}"
-    assert await index.create_tenant(db, tenant, tenant)
+    assert await _in(db, index.create_tenant, tenant, tenant)
     client_id, secret = await new_client(db, tenant=tenant, cheap=True)
     async with anonymous(app) as anon:
         r = await token_basic(anon, client_id, secret)
@@ -295,14 +304,14 @@ async def test_rotated_secret_overlaps_then_only_the_new_one_works(app: App, db:
     client_id, first = await new_client(db, cheap=True)
     second, third = auth.new_secret(), auth.new_secret()
     async with anonymous(app) as anon:
-        assert await index.rotate_secret(db, client_id, CHEAP.hash(second), 3600)
+        assert await _in(db, index.rotate_secret, client_id, CHEAP.hash(second), 3600)
         assert (await token_basic(anon, client_id, first)).status_code == 200  # the overlap
         assert (await token_post(anon, client_id, second)).status_code == 200
-        assert await index.rotate_secret(db, client_id, CHEAP.hash(third), 0)
+        assert await _in(db, index.rotate_secret, client_id, CHEAP.hash(third), 0)
         assert (await token_basic(anon, client_id, third)).status_code == 200
         assert (await token_basic(anon, client_id, second)).status_code == 401
         assert (await token_basic(anon, client_id, first)).status_code == 401
-    assert not await index.rotate_secret(db, "no-such-client", CHEAP.hash(third), 0)
+    assert not await _in(db, index.rotate_secret, "no-such-client", CHEAP.hash(third), 0)
 
 
 async def test_token_endpoint_throttles_guessing_for_one_client_id(app: App, db: asyncpg.Pool) -> None:

@@ -19,8 +19,9 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from dicomweb_server import db as index
 from dicomweb_server.access import auth
+from dicomweb_server.db import access as index
+from dicomweb_server.db.pool import connection
 from tests.conftest import (
     KEYS_FILE,
     OTHER_CLIENT,
@@ -225,10 +226,12 @@ async def dev_client_enabled(db: asyncpg.Pool) -> None:
     """The development client exists and is enabled (as after `make run`)."""
     from dicomweb_server.access.admin import DEV_CLIENT, DEV_TENANT
 
-    await index.create_tenant(db, DEV_TENANT, "Development tenant")
-    if await index.find_client(db, DEV_CLIENT) is None:
-        await index.create_client(db, DEV_CLIENT, DEV_TENANT, "dev", auth.SCOPES, auth.hash_secret("dev"))
-    await index.set_client_disabled(db, DEV_CLIENT, False)
+    async with connection(db) as conn:
+        await index.create_tenant(conn, DEV_TENANT, "Development tenant")
+        if await index.find_client(conn, DEV_CLIENT) is None:
+            hashed = auth.hash_secret("dev")
+            await index.create_client(conn, DEV_CLIENT, DEV_TENANT, "dev", auth.SCOPES, hashed)
+        await index.set_client_disabled(conn, DEV_CLIENT, False)
 
 
 def test_serve_refuses_a_public_address_without_signing_keys(

@@ -17,8 +17,9 @@ import asyncpg
 import httpx
 import pytest
 
-from dicomweb_server import db as index
 from dicomweb_server.access.ratelimit import TOKEN_FAILURES_PER_CLIENT_ADDRESS
+from dicomweb_server.db import access as index
+from dicomweb_server.db.pool import connection
 from tests.conftest import TENANT, App, Server
 from tests.e2e.access.test_access import CHEAP, TOKEN, anonymous, new_client, token_basic, token_post
 
@@ -96,12 +97,13 @@ def _create_client(server: Server, client_id: str, secret: str) -> None:
     async def go() -> None:
         pool = await asyncpg.create_pool(server.env["DATABASE_URL"], min_size=1, max_size=1)
         try:
-            if await index.find_client(pool, client_id) is None:
-                await index.create_client(
-                    pool, client_id, TENANT, client_id, ["dicomweb.read"], CHEAP.hash(secret)
-                )
-            else:
-                await index.rotate_secret(pool, client_id, CHEAP.hash(secret), 0)
+            async with connection(pool) as conn:
+                if await index.find_client(conn, client_id) is None:
+                    await index.create_client(
+                        conn, client_id, TENANT, client_id, ["dicomweb.read"], CHEAP.hash(secret)
+                    )
+                else:
+                    await index.rotate_secret(conn, client_id, CHEAP.hash(secret), 0)
         finally:
             await pool.close()
 

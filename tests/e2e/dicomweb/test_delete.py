@@ -120,9 +120,11 @@ async def test_objects_left_by_a_crash_after_the_index_commit_are_swept(app: App
     await store(app, [instance(study, generate_uid())])
     before = object_files(app)
     state = app.state
-    from dicomweb_server import db as index
+    from dicomweb_server.db import delete as index
+    from dicomweb_server.db.pool import transaction
 
-    keys = await index.delete(state.pool, "default", study)  # the index half only: the "crash"
+    async with transaction(state.pool) as conn:
+        keys = await index.delete(conn, "default", study)  # the index half only: the "crash"
     assert keys and set(keys) == before
     assert object_files(app) == before
     report = await sweep.sweep(state.pool, state.store, grace=0)

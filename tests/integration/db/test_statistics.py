@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from dicomweb_server import db as index
+from dicomweb_server.db import statistics as index
+from dicomweb_server.db.pool import connection
 
 
 async def test_stale_tables_are_analyzed_and_fresh_ones_left_alone(db: asyncpg.Pool) -> None:
@@ -15,11 +16,12 @@ async def test_stale_tables_are_analyzed_and_fresh_ones_left_alone(db: asyncpg.P
             "SELECT 'bulk', '1.2.' || g FROM generate_series(1, 2000) AS g"
         )
         await conn.execute("SELECT pg_stat_force_next_flush()")
-    assert await index.analyze_if_stale(db) == ["study"]
-    assert await db.fetchval(
-        "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'study'"
-    )
-    assert await index.analyze_if_stale(db) == []  # nothing changed since
+    async with connection(db) as conn:
+        assert await index.analyze_if_stale(conn) == ["study"]
+        assert await conn.fetchval(
+            "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'study'"
+        )
+        assert await index.analyze_if_stale(conn) == []  # nothing changed since
 
 
 async def test_analyze_skips_the_stored_dicom_json(db: asyncpg.Pool) -> None:

@@ -9,7 +9,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from dicomweb_server import db, dicom
+from dicomweb_server import dicom
+from dicomweb_server.db import store
 from dicomweb_server.dicom import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -222,7 +223,7 @@ GUARDED = {"uid", "type"}  # unbounded fields: such templates go through dicom.f
 
 def comment_templates() -> dict[str, str]:
     out = {}
-    for module in (dicom, structure, stow, db):
+    for module in (dicom, structure, stow, store):
         for name, value in vars(module).items():
             if name.endswith(("_COMMENT", "_FALLBACK")) and isinstance(value, str):
                 out[f"{module.__name__}.{name}"] = value
@@ -245,7 +246,7 @@ def test_every_error_comment_fits_lo_and_is_complete() -> None:
 
 def test_failures_are_built_from_named_comments_only() -> None:
     """No Failure(...) takes an f-string or a literal: only the named (and checked) comments."""
-    for module in (dicom, structure, stow, db):
+    for module in (dicom, structure, stow, store):
         tree = ast.parse(inspect.getsource(module))
         for node in ast.walk(tree):
             if (
@@ -260,8 +261,8 @@ def test_failures_are_built_from_named_comments_only() -> None:
 
 
 def test_duplicate_comment_names_the_setting() -> None:
-    assert "DICOMWEB_DUPLICATE_POLICY" in db.DUPLICATE_COMMENT
-    assert len(db.DUPLICATE_COMMENT) <= 64
+    assert "DICOMWEB_DUPLICATE_POLICY" in store.DUPLICATE_COMMENT
+    assert len(store.DUPLICATE_COMMENT) <= 64
 
 
 def test_error_comment_is_cut_at_64_only_as_a_last_resort() -> None:
