@@ -31,7 +31,7 @@ from dicomweb_server.errors import (
     UnsupportedMediaType,
 )
 from dicomweb_server.settings import Settings
-from dicomweb_server.storage import ObjectStore, ObjectWriter, StorageFull, new_key
+from dicomweb_server.storage.base import ObjectStore, ObjectWriter, StorageFull, new_key
 from dicomweb_server.web.multipart import (
     Event,
     MultipartReader,

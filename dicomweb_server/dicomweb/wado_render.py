@@ -18,7 +18,7 @@ from dicomweb_server import db
 from dicomweb_server.dicom import frames, render
 from dicomweb_server.dicomweb.wado_stream import accept_of, read_checked, scope_of
 from dicomweb_server.errors import DicomWebError, NotAcceptable, NotFound
-from dicomweb_server.storage import ObjectStore
+from dicomweb_server.storage.base import ObjectStore
 from dicomweb_server.web.media import Offer, negotiate
 from dicomweb_server.web.multipart import closing, multipart_type, new_boundary, part_head
 

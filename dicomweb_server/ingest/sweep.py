@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dicomweb_server import db
-from dicomweb_server.storage import ObjectStore
+from dicomweb_server.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
 BATCH = 1000

@@ -1,4 +1,34 @@
-"""Object storage (being split into base, files, s3 and memory; see files.py for now)."""
+"""Object storage: one narrow interface (``base.py``) and its backends, chosen at start-up.
 
-from dicomweb_server.storage.files import *  # noqa: F403
-from dicomweb_server.storage.files import _check_key  # noqa: F401
+``files.py`` keeps objects on the local filesystem, ``s3.py`` in an S3 bucket and ``memory.py`` in
+memory (unit tests).  The names most callers need are re-exported here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dicomweb_server.settings import S3Settings
+from dicomweb_server.storage.base import ObjectStore, ObjectWriter, StorageFull, StoredObject, new_key
+from dicomweb_server.storage.files import FileStore
+from dicomweb_server.storage.memory import MemoryStore
+from dicomweb_server.storage.s3 import S3Store
+
+__all__ = [
+    "FileStore",
+    "MemoryStore",
+    "ObjectStore",
+    "ObjectWriter",
+    "S3Store",
+    "StorageFull",
+    "StoredObject",
+    "new_key",
+    "open_store",
+]
+
+
+async def open_store(root: Path, s3: S3Settings | None) -> ObjectStore:
+    """The configured backend: S3 when a bucket is set, else the local filesystem."""
+    if s3 is not None:
+        return await S3Store(s3).open()
+    return FileStore(root)

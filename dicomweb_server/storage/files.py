@@ -1,10 +1,4 @@
-"""Object storage: one narrow interface, a local-filesystem and an S3 backend.
-
-Keys are derived by the server (``new_key``), never from UIDs or other input.
-An object is written straight to its final key; until the index row that
-references it commits, it is invisible to clients and, after a grace period,
-garbage (see ``sweep.py``).
-"""
+"""The local-filesystem backend: temp file, fsync, rename, fsync of the directory, in batches."""
 
 from __future__ import annotations
 
@@ -13,87 +7,15 @@ import contextlib
 import errno
 import hashlib
 import os
-import random
-import re
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO
 
 from dicomweb_server.errors import StorageError
-from dicomweb_server.settings import S3Settings
+from dicomweb_server.storage.base import KEY, READ_CHUNK, StorageFull, StoredObject, check_key
 
-READ_CHUNK = 1024 * 1024
 COMMIT_THREADS = 4  # batches of commits made durable at once (FileStore.commit)
 COMMIT_BATCH = 32  # most objects one thread hop commits
-CONTENT_TYPE = "application/dicom"
-_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,62}/\d{8}/\d{4}/[0-9a-f]{32}")
-
-
-class StorageFull(StorageError):
-    """No space left for the object (STOW FailureReason 0xA700)."""
-
-
-def new_key(tenant: str, now: float | None = None) -> str:
-    """A fresh object key: ``tenant/YYYYMMDD/HHMM/<128 random bits>`` (UTC).
-
-    Objects written in the same minute share a directory, so one directory fsync
-    covers a whole request; the date prefix also tells an operator an object's age.
-    The random part comes from a per-process generator seeded by the OS: keys must
-    be unique, not secret (they never leave the server), and a unique index backs it.
-    """
-    stamp = time.strftime("%Y%m%d/%H%M", time.gmtime(now))
-    key = f"{tenant}/{stamp}/{random.getrandbits(128):032x}"
-    _check_key(key)
-    return key
-
-
-def _check_key(key: str) -> None:
-    if not _KEY.fullmatch(key):
-        raise StorageError("invalid object key")
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    key: str
-    size: int
-    modified: float  # seconds since the epoch
-
-
-class ObjectWriter(Protocol):
-    async def write(self, data: bytes | memoryview) -> None: ...
-
-    async def commit(self) -> bytes:
-        """Make the object durable at its key and return the SHA-256 of its bytes.
-
-        After this returns the object survives a crash.  Hashing here lets the file
-        backend hash small objects in its worker thread, off the event loop."""
-
-    async def abort(self) -> None:
-        """Discard everything written; safe to call more than once."""
-
-
-class ObjectStore(Protocol):
-    def writer(self, key: str) -> ObjectWriter: ...
-
-    def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """Stream bytes ``[start, end)`` of an object."""
-
-    async def delete(self, key: str) -> None: ...
-
-    def objects(self) -> AsyncIterator[StoredObject]: ...
-
-    async def remove_stale_uploads(self, older_than: float) -> int:
-        """Remove unfinished writes (temp files, multipart uploads) started before ``older_than``."""
-
-    async def ping(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-# ---------------------------------------------------------------------------
-# Local filesystem
 
 
 def _open_and_read(path: Path, start: int, n: int) -> tuple[BinaryIO | None, bytes]:
@@ -125,7 +47,7 @@ class FileStore:
         self._tasks: set[asyncio.Future[None]] = set()
 
     def path(self, key: str) -> Path:
-        _check_key(key)
+        check_key(key)
         return self.root / key
 
     def writer(self, key: str) -> _FileWriter:
@@ -209,7 +131,7 @@ class FileStore:
             for name in filenames:
                 full = Path(dirpath) / name
                 key = full.relative_to(self.root).as_posix()
-                if _KEY.fullmatch(key):
+                if KEY.fullmatch(key):
                     st = full.stat()
                     found.append(StoredObject(key, st.st_size, st.st_mtime))
         return found
@@ -350,164 +272,3 @@ def _os_error(exc: OSError) -> StorageError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageFull("no space left for the object")
     return StorageError(f"storage write failed: {exc.strerror}")
-
-
-# ---------------------------------------------------------------------------
-# S3 (aiobotocore)
-
-
-class S3Store:
-    """Objects in one S3 bucket: a PUT for small objects, a multipart upload for large ones."""
-
-    def __init__(self, settings: S3Settings):
-        self.settings = settings
-        self._stack = contextlib.AsyncExitStack()
-        self.client: Any = None
-
-    async def open(self) -> S3Store:
-        from aiobotocore.config import AioConfig
-        from aiobotocore.session import get_session
-
-        config = AioConfig(
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            retries={"max_attempts": 3, "mode": "standard"},
-            s3={"addressing_style": "path"},
-        )
-        self.client = await self._stack.enter_async_context(
-            get_session().create_client(
-                "s3",
-                endpoint_url=self.settings.endpoint_url,
-                aws_access_key_id=self.settings.access_key,
-                aws_secret_access_key=self.settings.secret_key,
-                region_name=self.settings.region,
-                config=config,
-            )
-        )
-        return self
-
-    def writer(self, key: str) -> _S3Writer:
-        _check_key(key)
-        return _S3Writer(self, key)
-
-    async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        _check_key(key)
-        extra = {}
-        if start or end is not None:
-            extra["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
-        async with _s3_errors():
-            resp = await self.client.get_object(Bucket=self.settings.bucket, Key=key, **extra)
-        async with resp["Body"] as body, _s3_errors():
-            async for chunk in body.iter_chunks(READ_CHUNK):
-                yield chunk
-
-    async def delete(self, key: str) -> None:
-        _check_key(key)
-        async with _s3_errors():
-            await self.client.delete_object(Bucket=self.settings.bucket, Key=key)
-
-    async def objects(self) -> AsyncIterator[StoredObject]:
-        paginator = self.client.get_paginator("list_objects_v2")
-        async with _s3_errors():
-            async for page in paginator.paginate(Bucket=self.settings.bucket):
-                for obj in page.get("Contents", []):
-                    if _KEY.fullmatch(obj["Key"]):
-                        yield StoredObject(obj["Key"], obj["Size"], obj["LastModified"].timestamp())
-
-    async def remove_stale_uploads(self, older_than: float) -> int:
-        removed = 0
-        async with _s3_errors():
-            resp = await self.client.list_multipart_uploads(Bucket=self.settings.bucket)
-            for upload in resp.get("Uploads", []):
-                if upload["Initiated"].timestamp() < older_than:
-                    await self.client.abort_multipart_upload(
-                        Bucket=self.settings.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                    )
-                    removed += 1
-        return removed
-
-    async def ping(self) -> None:
-        async with _s3_errors():
-            await self.client.head_bucket(Bucket=self.settings.bucket)
-
-    async def close(self) -> None:
-        await self._stack.aclose()
-
-
-class _S3Writer:
-    def __init__(self, store: S3Store, key: str):
-        self.store = store
-        self.key = key
-        self.buffer = bytearray()
-        self.upload_id: str | None = None
-        self.parts: list[dict[str, Any]] = []
-        self.sha = hashlib.sha256()
-
-    async def write(self, data: bytes | memoryview) -> None:
-        self.buffer += data
-        self.sha.update(data)
-        size = self.store.settings.part_size
-        while len(self.buffer) >= size * 2:  # keep a full part back so the last part is never tiny
-            await self._upload_part(bytes(self.buffer[:size]))
-            del self.buffer[:size]
-
-    async def _upload_part(self, body: bytes) -> None:
-        s3, bucket = self.store.client, self.store.settings.bucket
-        async with _s3_errors(self):
-            if self.upload_id is None:
-                resp = await s3.create_multipart_upload(Bucket=bucket, Key=self.key, ContentType=CONTENT_TYPE)
-                self.upload_id = resp["UploadId"]
-            number = len(self.parts) + 1
-            resp = await s3.upload_part(
-                Bucket=bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=body
-            )
-            self.parts.append({"PartNumber": number, "ETag": resp["ETag"]})
-
-    async def commit(self) -> bytes:
-        s3, bucket = self.store.client, self.store.settings.bucket
-        if self.upload_id is None:
-            async with _s3_errors(self):
-                await s3.put_object(
-                    Bucket=bucket, Key=self.key, Body=bytes(self.buffer), ContentType=CONTENT_TYPE
-                )
-        else:
-            await self._upload_part(bytes(self.buffer))
-            async with _s3_errors(self):
-                await s3.complete_multipart_upload(
-                    Bucket=bucket,
-                    Key=self.key,
-                    UploadId=self.upload_id,
-                    MultipartUpload={"Parts": self.parts},
-                )
-        self.buffer = bytearray()
-        return self.sha.digest()
-
-    async def abort(self) -> None:
-        self.buffer = bytearray()
-        if self.upload_id is not None:
-            upload_id, self.upload_id = self.upload_id, None
-            with contextlib.suppress(Exception):
-                await self.store.client.abort_multipart_upload(
-                    Bucket=self.store.settings.bucket, Key=self.key, UploadId=upload_id
-                )
-
-
-@contextlib.asynccontextmanager
-async def _s3_errors(writer: _S3Writer | None = None) -> AsyncIterator[None]:
-    """Re-raise botocore/aiohttp failures as StorageError, aborting a multipart upload first."""
-    try:
-        yield
-    except StorageError:
-        raise
-    except Exception as exc:
-        if writer is not None:
-            await writer.abort()
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
-        raise StorageError(f"S3 request failed: {code}") from None
-
-
-async def open_store(root: Path, s3: S3Settings | None) -> ObjectStore:
-    """The configured backend: S3 when a bucket is set, else the local filesystem."""
-    if s3 is not None:
-        return await S3Store(s3).open()
-    return FileStore(root)
