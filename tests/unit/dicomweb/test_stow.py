@@ -22,6 +22,7 @@ from dicomweb_server.dicom import (
 )
 from dicomweb_server.dicomweb import stow
 from dicomweb_server.dicomweb.stow import store_response
+from dicomweb_server.ingest import session
 
 BASE = "https://pacs.example/tenant-a"
 STUDY = "1.2.3"
@@ -186,7 +187,7 @@ def test_records_of_one_series_keep_one_copy_of_the_shared_attributes() -> None:
     """A long STOW body keeps every index record until its transaction: the study and series
     attributes, identical across a series, are held once (stow._record), never mixed between studies."""
     from dicomweb_server import dicom
-    from dicomweb_server.dicomweb.stow import _record
+    from dicomweb_server.ingest.session import _record
     from tests.support.dicomfiles import instance
 
     def describe(data: bytes) -> dicom.Description:
@@ -222,7 +223,7 @@ GUARDED = {"uid", "type"}  # unbounded fields: such templates go through dicom.f
 
 def comment_templates() -> dict[str, str]:
     out = {}
-    for module in (dicom, structure, stow, db):
+    for module in (dicom, structure, session, stow, db):
         for name, value in vars(module).items():
             if name.endswith(("_COMMENT", "_FALLBACK")) and isinstance(value, str):
                 out[f"{module.__name__}.{name}"] = value
@@ -245,7 +246,7 @@ def test_every_error_comment_fits_lo_and_is_complete() -> None:
 
 def test_failures_are_built_from_named_comments_only() -> None:
     """No Failure(...) takes an f-string or a literal: only the named (and checked) comments."""
-    for module in (dicom, structure, stow, db):
+    for module in (dicom, structure, session, stow, db):
         tree = ast.parse(inspect.getsource(module))
         for node in ast.walk(tree):
             if (
