@@ -363,6 +363,7 @@ class RequestContext:
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 sent["status"], sent["started"] = message["status"], True
+                sent["study_uid"] = message.pop(stow.STUDY_UID, None)  # a StoreResponse's study
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             elif message["type"] == "http.response.body":
                 sent["bytes"] += len(message.get("body", b""))
@@ -404,7 +405,7 @@ class RequestContext:
             )
             trail = getattr(getattr(scope.get("app"), "state", None), "audit", None)
             if trail is not None:
-                study = scope.get("path_params", {}).get("study") or state.get("study_uid")
+                study = scope.get("path_params", {}).get("study") or sent.get("study_uid")
                 trail.record(state, sent["status"], request_id, study)  # audit.safe_uid: digest unless a UID
 
 

@@ -1,9 +1,17 @@
-"""Ingest (moved from dicomweb/stow.py): stream each part into storage, index them in one transaction.
+"""The one intake: an ``IngestSession`` stores instances, whatever channel brought them.
 
-Per part: keep a bounded prefix in memory until the DICOM header parses, then
-write the part (preamble zeroed) to its object while hashing it.  Per-instance
-problems become FailedSOPSequence items; request-level problems raise.  Nothing
-is acknowledged before every stored object is durable and the index committed.
+A session is opened per request or association, as dcm4chee's ``StoreService`` opens a
+``StoreSession`` for a STOW request and a C-STORE association alike (DESIGN.md, "Models worth
+copying" 1).  The channel feeds it parts (``begin_part`` / ``feed`` / ``end_part``) or names an
+object already in the store (``store_object``); ``finish`` makes every object durable, indexes them
+in one transaction and returns an ``Outcome``, which each channel maps to its own status.
+
+Per part: keep a bounded prefix in memory until the DICOM header parses, then write the part
+(preamble zeroed, PS3.10 §7.5) to its object while hashing it.  Per-instance problems are data
+(a ``Failure`` with its PS3.18 FailureReason); request-level problems (a limit, the store or the
+index unreachable) raise, and the session then removes every object it wrote.  Nothing is
+acknowledged before every stored object is durable and the index committed.  The session never
+sees multipart, Starlette or HTTP.
 """
 
 from __future__ import annotations
@@ -12,197 +20,132 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Any
 
-from dicomweb_server import db, dicom, metrics
+from dicomweb_server import db, dicom
 from dicomweb_server.dicom import Failure, structure
-from dicomweb_server.dicom.frames import FragmentScanner, FrameIndex
-from dicomweb_server.errors import (
-    BadRequest,
-    PayloadTooLarge,
-    ServiceUnavailable,
-    StorageError,
-    UnsupportedMediaType,
-)
+from dicomweb_server.dicom.frames import FragmentScanner
+from dicomweb_server.errors import PayloadTooLarge, ServiceUnavailable, StorageError
+from dicomweb_server.ingest.origin import Origin
+from dicomweb_server.ingest.outcome import Outcome, Stored
+from dicomweb_server.ingest.part import HEADER_PROBE, Durable, Part, frame_index, index_record
 from dicomweb_server.settings import Settings
-from dicomweb_server.storage.base import ObjectStore, ObjectWriter, StorageFull, new_key
-from dicomweb_server.web.multipart import (
-    Event,
-    MultipartReader,
-    PartData,
-    PartEnd,
-    PartStart,
-    parse_media_type,
-)
+from dicomweb_server.storage.base import ObjectStore, StorageFull, new_key
 
 log = logging.getLogger(__name__)
 
-DICOM_JSON = "application/dicom+json"
-HEADER_PROBE = 16 * 1024  # first try at the header; each retry waits for 16x more, up to the budget
 MAX_PENDING_COMMITS = 16
-EMPTY_BODY = "empty request body: send a DICOM PS3.10 file or a multipart/related body"
 INLINE_PARSE = 256 * 1024  # larger prefixes are parsed in a worker thread
-# Error Comments (LO, 64 characters: tests/unit/test_stow_response.py checks them).
+DICOM_MEDIA_TYPES = ("", "application/dicom")  # a part without a Content-Type is taken as DICOM
+# Error Comments (LO, 64 characters: tests/unit/dicomweb/test_stow.py checks them).
 PART_TYPE_COMMENT = "Part media type {type} is not application/dicom"
 PART_TYPE_FALLBACK = "The part's media type is not application/dicom"
 STUDY_MISMATCH_COMMENT = "StudyInstanceUID does not match the study in the request URL"
 STORAGE_FULL_COMMENT = "Out of storage space"
 
 
-@dataclass
-class _Part:
-    prefix: bytearray | None = field(default_factory=bytearray)
-    size: int = 0
-    parse_at: int = HEADER_PROBE
-    skip: bool = False
-    desc: dicom.Description | None = None
-    key: str | None = None
-    writer: ObjectWriter | None = None
-    scanner: FragmentScanner | None = None  # encapsulated Pixel Data: finds the frames as they pass
-    checker: structure.Checker | None = None  # walks every element: is the data set complete?
+@dataclass(frozen=True)
+class IngestSettings:
+    """The ingest section of the settings: what one instance may cost, and the duplicate policy."""
+
+    max_part_bytes: int
+    max_parts: int
+    header_budget_bytes: int  # bytes of a part kept in memory to parse its header
+    header_seconds: float  # CPU seconds one header may take to parse and describe
+    bulk_data_threshold: int  # longer binary values become BulkDataURIs in the stored metadata
+    overwrite: bool  # DICOMWEB_DUPLICATE_POLICY=overwrite: same UID, other bytes replaces
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IngestSettings:
+        return cls(
+            max_part_bytes=settings.max_part_bytes,
+            max_parts=settings.max_parts,
+            header_budget_bytes=settings.header_budget_bytes,
+            header_seconds=settings.header_seconds,
+            bulk_data_threshold=settings.bulk_data_threshold,
+            overwrite=settings.duplicate_policy == "overwrite",
+        )
 
 
-class Stored(Protocol):
-    """What the response names of a stored instance."""
+class IngestSession:
+    """One request's (or association's) instances in, an ``Outcome`` out.
 
-    @property
-    def sop_class_uid(self) -> str: ...
-    @property
-    def sop_uid(self) -> str: ...
-    @property
-    def study_uid(self) -> str: ...
-    @property
-    def series_uid(self) -> str: ...
-
-
-@dataclass
-class _Done:
-    """A part whose object is being made durable: only its compact index record is kept
-    (the parsed header is dropped), so memory stays flat however many parts a body has."""
-
-    record: db.Record
-    commit: asyncio.Future[bytes]
-
-
-# The Store Instances Response Module (DICOM JSON), its HTTP status and headers.
-Result = tuple[dict[str, Any], int, dict[str, str]]
-
-
-class Ingest:
-    """One STOW request: parts in, a Store Instances Response out."""
+    Use it as an async context manager: leaving it without ``finish`` (a request-level error, a
+    cancelled request) removes every object the session wrote; none is referenced by the index."""
 
     def __init__(
         self,
-        settings: Settings,
-        store: ObjectStore,
-        pool: Any,
+        origin: Origin,
         tenant: str,
-        study_uid: str | None,
-        base: str,
+        expected_study: str | None,
+        settings: IngestSettings,
+        store: ObjectStore,
+        pool: Any,  # the index's pool (db.create_pool)
     ):
+        self.origin = origin
+        self.tenant = tenant
+        self.expected_study = expected_study  # the study in the request URL: others fail (0xA900)
         self.settings = settings
         self.store = store
         self.pool = pool
-        self.tenant = tenant
-        self.study_uid = study_uid
-        self.base = base
         self.parts = 0
-        self.body_bytes = 0
-        self.part: _Part | None = None
-        self.done: list[_Done] = []
+        self.part: Part | None = None
+        self.done: list[Durable] = []
         self.committing: set[asyncio.Future[bytes]] = set()
-        self.shared: dict[str, Any] = {}  # one copy of each study's and series' attributes (_record)
+        self.shared: dict[str, Any] = {}  # one copy of each study's and series' attributes
         self.failed: list[Failure] = []
-        self.keys: list[str] = []  # every object this request created, for clean-up on failure
-        self.stored_study: str | None = None
+        self.keys: list[str] = []  # every object this session created, for clean-up on failure
+        self.sources: list[str] = []  # objects handed to store_object, removed once the outcome is final
+        self.finished = False
 
-    # -- streaming ----------------------------------------------------------------
-    async def run(self, content_type: str | None, length: str | None, body: AsyncIterator[bytes]) -> Result:
-        media = parse_media_type(content_type)
-        if length is not None and length.isdigit() and int(length) > self.settings.max_body_bytes:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {self.settings.max_body_bytes} bytes")
-        try:
-            if media.type == "multipart/related":
-                await self._multipart(media.params, body)
-            elif media.type == "application/dicom":
-                await self._single(body)
-            else:
-                raise UnsupportedMediaType(
-                    'STOW-RS accepts multipart/related; type="application/dicom" or application/dicom'
-                )
-            return await self._finish()
-        except BaseException:
+    async def __aenter__(self) -> IngestSession:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self.finished:
             await self._discard()
-            raise
 
-    async def _multipart(self, params: dict[str, str], body: AsyncIterator[bytes]) -> None:
-        part_type = params.get("type", "application/dicom").lower()
-        if part_type != "application/dicom":
-            raise UnsupportedMediaType(
-                f'multipart/related type "{part_type}" is not supported; use application/dicom'
-            )
-        if "boundary" not in params:
-            raise BadRequest("multipart/related Content-Type has no boundary parameter")
-        reader = MultipartReader(params["boundary"])
-        async for chunk in body:
-            self._count(chunk)
-            for event in reader.feed(chunk):
-                await self._on(event)
-        if self.body_bytes == 0:
-            raise BadRequest(EMPTY_BODY)
-        reader.close()
-        if self.parts == 0:
-            raise BadRequest("multipart body has no parts: it holds only the closing boundary delimiter")
+    # -- parts ----------------------------------------------------------------------
+    def begin_part(self, media_type: str = "") -> None:
+        """A new instance starts; ``media_type`` is its declared type (lower case), if any."""
+        self.parts += 1
+        if self.parts > self.settings.max_parts:
+            raise PayloadTooLarge(f"Request has more than {self.settings.max_parts} parts")
+        self.part = Part(parse_at=min(HEADER_PROBE, self.settings.header_budget_bytes))
+        if media_type not in DICOM_MEDIA_TYPES:
+            self.part.skip = True
+            comment = dicom.fit(PART_TYPE_COMMENT.format(type=media_type), PART_TYPE_FALLBACK)
+            self.failed.append(Failure(dicom.CANNOT_UNDERSTAND, comment))
 
-    async def _single(self, body: AsyncIterator[bytes]) -> None:
-        await self._on(PartStart({}))
-        async for chunk in body:
-            self._count(chunk)
-            if chunk:
-                await self._on(PartData(chunk))
-        if self.body_bytes == 0:
-            raise BadRequest(EMPTY_BODY)
-        await self._on(PartEnd())
-
-    def _count(self, chunk: bytes) -> None:
-        self.body_bytes += len(chunk)
-        if self.body_bytes > self.settings.max_body_bytes:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {self.settings.max_body_bytes} bytes")
-
-    async def _on(self, event: Event) -> None:
-        if isinstance(event, PartStart):
-            self.parts += 1
-            if self.parts > self.settings.max_parts:
-                raise PayloadTooLarge(f"Request has more than {self.settings.max_parts} parts")
-            self.part = _Part(parse_at=min(HEADER_PROBE, self.settings.header_budget_bytes))
-            ctype = parse_media_type(event.headers.get("content-type")).type
-            if ctype not in ("", "application/dicom"):
-                self.part.skip = True
-                comment = dicom.fit(PART_TYPE_COMMENT.format(type=ctype), PART_TYPE_FALLBACK)
-                self.failed.append(Failure(dicom.CANNOT_UNDERSTAND, comment))
-            return
+    async def feed(self, chunk: bytes | memoryview) -> None:
+        """The next bytes of the current part; awaiting it is the backpressure."""
         part = self.part
         assert part is not None
-        if isinstance(event, PartData):
-            part.size += len(event.data)
-            if part.size > self.settings.max_part_bytes:
-                raise PayloadTooLarge(f"A part exceeds the limit of {self.settings.max_part_bytes} bytes")
-            if part.skip:
-                return
-            if part.writer is not None:
-                if part.scanner is not None:
-                    part.scanner.feed(event.data, part.size - len(event.data))
-                if part.checker is not None:
-                    part.checker.feed(event.data)
-                await part.writer.write(event.data)
-                return
-            assert part.prefix is not None
-            part.prefix += event.data
-            if len(part.prefix) >= part.parse_at:
-                await self._parse(part, complete=False)
+        part.size += len(chunk)
+        if part.size > self.settings.max_part_bytes:
+            raise PayloadTooLarge(f"A part exceeds the limit of {self.settings.max_part_bytes} bytes")
+        if part.skip:
             return
+        if part.writer is not None:
+            if part.scanner is not None:
+                part.scanner.feed(chunk, part.size - len(chunk))
+            if part.checker is not None:
+                part.checker.feed(chunk)
+            await part.writer.write(chunk)
+            return
+        assert part.prefix is not None
+        part.prefix += chunk
+        if len(part.prefix) >= part.parse_at:
+            await self._parse(part, complete=False)
+
+    async def end_part(self) -> None:
+        """The current part is complete: its object starts to become durable, or it failed."""
+        part = self.part
+        assert part is not None
         if not part.skip:
             if part.writer is None:  # the whole part is in memory
                 await self._parse(part, complete=True)
@@ -215,17 +158,20 @@ class Ingest:
                     await self._incomplete(part, problem)
         self.part = None
 
-    async def _incomplete(self, part: _Part, problem: structure.Problem) -> None:
-        """The part ended before its data set did (or its structure is broken): store nothing."""
-        assert part.writer is not None and part.desc is not None and part.key
-        await part.writer.abort()
-        self.keys.remove(part.key)
-        reason = dicom.REFUSED_OUT_OF_RESOURCES if problem.limit else dicom.CANNOT_UNDERSTAND
-        self.failed.append(Failure(reason, problem.comment, part.desc.sop_class_uid, part.desc.sop_uid))
-        part.writer = None
-        part.skip = True
+    async def store_object(self, key: str) -> None:
+        """Ingest an object already in the store (a presigned upload, a file an SFTP client left).
 
-    async def _parse(self, part: _Part, *, complete: bool) -> None:
+        It is read back and run through the very pipeline a streamed part takes, into an object
+        of its own: so its preamble is zeroed, its hash and frames are of what is stored, and the
+        duplicate policy and reason codes are the same.  The source object is removed once the
+        outcome is final; if the session fails it stays, for a retry (and, unreferenced, the sweep)."""
+        self.begin_part()
+        async for chunk in self.store.read(key):
+            await self.feed(chunk)
+        await self.end_part()
+        self.sources.append(key)
+
+    async def _parse(self, part: Part, *, complete: bool) -> None:
         """Describe a part from its prefix; on success open its object and write the prefix."""
         assert part.prefix is not None
         budget = self.settings.header_budget_bytes
@@ -268,18 +214,28 @@ class Ingest:
         await part.writer.write(bytes(prefix))
 
     def _out_of_scope(self, desc: dicom.Description) -> Failure | None:
-        if self.study_uid is None or desc.study_uid == self.study_uid:
+        if self.expected_study is None or desc.study_uid == self.expected_study:
             return None
         return Failure(
             dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS, STUDY_MISMATCH_COMMENT, desc.sop_class_uid, desc.sop_uid
         )
 
-    def _fail(self, part: _Part, failure: Failure) -> None:
+    def _fail(self, part: Part, failure: Failure) -> None:
         part.skip = True
         part.prefix = None
         self.failed.append(failure)
 
-    async def _close_part(self, part: _Part) -> None:
+    async def _incomplete(self, part: Part, problem: structure.Problem) -> None:
+        """The part ended before its data set did (or its structure is broken): store nothing."""
+        assert part.writer is not None and part.desc is not None and part.key
+        await part.writer.abort()
+        self.keys.remove(part.key)
+        reason = dicom.REFUSED_OUT_OF_RESOURCES if problem.limit else dicom.CANNOT_UNDERSTAND
+        self.failed.append(Failure(reason, problem.comment, part.desc.sop_class_uid, part.desc.sop_uid))
+        part.writer = None
+        part.skip = True
+
+    async def _close_part(self, part: Part) -> None:
         assert part.writer is not None and part.desc is not None and part.key
         # Backpressure: at most MAX_PENDING_COMMITS objects being made durable at once.
         self.committing = {f for f in self.committing if not f.done()}
@@ -287,13 +243,16 @@ class Ingest:
             _, self.committing = await asyncio.wait(self.committing, return_when=asyncio.FIRST_COMPLETED)
         task = asyncio.ensure_future(part.writer.commit())
         self.committing.add(task)
-        record = _record(part.desc, part.key, part.size, _frame_index(part), self.shared)
-        self.done.append(_Done(record, task))
+        record = index_record(part.desc, part.key, part.size, frame_index(part), self.shared)
+        self.done.append(Durable(record, task))
 
-    # -- commit -------------------------------------------------------------------
-    async def _finish(self) -> Result:
+    # -- the outcome ----------------------------------------------------------------
+    async def finish(self) -> Outcome:
+        """Wait until every object is durable, index them in one transaction, and say what
+        became of each instance.  Out of space fails that instance (0xA700); any other storage
+        failure fails the session (503), as does the index being unreachable."""
         await asyncio.gather(*(d.commit for d in self.done), return_exceptions=True)
-        durable: list[_Done] = []
+        durable: list[db.Record] = []
         for d in self.done:
             exc = d.commit.exception()
             if isinstance(exc, StorageFull):
@@ -308,35 +267,26 @@ class Ingest:
             elif exc is not None:
                 raise ServiceUnavailable("object storage unavailable") from None
             else:
-                durable.append(d)
-        outcome = db.BatchOutcome()
-        if durable:
-            outcome = await db.store_batch(
-                self.pool,
-                self.tenant,
-                [replace(d.record, sha256=d.commit.result()) for d in durable],
-                overwrite=self.settings.duplicate_policy == "overwrite",
-            )
+                durable.append(replace(d.record, sha256=d.commit.result()))
+        indexed = await self._index(durable) if durable else db.BatchOutcome()
         self.keys = []  # committed: from here on, only explicitly unreferenced objects are removed
-        await self._delete(outcome.unreferenced_keys)
-        return self._response(durable, outcome)
+        self.finished = True
+        await self._delete(indexed.unreferenced_keys)
+        await self._delete(self.sources)
+        stored = tuple(
+            Stored(r.sop_class_uid, r.sop_uid, r.study_uid, r.series_uid, r.size)
+            for r in durable
+            if r.object_key in indexed.stored
+        )
+        late = (indexed.failed[r.object_key] for r in durable if r.object_key in indexed.failed)
+        return Outcome(stored, (*self.failed, *late))
 
-    def _response(self, durable: list[_Done], outcome: db.BatchOutcome) -> Result:
-        referenced = [d.record for d in durable if d.record.object_key in outcome.stored]
-        failed = self.failed + [
-            outcome.failed[d.record.object_key] for d in durable if d.record.object_key in outcome.failed
-        ]
-        studies = {h.study_uid for h in referenced} or ({self.study_uid} if self.study_uid else set())
-        self.stored_study = next(iter(studies)) if len(studies) == 1 else None
-        study_url = f"{self.base}/dicomweb/studies/{next(iter(studies))}" if len(studies) == 1 else None
-        metrics.stow_result(len(referenced), sum(r.size for r in referenced), [f.reason for f in failed])
-        body = store_response(self.base, study_url, referenced, failed)
-        status = 200 if not failed else 202 if referenced else 409
-        headers = {"Content-Location": study_url} if study_url and referenced else {}
-        return body, status, headers
+    async def _index(self, records: list[db.Record]) -> db.BatchOutcome:
+        """The index write: every record in one transaction, with the duplicate policy."""
+        return await db.store_batch(self.pool, self.tenant, records, overwrite=self.settings.overwrite)
 
     async def _discard(self) -> None:
-        """The request failed: remove every object it wrote (none is referenced by the index)."""
+        """The session failed: remove every object it wrote (none is referenced by the index)."""
         for d in self.done:
             d.commit.cancel()
         await asyncio.gather(*(d.commit for d in self.done), return_exceptions=True)
@@ -344,6 +294,7 @@ class Ingest:
             with contextlib.suppress(Exception):
                 await self.part.writer.abort()
         await self._delete(self.keys)
+        self.keys = []
 
     async def _delete(self, keys: list[str]) -> None:
         for key in keys:
@@ -353,69 +304,3 @@ class Ingest:
                 log.warning(
                     "object delete failed; the sweep will remove it", extra={"event": "delete_failed"}
                 )
-
-
-def _frame_index(part: _Part) -> FrameIndex | None:
-    """Where the part's frames lie in its object, when that is known (see frames.py)."""
-    assert part.desc is not None
-    pixel = part.desc.pixel
-    if part.scanner is not None:
-        return part.scanner.index(part.desc.instance.get("number_of_frames") or 1)
-    if pixel is None or pixel.length is None or pixel.offset + pixel.length > part.size:
-        return None
-    return FrameIndex(pixel_offset=pixel.offset, pixel_length=pixel.length)
-
-
-def _record(
-    desc: dicom.Description, key: str, size: int, frames: FrameIndex | None, shared: dict[str, Any]
-) -> db.Record:
-    """The index record; its SHA-256 is filled in when the object's commit returns it.
-
-    Records wait for the request's one transaction, so a long body keeps thousands: the study and
-    series attributes, the same for every instance of a series, are kept once (``shared``, keyed
-    by their JSON text), which takes about 40% off each record."""
-    fields = vars(desc) | {"object_key": key, "size": size, "frames": frames, "checker": None}
-    for text, values in (("study_attrs", "study"), ("series_attrs", "series")):
-        fields[text], fields[values] = shared.setdefault(fields[text], (fields[text], fields[values]))
-    return db.Record(**fields)
-
-
-def store_response(
-    base: str, study_url: str | None, stored: Sequence[Stored], failed: list[Failure]
-) -> dict[str, Any]:
-    """PS3.18 Table I.1-1 Store Instances Response Module; empty sequences are left out."""
-    body: dict[str, Any] = {"00081190": {"vr": "UR", "Value": [study_url]} if study_url else {"vr": "UR"}}
-    if stored:
-        body["00081199"] = {
-            "vr": "SQ",
-            "Value": [
-                {
-                    "00081150": {"vr": "UI", "Value": [h.sop_class_uid]},
-                    "00081155": {"vr": "UI", "Value": [h.sop_uid]},
-                    "00081190": {
-                        "vr": "UR",
-                        "Value": [
-                            f"{base}/dicomweb/studies/{h.study_uid}/series/{h.series_uid}/instances/{h.sop_uid}"
-                        ],
-                    },
-                }
-                for h in stored
-            ],
-        }
-    identified = [f for f in failed if f.sop_instance_uid]
-    other = [f for f in failed if not f.sop_instance_uid]
-    if identified:
-        body["00081198"] = {"vr": "SQ", "Value": [_failure_item(f) for f in identified]}
-    if other:
-        body["0008119A"] = {"vr": "SQ", "Value": [_failure_item(f) for f in other]}
-    return body
-
-
-def _failure_item(f: Failure) -> dict[str, Any]:
-    item: dict[str, Any] = {}
-    if f.sop_instance_uid:
-        item["00081150"] = {"vr": "UI", "Value": [f.sop_class_uid]} if f.sop_class_uid else {"vr": "UI"}
-        item["00081155"] = {"vr": "UI", "Value": [f.sop_instance_uid]}
-    item["00081197"] = {"vr": "US", "Value": [f.reason]}
-    item["00000902"] = {"vr": "LO", "Value": [f.comment[:64]]}  # Error Comment: a readable reason
-    return item
