@@ -94,7 +94,6 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state = app.state
         state.pool, state.store, state.audit = parts.pool, parts.store, trail
         state.page_cache = PageCache()
-        state.ingested = keeper.ingested  # set by STOW until its transaction appends the events
         state.access = access.Access(
             keys=keys,
             tokens=tokens,

@@ -45,7 +45,7 @@ from dicomweb_server.dicomweb.wado_stream import (
     stream_checked,
 )
 from dicomweb_server.errors import NotAcceptable, NotFound
-from dicomweb_server.storage import ObjectStore
+from dicomweb_server.storage.base import ObjectStore
 from dicomweb_server.web.media import DICOM, DICOM_JSON, MULTIPART, Offer, negotiate
 from dicomweb_server.web.multipart import closing, multipart_type, new_boundary, part_head
 

@@ -19,7 +19,7 @@ from dicomweb_server.db.retrieve import StoredInstance, find_instances
 from dicomweb_server.dicom import frames, render
 from dicomweb_server.dicomweb.wado_stream import accept_of, read_checked, scope_of
 from dicomweb_server.errors import DicomWebError, NotAcceptable, NotFound
-from dicomweb_server.storage import ObjectStore
+from dicomweb_server.storage.base import ObjectStore
 from dicomweb_server.web.media import Offer, negotiate
 from dicomweb_server.web.multipart import closing, multipart_type, new_boundary, part_head
 

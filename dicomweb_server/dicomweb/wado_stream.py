@@ -22,7 +22,7 @@ from starlette.requests import Request
 
 from dicomweb_server.db.retrieve import StoredInstance
 from dicomweb_server.errors import DicomWebError
-from dicomweb_server.storage import ObjectStore
+from dicomweb_server.storage.base import ObjectStore
 
 log = logging.getLogger("dicomweb_server.dicomweb.wado")
 

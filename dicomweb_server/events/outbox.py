@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from dicomweb_server.db import events as sql
+from dicomweb_server.db.pool import Connection
 
 INSTANCE_STORED = "instance.stored"  # an instance is in the store and the index (PS3.4 C-STORE success)
 
@@ -56,13 +57,13 @@ class Event:
         return InstanceStored(self.tenant, p["study"], p["series"], p["instance"], p["key"])
 
 
-async def append(conn: Any, events: Iterable[InstanceStored]) -> None:
+async def append(conn: Connection, events: Iterable[InstanceStored]) -> None:
     """Append ``events`` on ``conn``, inside the caller's transaction (call it there)."""
     rows = [(e.tenant, e.kind, orjson.dumps(e.payload()).decode()) for e in events]
     await sql.append(conn, rows)
 
 
-async def read(conn: Any, after: int, limit: int = 1000, kind: str | None = None) -> list[Event]:
+async def read(conn: Connection, after: int, limit: int = 1000, kind: str | None = None) -> list[Event]:
     """The events after id ``after``, oldest first, at most ``limit``; only ``kind`` if given."""
     return [
         Event(id, tenant, row_kind, orjson.loads(payload), at)
@@ -70,6 +71,6 @@ async def read(conn: Any, after: int, limit: int = 1000, kind: str | None = None
     ]
 
 
-async def latest(conn: Any) -> int:
+async def latest(conn: Connection) -> int:
     """The newest event id (0 for none): a reader that starts now reads after it."""
     return await sql.latest(conn)

@@ -5,16 +5,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from dicomweb_server import events
 from dicomweb_server.db.pool import Pool, connection
 from dicomweb_server.db.statistics import analyze_if_stale
 from dicomweb_server.ingest import sweep
 from dicomweb_server.jobs.runner import Job, Parts, Processor
 
-STATISTICS_EVERY = 1.0  # seconds between looks at the outbox and the ingested flag
-READ_LIMIT = 1000
+STATISTICS_EVERY = 1.0  # seconds between looks at the outbox
 
 
 def sweep_job(parts: Parts) -> Job | None:
@@ -34,30 +31,22 @@ class StatisticsKeeper:
     """Keeps the planner's statistics current after ingest (``db.analyze_if_stale``).
 
     Autovacuum looks once a minute; searches right after a bulk ingest would otherwise be
-    planned without statistics.  New ``instance.stored`` events (read after a cursor kept in
-    memory, starting from the newest event at start-up) or ``ingested`` (set by a STOW until
-    the ingest transaction appends its events) make it look, at most once a second; the check
-    itself takes under a millisecond.
+    planned without statistics.  New ``instance.stored`` events (the outbox's newest id past a
+    cursor kept in memory, starting from the newest at start-up; ingest appends them in the
+    instances' own transaction) make it look, at most once a second; the check itself takes
+    under a millisecond.
     """
 
     def __init__(self, pool: Pool):
         self.pool = pool
-        self.ingested = asyncio.Event()
         self.cursor: int | None = None  # the last event id read; None until the first step
 
     async def step(self) -> None:
-        woken = self.ingested.is_set()
-        self.ingested.clear()
         async with connection(self.pool) as conn:
-            if self.cursor is None:
-                self.cursor = await events.latest(conn)
-                fresh = False
-            else:
-                new = await events.read(conn, self.cursor, READ_LIMIT, events.INSTANCE_STORED)
-                if new:
-                    self.cursor = new[-1].id
-                fresh = bool(new)
-            if woken or fresh:
+            newest = await events.latest(conn)
+            fresh = self.cursor is not None and newest > self.cursor
+            self.cursor = newest
+            if fresh:
                 await analyze_if_stale(conn)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from dicomweb_server.db.delete import referenced_keys
 from dicomweb_server.db.pool import Pool, connection
-from dicomweb_server.storage import ObjectStore
+from dicomweb_server.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
 BATCH = 1000

@@ -21,10 +21,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dicomweb_server import metrics
 from dicomweb_server.errors import CLIENT_CLOSED, CONNECTION_STATUS
 
-# The access log keeps the name it had when the guard wrote it: log queries depend on it.
-log = logging.getLogger("dicomweb_server.access.guard")
+# The access log keeps the name it had before the package was split: log queries depend on it.
+log = logging.getLogger("dicomweb_server.access")
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # what RequestContext accepts from a client
+# The key on a response's start message that carries, as data, the study a STOW stored into
+# (dicomweb.stow.StoreResponse); popped here for the audit row, never sent.
+STUDY_UID = "dicomweb.study_uid"
 
 
 def base_url(scope: Scope, public: str | None) -> str:
@@ -76,6 +79,7 @@ class RequestContext:
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 sent["status"], sent["started"] = message["status"], True
+                sent["study_uid"] = message.pop(STUDY_UID, None)  # a StoreResponse's study (dicomweb.stow)
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             elif message["type"] == "http.response.body":
                 sent["bytes"] += len(message.get("body", b""))
@@ -117,5 +121,5 @@ class RequestContext:
             )
             trail = getattr(getattr(scope.get("app"), "state", None), "audit", None)
             if trail is not None:
-                study = scope.get("path_params", {}).get("study") or state.get("study_uid")
+                study = scope.get("path_params", {}).get("study") or sent.get("study_uid")
                 trail.record(state, sent["status"], request_id, study)  # audit.safe_uid: digest unless a UID

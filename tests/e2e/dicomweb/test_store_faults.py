@@ -7,7 +7,8 @@ from pathlib import Path
 import asyncpg
 
 from dicomweb_server.errors import StorageError
-from dicomweb_server.storage import FileStore, ObjectWriter, StorageFull
+from dicomweb_server.storage.base import ObjectWriter, StorageFull
+from dicomweb_server.storage.files import FileStore
 from tests.conftest import App
 from tests.support.dicomfiles import content_type, instance, multipart
 

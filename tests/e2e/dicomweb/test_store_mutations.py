@@ -26,7 +26,7 @@ from pydicom.filereader import data_element_generator
 from dicomweb_server import dicom
 from dicomweb_server.dicom import structure
 from tests.conftest import App, Server
-from tests.support.dicomfiles import content_type, instance, multipart, split_multipart
+from tests.support.dicomfiles import content_type, instance, multipart, nested, split_multipart
 from tests.support.testdata import bundled
 
 STUDIES = "/dicomweb/studies"
@@ -199,28 +199,6 @@ def corruptions(name: str, study: str) -> list[Case]:
 
 def with_text(study: str, **attrs: object) -> bytes:
     return instance(study, **attrs)
-
-
-def nested(study: str, depth: int, *, undefined: bool = True, sop: str | None = None) -> bytes:
-    """A CT instance whose ContentSequence nests ``depth`` levels deep (written byte by byte:
-    pydicom's own writer recurses too)."""
-    leaf = struct.pack("<HH2sH", 0x0008, 0x0100, b"SH", 2) + b"X "  # Code Value
-    value = leaf
-    for _ in range(depth):
-        if undefined:
-            item = (
-                struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
-                + value
-                + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
-            )
-            body = item + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
-            value = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF) + body
-        else:
-            item = struct.pack("<HHI", 0xFFFE, 0xE000, len(value)) + value
-            value = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, len(item)) + item
-    data = instance(study, sop=sop)
-    at = data.rfind(b"\xe0\x7f\x10\x00")
-    return data[:at] + value + data[at:]
 
 
 def results(body: dict) -> tuple[set[str], dict[str | None, list[tuple[int, str]]]]:

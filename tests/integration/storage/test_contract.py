@@ -1,4 +1,5 @@
-"""One contract, run against every storage backend: local filesystem and a real S3 server (SeaweedFS)."""
+"""One contract, run against every storage backend: local filesystem, a real S3 server (SeaweedFS)
+and the in-memory store the unit tests use (it must keep the same contract to stand in for them)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,19 @@ import pytest
 
 from dicomweb_server.errors import StorageError
 from dicomweb_server.settings import S3Settings
-from dicomweb_server.storage import FileStore, ObjectStore, S3Store, new_key
+from dicomweb_server.storage.base import ObjectStore, StorageFull, new_key
+from dicomweb_server.storage.files import FileStore
+from dicomweb_server.storage.memory import MemoryStore
+from dicomweb_server.storage.s3 import S3Store
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(params=["file", "s3", "memory"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ObjectStore]:
     if request.param == "file":
         yield FileStore(tmp_path / "objects")
+        return
+    if request.param == "memory":
+        yield MemoryStore()
         return
     s3: S3Settings = request.getfixturevalue("s3")
     opened = await S3Store(s3).open()
@@ -139,3 +146,17 @@ async def test_a_failing_object_fails_alone_in_its_commit_batch(tmp_path: Path) 
     assert outcome == {key: hashlib.sha256(data).digest() for key, data in good.items()}
     assert await keys(store) == set(good)
     assert list(store.staging.iterdir()) == []  # the failed object's temp file is gone too
+
+
+async def test_memory_store_full_fails_the_commit_like_a_full_disk() -> None:
+    """The in-memory store's capacity: the commit that would pass it raises StorageFull (0xA700)
+    and leaves nothing behind, as ENOSPC does for the file backend."""
+    store = MemoryStore(capacity=1500)
+    first, second = new_key("t"), new_key("t")
+    await put(store, first, os.urandom(1000))
+    writer = store.writer(second)
+    await writer.write(os.urandom(1000))
+    with pytest.raises(StorageFull):
+        await writer.commit()
+    assert await keys(store) == {first}
+    assert await store.remove_stale_uploads(time.time() + 60) == 0

@@ -1,4 +1,5 @@
-"""stow.store_response: the PS3.18 Store Instances Response Module as DICOM JSON (pure)."""
+"""stow.store_response and stow.store_result: an ingest Outcome mapped to the PS3.18 Store
+Instances Response Module as DICOM JSON and to 200/202/409 (pure: no server, no index)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import inspect
 import string
 from typing import Any
 
+import orjson
 from pydicom.dataset import Dataset
 
 from dicomweb_server import dicom
@@ -22,7 +24,9 @@ from dicomweb_server.dicom import (
     structure,
 )
 from dicomweb_server.dicomweb import stow
-from dicomweb_server.dicomweb.stow import store_response
+from dicomweb_server.dicomweb.stow import store_response, store_result
+from dicomweb_server.ingest import session
+from dicomweb_server.ingest.outcome import Outcome, Stored
 
 BASE = "https://pacs.example/tenant-a"
 STUDY = "1.2.3"
@@ -183,33 +187,6 @@ def test_error_comment_fits_lo() -> None:
     assert comment == "é" * 64
 
 
-def test_records_of_one_series_keep_one_copy_of_the_shared_attributes() -> None:
-    """A long STOW body keeps every index record until its transaction: the study and series
-    attributes, identical across a series, are held once (stow._record), never mixed between studies."""
-    from dicomweb_server import dicom
-    from dicomweb_server.dicomweb.stow import _record
-    from tests.support.dicomfiles import instance
-
-    def describe(data: bytes) -> dicom.Description:
-        desc = dicom.describe(data, complete=True, budget=1 << 20, threshold=1024)
-        assert isinstance(desc, dicom.Description)
-        return desc
-
-    shared: dict[str, Any] = {}
-    first, second = (
-        _record(describe(instance("1.2.3", "1.2.3.4", f"1.2.3.4.{n}")), f"k{n}", 1, None, shared)
-        for n in (1, 2)
-    )
-    other = _record(
-        describe(instance("1.2.9", "1.2.9.4", "1.2.9.4.1", patient="Roe^Rick")), "k3", 1, None, shared
-    )
-    assert first.study_attrs is second.study_attrs and first.study is second.study
-    assert first.series_attrs is second.series_attrs and first.series is second.series
-    assert first.sop_uid != second.sop_uid and first.metadata != second.metadata
-    assert "Roe^Rick" in other.study_attrs and "Roe^Rick" not in first.study_attrs
-    assert other.study is not first.study
-
-
 # Error Comments (0000,0902) are LO: 64 characters.  Every comment is a named constant or template.
 WORST = {
     "tag": "(FFFF,FFFF)",
@@ -223,7 +200,7 @@ GUARDED = {"uid", "type"}  # unbounded fields: such templates go through dicom.f
 
 def comment_templates() -> dict[str, str]:
     out = {}
-    for module in (dicom, structure, stow, store):
+    for module in (dicom, structure, session, stow, store):
         for name, value in vars(module).items():
             if name.endswith(("_COMMENT", "_FALLBACK")) and isinstance(value, str):
                 out[f"{module.__name__}.{name}"] = value
@@ -246,7 +223,7 @@ def test_every_error_comment_fits_lo_and_is_complete() -> None:
 
 def test_failures_are_built_from_named_comments_only() -> None:
     """No Failure(...) takes an f-string or a literal: only the named (and checked) comments."""
-    for module in (dicom, structure, stow, store):
+    for module in (dicom, structure, session, stow, store):
         tree = ast.parse(inspect.getsource(module))
         for node in ast.walk(tree):
             if (
@@ -268,3 +245,62 @@ def test_duplicate_comment_names_the_setting() -> None:
 def test_error_comment_is_cut_at_64_only_as_a_last_resort() -> None:
     body = store_response(BASE, None, [], [Failure(CANNOT_UNDERSTAND, "x" * 100)])
     assert body["0008119A"]["Value"][0]["00000902"]["Value"] == ["x" * 64]
+
+
+def stored(n: int, study: str = STUDY) -> Stored:
+    return Stored(CT, f"1.2.3.4.{n}", study, "1.2.3.4", 1000 + n)
+
+
+def test_all_stored_is_200_with_the_study_as_content_location() -> None:
+    r = store_result(BASE, None, Outcome((stored(1), stored(2))))
+    assert r.status_code == 200
+    assert r.headers["content-location"] == STUDY_URL
+    assert r.headers["content-type"] == "application/dicom+json"
+    assert r.study_uid == STUDY
+    assert orjson.loads(r.body)["00081190"] == {"vr": "UR", "Value": [STUDY_URL]}
+
+
+def test_some_stored_is_202_none_stored_is_409() -> None:
+    failure = Failure(CANNOT_UNDERSTAND, "bad")
+    partly = store_result(BASE, None, Outcome((stored(1),), (failure,)))
+    assert partly.status_code == 202 and partly.headers["content-location"] == STUDY_URL
+    none = store_result(BASE, None, Outcome((), (failure,)))
+    assert none.status_code == 409 and "content-location" not in none.headers
+    assert none.study_uid is None
+    assert orjson.loads(none.body)["00081190"] == {"vr": "UR"}
+
+
+def test_the_study_in_the_url_names_the_response_even_when_nothing_was_stored() -> None:
+    r = store_result(BASE, STUDY, Outcome((), (Failure(CANNOT_UNDERSTAND, "bad"),)))
+    assert r.status_code == 409
+    assert orjson.loads(r.body)["00081190"] == {"vr": "UR", "Value": [STUDY_URL]}
+    assert "content-location" not in r.headers  # nothing stored: nothing to point at
+    assert r.study_uid == STUDY
+
+
+def test_instances_of_two_studies_name_no_study() -> None:
+    r = store_result(BASE, None, Outcome((stored(1), stored(2, study="1.2.9"))))
+    assert r.status_code == 200
+    assert "content-location" not in r.headers and r.study_uid is None
+    body = orjson.loads(r.body)
+    assert body["00081190"] == {"vr": "UR"}
+    assert [item["00081190"]["Value"][0] for item in body["00081199"]["Value"]] == [
+        f"{BASE}/dicomweb/studies/{STUDY}/series/1.2.3.4/instances/1.2.3.4.1",
+        f"{BASE}/dicomweb/studies/1.2.9/series/1.2.3.4/instances/1.2.3.4.2",
+    ]
+
+
+async def test_the_study_travels_on_the_start_message_for_the_audit_trail() -> None:
+    """The audit reads the study from the response, not from a side channel on the request."""
+    messages: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        messages.append(dict(message))
+
+    await store_result(BASE, None, Outcome((stored(1),)))({"type": "http"}, receive, send)
+    assert messages[0]["type"] == "http.response.start"
+    assert messages[0][stow.STUDY_UID] == STUDY
+    assert stow.STUDY_UID not in messages[1]

@@ -1,0 +1,327 @@
+"""The one intake: an ``IngestSession`` stores instances, whatever channel brought them.
+
+A session is opened per request or association, as dcm4chee's ``StoreService`` opens a
+``StoreSession`` for a STOW request and a C-STORE association alike (DESIGN.md, "Models worth
+copying" 1).  The channel feeds it parts (``begin_part`` / ``feed`` / ``end_part``) or names an
+object already in the store (``store_object``); ``finish`` makes every object durable, indexes them
+in one transaction and returns an ``Outcome``, which each channel maps to its own status.
+
+Per part: keep a bounded prefix in memory until the DICOM header parses, then write the part
+(preamble zeroed, PS3.10 §7.5) to its object while hashing it.  Per-instance problems are data
+(a ``Failure`` with its PS3.18 FailureReason); request-level problems (a limit, the store or the
+index unreachable) raise, and the session then removes every object it wrote.  Nothing is
+acknowledged before every stored object is durable and the index committed.  The session never
+sees multipart, Starlette or HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Any
+
+from dicomweb_server import dicom, events
+from dicomweb_server.db.pool import Connection, Pool, in_transaction
+from dicomweb_server.db.store import BatchOutcome, Record, store_batch
+from dicomweb_server.dicom import Failure, structure
+from dicomweb_server.dicom.frames import FragmentScanner
+from dicomweb_server.errors import PayloadTooLarge, ServiceUnavailable, StorageError
+from dicomweb_server.events import InstanceStored
+from dicomweb_server.ingest.origin import Origin
+from dicomweb_server.ingest.outcome import Outcome, Stored
+from dicomweb_server.ingest.part import HEADER_PROBE, Durable, Part, frame_index, index_record
+from dicomweb_server.settings import Settings
+from dicomweb_server.storage.base import ObjectStore, StorageFull, new_key
+
+log = logging.getLogger(__name__)
+
+MAX_PENDING_COMMITS = 16
+INLINE_PARSE = 256 * 1024  # larger prefixes are parsed in a worker thread
+DICOM_MEDIA_TYPES = ("", "application/dicom")  # a part without a Content-Type is taken as DICOM
+# Error Comments (LO, 64 characters: tests/unit/dicomweb/test_stow.py checks them).
+PART_TYPE_COMMENT = "Part media type {type} is not application/dicom"
+PART_TYPE_FALLBACK = "The part's media type is not application/dicom"
+STUDY_MISMATCH_COMMENT = "StudyInstanceUID does not match the study in the request URL"
+STORAGE_FULL_COMMENT = "Out of storage space"
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """The ingest section of the settings: what one instance may cost, and the duplicate policy."""
+
+    max_part_bytes: int
+    max_parts: int
+    header_budget_bytes: int  # bytes of a part kept in memory to parse its header
+    header_seconds: float  # CPU seconds one header may take to parse and describe
+    bulk_data_threshold: int  # longer binary values become BulkDataURIs in the stored metadata
+    overwrite: bool  # DICOMWEB_DUPLICATE_POLICY=overwrite: same UID, other bytes replaces
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IngestSettings:
+        return cls(
+            max_part_bytes=settings.max_part_bytes,
+            max_parts=settings.max_parts,
+            header_budget_bytes=settings.header_budget_bytes,
+            header_seconds=settings.header_seconds,
+            bulk_data_threshold=settings.bulk_data_threshold,
+            overwrite=settings.duplicate_policy == "overwrite",
+        )
+
+
+class IngestSession:
+    """One request's (or association's) instances in, an ``Outcome`` out.
+
+    Use it as an async context manager: leaving it without ``finish`` (a request-level error, a
+    cancelled request) removes every object the session wrote; none is referenced by the index."""
+
+    def __init__(
+        self,
+        origin: Origin,
+        tenant: str,
+        expected_study: str | None,
+        settings: IngestSettings,
+        store: ObjectStore,
+        pool: Pool,
+    ):
+        self.origin = origin
+        self.tenant = tenant
+        self.expected_study = expected_study  # the study in the request URL: others fail (0xA900)
+        self.settings = settings
+        self.store = store
+        self.pool = pool
+        self.parts = 0
+        self.part: Part | None = None
+        self.done: list[Durable] = []
+        self.committing: set[asyncio.Future[bytes]] = set()
+        self.shared: dict[str, Any] = {}  # one copy of each study's and series' attributes
+        self.failed: list[Failure] = []
+        self.keys: list[str] = []  # every object this session created, for clean-up on failure
+        self.sources: list[str] = []  # objects handed to store_object, removed once the outcome is final
+        self.finished = False
+
+    async def __aenter__(self) -> IngestSession:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self.finished:
+            await self._discard()
+
+    # -- parts ----------------------------------------------------------------------
+    def begin_part(self, media_type: str = "") -> None:
+        """A new instance starts; ``media_type`` is its declared type (lower case), if any."""
+        self.parts += 1
+        if self.parts > self.settings.max_parts:
+            raise PayloadTooLarge(f"Request has more than {self.settings.max_parts} parts")
+        self.part = Part(parse_at=min(HEADER_PROBE, self.settings.header_budget_bytes))
+        if media_type not in DICOM_MEDIA_TYPES:
+            self.part.skip = True
+            comment = dicom.fit(PART_TYPE_COMMENT.format(type=media_type), PART_TYPE_FALLBACK)
+            self.failed.append(Failure(dicom.CANNOT_UNDERSTAND, comment))
+
+    async def feed(self, chunk: bytes | memoryview) -> None:
+        """The next bytes of the current part; awaiting it is the backpressure."""
+        part = self.part
+        assert part is not None
+        part.size += len(chunk)
+        if part.size > self.settings.max_part_bytes:
+            raise PayloadTooLarge(f"A part exceeds the limit of {self.settings.max_part_bytes} bytes")
+        if part.skip:
+            return
+        if part.writer is not None:
+            if part.scanner is not None:
+                part.scanner.feed(chunk, part.size - len(chunk))
+            if part.checker is not None:
+                part.checker.feed(chunk)
+            await part.writer.write(chunk)
+            return
+        assert part.prefix is not None
+        part.prefix += chunk
+        if len(part.prefix) >= part.parse_at:
+            await self._parse(part, complete=False)
+
+    async def end_part(self) -> None:
+        """The current part is complete: its object starts to become durable, or it failed."""
+        part = self.part
+        assert part is not None
+        if not part.skip:
+            if part.writer is None:  # the whole part is in memory
+                await self._parse(part, complete=True)
+            assert part.writer is not None or part.skip  # stored or reported, never dropped
+            if part.writer is not None:
+                problem = part.checker.finish() if part.checker is not None else None
+                if problem is None:
+                    await self._close_part(part)
+                else:
+                    await self._incomplete(part, problem)
+        self.part = None
+
+    async def store_object(self, key: str) -> None:
+        """Ingest an object already in the store (a presigned upload, a file an SFTP client left).
+
+        It is read back and run through the very pipeline a streamed part takes, into an object
+        of its own: so its preamble is zeroed, its hash and frames are of what is stored, and the
+        duplicate policy and reason codes are the same.  The source object is removed once the
+        outcome is final; if the session fails it stays, for a retry (and, unreferenced, the sweep)."""
+        self.begin_part()
+        async for chunk in self.store.read(key):
+            await self.feed(chunk)
+        await self.end_part()
+        self.sources.append(key)
+
+    async def _parse(self, part: Part, *, complete: bool) -> None:
+        """Describe a part from its prefix; on success open its object and write the prefix."""
+        assert part.prefix is not None
+        budget = self.settings.header_budget_bytes
+        complete = complete and len(part.prefix) <= budget
+        describe = functools.partial(
+            dicom.describe,
+            bytes(part.prefix[:budget]),
+            complete=complete,
+            budget=budget,
+            threshold=self.settings.bulk_data_threshold,
+            seconds=self.settings.header_seconds,
+            inflate_limit=self.settings.max_part_bytes,
+        )
+        # A big header parses in a thread, so the event loop keeps serving other requests.
+        big = len(part.prefix) > INLINE_PARSE
+        described = await asyncio.to_thread(describe) if big else describe()
+        if isinstance(described, Failure):
+            if described is dicom.OVER_BUDGET and not complete and part.parse_at < budget:
+                part.parse_at = min(budget, part.parse_at * 16)  # the header goes on: wait for more
+                return
+            self._fail(part, described)
+            return
+        failure = self._out_of_scope(described)
+        if failure is not None:
+            self._fail(part, failure)
+            return
+        part.desc = described
+        part.key = new_key(self.tenant)
+        self.keys.append(part.key)
+        part.writer = self.store.writer(part.key)
+        prefix, part.prefix = part.prefix, None
+        prefix[: dicom.PREAMBLE] = bytes(dicom.PREAMBLE)  # PS3.10 §7.5: never keep a foreign preamble
+        if described.pixel is not None and described.pixel.length is None:
+            part.scanner = FragmentScanner(described.pixel.offset)
+            part.scanner.feed(prefix, 0)
+        part.checker = described.checker
+        if part.checker is not None:  # it walked the prefix it was given: the rest is new to it
+            part.checker.deadline = None
+            part.checker.feed(memoryview(prefix)[part.checker.seen :])
+        await part.writer.write(bytes(prefix))
+
+    def _out_of_scope(self, desc: dicom.Description) -> Failure | None:
+        if self.expected_study is None or desc.study_uid == self.expected_study:
+            return None
+        return Failure(
+            dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS, STUDY_MISMATCH_COMMENT, desc.sop_class_uid, desc.sop_uid
+        )
+
+    def _fail(self, part: Part, failure: Failure) -> None:
+        part.skip = True
+        part.prefix = None
+        self.failed.append(failure)
+
+    async def _incomplete(self, part: Part, problem: structure.Problem) -> None:
+        """The part ended before its data set did (or its structure is broken): store nothing."""
+        assert part.writer is not None and part.desc is not None and part.key
+        await part.writer.abort()
+        self.keys.remove(part.key)
+        reason = dicom.REFUSED_OUT_OF_RESOURCES if problem.limit else dicom.CANNOT_UNDERSTAND
+        self.failed.append(Failure(reason, problem.comment, part.desc.sop_class_uid, part.desc.sop_uid))
+        part.writer = None
+        part.skip = True
+
+    async def _close_part(self, part: Part) -> None:
+        assert part.writer is not None and part.desc is not None and part.key
+        # Backpressure: at most MAX_PENDING_COMMITS objects being made durable at once.
+        self.committing = {f for f in self.committing if not f.done()}
+        while len(self.committing) >= MAX_PENDING_COMMITS:
+            _, self.committing = await asyncio.wait(self.committing, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.ensure_future(part.writer.commit())
+        self.committing.add(task)
+        record = index_record(part.desc, part.key, part.size, frame_index(part), self.shared)
+        self.done.append(Durable(record, task))
+
+    # -- the outcome ----------------------------------------------------------------
+    async def finish(self) -> Outcome:
+        """Wait until every object is durable, index them in one transaction, and say what
+        became of each instance.  Out of space fails that instance (0xA700); any other storage
+        failure fails the session (503), as does the index being unreachable."""
+        await asyncio.gather(*(d.commit for d in self.done), return_exceptions=True)
+        durable: list[Record] = []
+        for d in self.done:
+            exc = d.commit.exception()
+            if isinstance(exc, StorageFull):
+                self.failed.append(
+                    Failure(
+                        dicom.REFUSED_OUT_OF_RESOURCES,
+                        STORAGE_FULL_COMMENT,
+                        d.record.sop_class_uid,
+                        d.record.sop_uid,
+                    )
+                )
+            elif exc is not None:
+                raise ServiceUnavailable("object storage unavailable") from None
+            else:
+                durable.append(replace(d.record, sha256=d.commit.result()))
+        indexed = await self._index(durable) if durable else BatchOutcome()
+        self.keys = []  # committed: from here on, only explicitly unreferenced objects are removed
+        self.finished = True
+        await self._delete(indexed.unreferenced_keys)
+        await self._delete(self.sources)
+        stored = tuple(
+            Stored(r.sop_class_uid, r.sop_uid, r.study_uid, r.series_uid, r.size)
+            for r in durable
+            if r.object_key in indexed.stored
+        )
+        late = (indexed.failed[r.object_key] for r in durable if r.object_key in indexed.failed)
+        return Outcome(stored, (*self.failed, *late))
+
+    async def _index(self, records: list[Record]) -> BatchOutcome:
+        """The index write: every record in one transaction, with the duplicate policy, and an
+        ``instance.stored`` event for each instance whose object the index now references, in
+        the same transaction (no event for a change that rolled back, no change without its
+        event).  A second copy of identical bytes is a success but no event: its new object is
+        dropped, and the instance was announced when it first arrived."""
+
+        async def work(conn: Connection) -> BatchOutcome:
+            outcome = await store_batch(conn, self.tenant, records, overwrite=self.settings.overwrite)
+            dropped = set(outcome.unreferenced_keys)
+            await events.append(
+                conn,
+                (
+                    InstanceStored(self.tenant, r.study_uid, r.series_uid, r.sop_uid, r.object_key)
+                    for r in records
+                    if r.object_key in outcome.stored and r.object_key not in dropped
+                ),
+            )
+            return outcome
+
+        return await in_transaction(self.pool, work)
+
+    async def _discard(self) -> None:
+        """The session failed: remove every object it wrote (none is referenced by the index)."""
+        for d in self.done:
+            d.commit.cancel()
+        await asyncio.gather(*(d.commit for d in self.done), return_exceptions=True)
+        if self.part is not None and self.part.writer is not None:
+            with contextlib.suppress(Exception):
+                await self.part.writer.abort()
+        await self._delete(self.keys)
+        self.keys = []
+
+    async def _delete(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                await self.store.delete(key)
+            except StorageError:
+                log.warning(
+                    "object delete failed; the sweep will remove it", extra={"event": "delete_failed"}
+                )
