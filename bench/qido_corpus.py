@@ -369,7 +369,7 @@ def load_stow_corpus(spec: QidoSpec, cache_dir: Path) -> StowCorpus:
 
 def _ingest_view(data: bytes) -> dict[str, Any]:
     """What ingest stores for one Part-10 file, via the server's own code (either API generation)."""
-    from dicomweb_server import dicom
+    from dicomweb_server.dicom import part10 as dicom
     from dicomweb_server.settings import Settings
 
     settings = Settings()

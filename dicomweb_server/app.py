@@ -26,7 +26,7 @@ from dicomweb_server.access import guard as access
 from dicomweb_server.access.audit import REQUEST_ID
 from dicomweb_server.access.ratelimit import Policy, RateLimiter
 from dicomweb_server.db.search import PageCache
-from dicomweb_server.dicom import is_valid_uid
+from dicomweb_server.dicom.part10 import is_valid_uid
 from dicomweb_server.dicom.query import Level, Resource
 from dicomweb_server.dicomweb import capabilities, delete, qido, stow, wado
 from dicomweb_server.errors import (

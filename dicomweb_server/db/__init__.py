@@ -17,13 +17,13 @@ from typing import Any, cast
 import asyncpg
 import orjson
 
-from dicomweb_server.dicom import (
+from dicomweb_server.dicom.frames import FrameIndex
+from dicomweb_server.dicom.part10 import (
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
     DUPLICATE_SOP_INSTANCE,
     Description,
     Failure,
 )
-from dicomweb_server.dicom.frames import FrameIndex
 from dicomweb_server.dicom.query import Statements
 from dicomweb_server.errors import ServiceUnavailable
 

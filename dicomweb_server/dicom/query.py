@@ -17,8 +17,8 @@ from urllib.parse import unquote_plus
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from dicomweb_server.dicom import index as dicom_index
-from dicomweb_server.dicom import is_valid_uid
 from dicomweb_server.dicom.index import fold
+from dicomweb_server.dicom.part10 import is_valid_uid
 from dicomweb_server.errors import BadRequest
 
 

@@ -20,9 +20,11 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dicomweb_server import db, dicom, metrics
-from dicomweb_server.dicom import Failure, structure
+from dicomweb_server import db, metrics
+from dicomweb_server.dicom import part10 as dicom
+from dicomweb_server.dicom import structure
 from dicomweb_server.dicom.frames import FragmentScanner, FrameIndex
+from dicomweb_server.dicom.part10 import Failure
 from dicomweb_server.errors import (
     BadRequest,
     PayloadTooLarge,

@@ -18,8 +18,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from dicomweb_server import db, dicom
+from dicomweb_server import db
 from dicomweb_server.dicom import frames, transcode
+from dicomweb_server.dicom import part10 as dicom
 from dicomweb_server.dicomweb.wado_stream import (
     accept_of,
     aclose,

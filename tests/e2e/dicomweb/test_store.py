@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from pydicom.uid import generate_uid
 
-from dicomweb_server import dicom
+from dicomweb_server.dicom import part10 as dicom
 from tests.conftest import App, make_settings, running_app
 from tests.support.dicomfiles import BOUNDARY, content_type, instance, multipart
 

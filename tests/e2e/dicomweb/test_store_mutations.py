@@ -23,7 +23,7 @@ import pydicom
 import pytest
 from pydicom.filereader import data_element_generator
 
-from dicomweb_server import dicom
+from dicomweb_server.dicom import part10 as dicom
 from dicomweb_server.dicom import structure
 from tests.conftest import App, Server
 from tests.support.dicomfiles import content_type, instance, multipart, split_multipart

@@ -15,8 +15,8 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from dicomweb_server.dicom import Header, parse_header
 from dicomweb_server.dicom.dicom_json import to_json
+from dicomweb_server.dicom.part10 import Header, parse_header
 from tests.support.testdata import DATA_ROOT, charset_file, corpus, part10
 
 JSON = dict[str, Any]

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.uid import UID
 
-from dicomweb_server import dicom
+from dicomweb_server.dicom import part10 as dicom
 from dicomweb_server.dicom import structure
 from tests.support.testdata import bundled, corpus
 

@@ -9,8 +9,10 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from dicomweb_server import db, dicom
-from dicomweb_server.dicom import (
+from dicomweb_server import db
+from dicomweb_server.dicom import part10 as dicom
+from dicomweb_server.dicom import structure
+from dicomweb_server.dicom.part10 import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
     DUPLICATE_SOP_INSTANCE,
@@ -18,7 +20,6 @@ from dicomweb_server.dicom import (
     TRANSFER_SYNTAX_NOT_SUPPORTED,
     Failure,
     Header,
-    structure,
 )
 from dicomweb_server.dicomweb import stow
 from dicomweb_server.dicomweb.stow import store_response
@@ -185,7 +186,7 @@ def test_error_comment_fits_lo() -> None:
 def test_records_of_one_series_keep_one_copy_of_the_shared_attributes() -> None:
     """A long STOW body keeps every index record until its transaction: the study and series
     attributes, identical across a series, are held once (stow._record), never mixed between studies."""
-    from dicomweb_server import dicom
+    from dicomweb_server.dicom import part10 as dicom
     from dicomweb_server.dicomweb.stow import _record
     from tests.support.dicomfiles import instance
 
