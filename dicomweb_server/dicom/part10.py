@@ -28,19 +28,17 @@ from pydicom.uid import UID
 from dicomweb_server.dicom import dicom_json, structure
 from dicomweb_server.dicom.frames import UNDEFINED, PixelIndex
 from dicomweb_server.dicom.index import SERIES_TAGS, STUDY_TAGS, index_values, subset
+from dicomweb_server.dicom.status import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    PROCESSING_FAILURE,
+    REFUSED_OUT_OF_RESOURCES,
+    TRANSFER_SYNTAX_NOT_SUPPORTED,
+)
+from dicomweb_server.dicom.transfer_syntaxes import DEFLATED
 
 log = logging.getLogger(__name__)
 
-# PS3.18 Table I.2-2 Store Instances Response Failure Reason, plus the PS3.7 Annex C
-# general status we use for a conflicting duplicate.  Listed in CONFORMANCE.md.
-REFUSED_OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-CANNOT_UNDERSTAND = 0xC000
-TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
-PROCESSING_FAILURE = 0x0110
-DUPLICATE_SOP_INSTANCE = 0x0111
-
-DEFLATED = "1.2.840.10008.1.2.1.99"
 PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # Float, Double Float, Pixel Data
 PREAMBLE = 128
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")

@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from dicomweb_server import db, metrics
 from dicomweb_server.dicom import part10 as dicom
-from dicomweb_server.dicom import structure
+from dicomweb_server.dicom import status, structure
 from dicomweb_server.dicom.frames import FragmentScanner, FrameIndex
 from dicomweb_server.dicom.part10 import Failure
 from dicomweb_server.errors import (
@@ -183,7 +183,7 @@ class Ingest:
             if ctype not in ("", "application/dicom"):
                 self.part.skip = True
                 comment = dicom.fit(PART_TYPE_COMMENT.format(type=ctype), PART_TYPE_FALLBACK)
-                self.failed.append(Failure(dicom.CANNOT_UNDERSTAND, comment))
+                self.failed.append(Failure(status.CANNOT_UNDERSTAND, comment))
             return
         part = self.part
         assert part is not None
@@ -222,7 +222,7 @@ class Ingest:
         assert part.writer is not None and part.desc is not None and part.key
         await part.writer.abort()
         self.keys.remove(part.key)
-        reason = dicom.REFUSED_OUT_OF_RESOURCES if problem.limit else dicom.CANNOT_UNDERSTAND
+        reason = status.REFUSED_OUT_OF_RESOURCES if problem.limit else status.CANNOT_UNDERSTAND
         self.failed.append(Failure(reason, problem.comment, part.desc.sop_class_uid, part.desc.sop_uid))
         part.writer = None
         part.skip = True
@@ -273,7 +273,7 @@ class Ingest:
         if self.study_uid is None or desc.study_uid == self.study_uid:
             return None
         return Failure(
-            dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS, STUDY_MISMATCH_COMMENT, desc.sop_class_uid, desc.sop_uid
+            status.DATASET_DOES_NOT_MATCH_SOP_CLASS, STUDY_MISMATCH_COMMENT, desc.sop_class_uid, desc.sop_uid
         )
 
     def _fail(self, part: _Part, failure: Failure) -> None:
@@ -301,7 +301,7 @@ class Ingest:
             if isinstance(exc, StorageFull):
                 self.failed.append(
                     Failure(
-                        dicom.REFUSED_OUT_OF_RESOURCES,
+                        status.REFUSED_OUT_OF_RESOURCES,
                         STORAGE_FULL_COMMENT,
                         d.record.sop_class_uid,
                         d.record.sop_uid,

@@ -29,6 +29,7 @@ from starlette.responses import Response, StreamingResponse
 from dicomweb_server import db
 from dicomweb_server.dicom import transcode
 from dicomweb_server.dicom.dicom_xml import to_xml
+from dicomweb_server.dicom.transfer_syntaxes import EXPLICIT_VR_LITTLE_ENDIAN
 from dicomweb_server.dicomweb.wado_frames import retrieve_bulkdata, retrieve_frames
 from dicomweb_server.dicomweb.wado_render import rendered
 from dicomweb_server.dicomweb.wado_stream import (
@@ -53,7 +54,7 @@ log = logging.getLogger("dicomweb_server.dicomweb.wado")
 
 ZIP = "application/zip"
 DICOM_XML = "application/dicom+xml"
-EVRLE = transcode.EXPLICIT_VR_LITTLE_ENDIAN
+EVRLE = EXPLICIT_VR_LITTLE_ENDIAN
 
 
 # -- instances ----------------------------------------------------------------------

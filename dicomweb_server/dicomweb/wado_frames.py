@@ -21,6 +21,11 @@ from starlette.responses import Response, StreamingResponse
 from dicomweb_server import db
 from dicomweb_server.dicom import frames, transcode
 from dicomweb_server.dicom import part10 as dicom
+from dicomweb_server.dicom.transfer_syntaxes import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    FRAME_MEDIA_TYPES,
+    PLAIN_LITTLE_ENDIAN,
+)
 from dicomweb_server.dicomweb.wado_stream import (
     accept_of,
     aclose,
@@ -38,7 +43,7 @@ from dicomweb_server.web.multipart import closing, multipart_type, new_boundary,
 log = logging.getLogger("dicomweb_server.dicomweb.wado")
 
 OCTET = frames.OCTET_STREAM
-EVRLE = transcode.EXPLICIT_VR_LITTLE_ENDIAN
+EVRLE = EXPLICIT_VR_LITTLE_ENDIAN
 PIXEL_DATA = ("7FE00010", "7FE00008", "7FE00009")  # Pixel Data, Float and Double Float Pixel Data
 
 
@@ -51,7 +56,7 @@ class FrameSource:
 
     @property
     def encapsulated(self) -> bool:
-        return self.inst.transfer_syntax_uid in frames.FRAME_MEDIA_TYPES
+        return self.inst.transfer_syntax_uid in FRAME_MEDIA_TYPES
 
     @property
     def count(self) -> int:
@@ -64,7 +69,7 @@ class FrameSource:
         pixel data holds): a frame the pixel data does not hold is a 404, never an IndexError.
         """
         syntax = self.inst.transfer_syntax_uid
-        if not self.encapsulated and syntax not in frames.NATIVE_LITTLE_ENDIAN:
+        if not self.encapsulated and syntax not in PLAIN_LITTLE_ENDIAN:
             return None  # big endian or deflated: the stored bytes are not the frame's bytes
         length = 0 if self.encapsulated else transcode.native_frame_length(self.info)
         if not self.encapsulated and (self.info.bits_allocated == 1 and length * 8 != self._bits()):
@@ -103,7 +108,7 @@ def _source_of(inst: db.StoredInstance) -> FrameSource:
 
 
 def _frame_offers(source: FrameSource) -> list[Offer]:
-    native = frames.FRAME_MEDIA_TYPES.get(source.inst.transfer_syntax_uid)
+    native = FRAME_MEDIA_TYPES.get(source.inst.transfer_syntax_uid)
     return [Offer(MULTIPART, OCTET)] + ([Offer(MULTIPART, native)] if native else [])
 
 
@@ -116,7 +121,7 @@ def _frame_producible(source: FrameSource) -> Callable[[Offer, str | None], bool
         # Uncompressed frames carry no VR: either little-endian native syntax names them.
         return (
             offer.part_type == OCTET
-            and syntax in frames.NATIVE_LITTLE_ENDIAN
+            and syntax in PLAIN_LITTLE_ENDIAN
             and (not source.encapsulated or transcode.can_transcode(stored, EVRLE))
         )
 
@@ -144,7 +149,7 @@ class _Plan:
     @property
     def stored_ctype(self) -> str:
         stored = self.source.inst.transfer_syntax_uid
-        return f"{frames.FRAME_MEDIA_TYPES[stored]}; transfer-syntax={stored}"
+        return f"{FRAME_MEDIA_TYPES[stored]}; transfer-syntax={stored}"
 
 
 async def _frames_response(
@@ -166,7 +171,7 @@ async def _frames_response(
     if as_stored and source.encapsulated:
         ctype = f"{choice.offer.part_type}; transfer-syntax={stored}"
         if choice.offer.part_type == OCTET:
-            ctype = f"{frames.FRAME_MEDIA_TYPES[stored]}; transfer-syntax={stored}"
+            ctype = f"{FRAME_MEDIA_TYPES[stored]}; transfer-syntax={stored}"
     else:
         ctype = f"{OCTET}; transfer-syntax={EVRLE}"
     plan = _Plan(source, as_stored, ctype, strict=choice.transfer_syntax is not None)
@@ -292,7 +297,7 @@ async def retrieve_bulkdata(request: Request) -> Response:
     store: ObjectStore = request.app.state.store
     pixels = len(path) == 1 and path[0].upper() in PIXEL_DATA
     inst = await _find(request, metadata=pixels)
-    if pixels and inst.transfer_syntax_uid in frames.FRAME_MEDIA_TYPES:
+    if pixels and inst.transfer_syntax_uid in FRAME_MEDIA_TYPES:
         # Compressed Pixel Data has no single value: its frames, as stored (PS3.18 §8.7.3.3.2).
         source = _source_of(inst)
         return await _frames_response(request, source, list(range(1, source.count + 1)), as_stored=True)

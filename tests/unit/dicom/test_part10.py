@@ -20,17 +20,14 @@ from pydicom.uid import (
 )
 
 from dicomweb_server.dicom.index import fold, index_values, person_name
-from dicomweb_server.dicom.part10 import (
+from dicomweb_server.dicom.part10 import Failure, Header, is_valid_uid, parse_header
+from dicomweb_server.dicom.status import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
-    DEFLATED,
     REFUSED_OUT_OF_RESOURCES,
     TRANSFER_SYNTAX_NOT_SUPPORTED,
-    Failure,
-    Header,
-    is_valid_uid,
-    parse_header,
 )
+from dicomweb_server.dicom.transfer_syntaxes import DEFLATED
 from tests.support.testdata import bundled, meta_end, part10, with_meta_transfer_syntax
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
