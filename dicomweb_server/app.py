@@ -26,8 +26,8 @@ from dicomweb_server.access import guard as access
 from dicomweb_server.access.audit import REQUEST_ID
 from dicomweb_server.access.ratelimit import Policy, RateLimiter
 from dicomweb_server.db.search import PageCache
-from dicomweb_server.dicom.part10 import is_valid_uid
-from dicomweb_server.dicom.query import Level, Resource
+from dicomweb_server.dicom.query import Resource
+from dicomweb_server.dicom.resources import Level, collection, is_valid_uid, template
 from dicomweb_server.dicomweb import capabilities, delete, qido, stow, wado
 from dicomweb_server.errors import (
     CLIENT_CLOSED,
@@ -45,9 +45,7 @@ from dicomweb_server.web.media import Offer, negotiate
 
 log = logging.getLogger("dicomweb_server.access.guard")
 
-STUDY = "/dicomweb/studies/{study}"
-SERIES = STUDY + "/series/{series}"
-INSTANCE = SERIES + "/instances/{instance}"
+STUDY, SERIES, INSTANCE = (template(level) for level in Level)
 
 
 async def healthz(request: Request) -> Response:
@@ -77,12 +75,12 @@ RESOURCES = (STUDY, SERIES, INSTANCE)
 # PS3.18 Table 10.6.1-4: which IE levels each search resource matches on.
 # Each entry: path, methods, handler, and the transaction it serves (for capabilities.py).
 API: list[tuple[str, list[str], Any, str]] = [
-    ("/dicomweb/studies", ["POST"], stow.store_instances, "store"),
+    (collection(Level.STUDY), ["POST"], stow.store_instances, "store"),
     (STUDY, ["POST"], stow.store_instances, "store"),
-    ("/dicomweb/studies", ["GET"], _search(Level.STUDY, Level.STUDY), "search-studies"),
-    ("/dicomweb/series", ["GET"], _search(Level.SERIES, Level.STUDY, Level.SERIES), "search-series"),
+    (collection(Level.STUDY), ["GET"], _search(Level.STUDY, Level.STUDY), "search-studies"),
+    (collection(Level.SERIES), ["GET"], _search(Level.SERIES, Level.STUDY, Level.SERIES), "search-series"),
     (
-        "/dicomweb/instances",
+        collection(Level.INSTANCE),
         ["GET"],
         _search(Level.INSTANCE, Level.STUDY, Level.SERIES, Level.INSTANCE),
         "search-instances",

@@ -17,9 +17,9 @@ from typing import Any, cast
 import asyncpg
 import orjson
 
+from dicomweb_server.db.search import Statements
 from dicomweb_server.dicom.frames import FrameIndex
 from dicomweb_server.dicom.part10 import Description, Failure
-from dicomweb_server.dicom.query import Statements
 from dicomweb_server.dicom.status import (
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
     DUPLICATE_SOP_INSTANCE,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 import struct
 import time
 import warnings
@@ -28,6 +27,7 @@ from pydicom.uid import UID
 from dicomweb_server.dicom import dicom_json, structure
 from dicomweb_server.dicom.frames import UNDEFINED, PixelIndex
 from dicomweb_server.dicom.index import SERIES_TAGS, STUDY_TAGS, index_values, subset
+from dicomweb_server.dicom.resources import bulkdata_base, is_valid_uid
 from dicomweb_server.dicom.status import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -41,14 +41,6 @@ log = logging.getLogger(__name__)
 
 PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # Float, Double Float, Pixel Data
 PREAMBLE = 128
-_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
-
-
-def is_valid_uid(value: object) -> bool:
-    """PS3.5 §9.1: digits and dots, no leading zeros in a component, at most 64 characters."""
-    return isinstance(value, str) and 0 < len(value) <= 64 and _UID.fullmatch(value) is not None
-
-
 @dataclass(frozen=True)
 class Failure:
     """One instance that was not stored: the PS3.18 FailureReason and a readable comment."""
@@ -328,11 +320,6 @@ class Description:
     metadata: str
     pixel: PixelIndex | None = None
     checker: structure.Checker | None = field(default=None, compare=False)
-
-
-def bulkdata_base(study_uid: str, series_uid: str, sop_uid: str) -> str:
-    """Where an instance's BulkDataURIs point (served by WADO-RS bulkdata retrieve)."""
-    return f"/dicomweb/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/bulkdata"
 
 
 def describe(

@@ -19,7 +19,8 @@ import pytest
 
 from dicomweb_server.cli import migrate
 from dicomweb_server.db.search import signature
-from dicomweb_server.dicom.query import Level, Resource, parse_query
+from dicomweb_server.dicom.query import Resource, parse_query
+from dicomweb_server.dicom.resources import Level
 from tests.conftest import TENANT, App, Server, admin_sql, make_settings, running_app
 from tests.support import search_corpus as c
 from tests.support.dicomfiles import content_type, multipart

@@ -20,7 +20,8 @@ from pydicom.uid import (
 )
 
 from dicomweb_server.dicom.index import fold, index_values, person_name
-from dicomweb_server.dicom.part10 import Failure, Header, is_valid_uid, parse_header
+from dicomweb_server.dicom.part10 import Failure, Header, parse_header
+from dicomweb_server.dicom.resources import is_valid_uid
 from dicomweb_server.dicom.status import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,

@@ -9,16 +9,16 @@ from typing import Any
 import pytest
 
 from dicomweb_server.app import API
-from dicomweb_server.db.search import INSTANCE_RETURN, PageCache, signature, to_sql
+from dicomweb_server.db.search import COLUMNS, PageCache, signature, to_sql
 from dicomweb_server.dicom.query import (
     ATTRIBUTES,
     SEQUENCE_ATTRIBUTES,
     Condition,
-    Level,
     Query,
     Resource,
     parse_query,
 )
+from dicomweb_server.dicom.resources import INSTANCE_METADATA, Level
 from dicomweb_server.errors import BadRequest
 
 STUDIES = Resource(Level.STUDY, frozenset({Level.STUDY}))
@@ -98,9 +98,10 @@ def test_every_required_matching_attribute_of_table_10_6_1_5_is_in_the_table() -
         "ScheduledProcedureStepID",
         "RequestedProcedureID",
     }
-    # Column names go into SQL text: they must be plain qualified identifiers.
+    # Column names go into SQL text: they must be plain qualified identifiers, one per attribute.
+    assert set(COLUMNS) == {a.tag for a in [*ATTRIBUTES, *SEQUENCE_ATTRIBUTES.values()]}
     for attr in [*ATTRIBUTES, *SEQUENCE_ATTRIBUTES.values()]:
-        assert re.fullmatch(r"(st|se|i)\.[a-z_]+", attr.column), attr
+        assert re.fullmatch(r"(st|se|i)\.[a-z_]+", COLUMNS[attr.tag]), attr
 
 
 # ---------------------------------------------------------------------------
@@ -221,13 +222,15 @@ def test_date_range_and_time_range_combine_into_one_datetime_condition() -> None
     assert [c.kind for c in q.conditions] == ["single", "datetime"]
     (dt,) = [c for c in q.conditions if c.kind == "datetime"]
     assert dt.attr.keyword == "StudyDate"
-    assert dt.values == ("20240101", "080000.000000", "20240131", "170059.999999", "st.study_time")
+    assert dt.values == ("20240101", "080000.000000", "20240131", "170059.999999", "00080030")
+    assert COLUMNS[dt.values[4]] == "st.study_time"
     # the performed procedure step pair combines the same way
     (pps,) = parse_query(
         "PerformedProcedureStepStartDate=-20240131&PerformedProcedureStepStartTime=-1200", SERIES
     ).conditions
     assert pps.kind == "datetime"
-    assert pps.values == ("", "", "20240131", "120059.999999", "se.pps_start_time")
+    assert pps.values == ("", "", "20240131", "120059.999999", "00400245")
+    assert COLUMNS[pps.values[4]] == "se.pps_start_time"
 
 
 @pytest.mark.parametrize(
@@ -280,7 +283,7 @@ def test_sequence_matching_paths(raw: str, requested: str | None, scheduled: str
     q = parse_query(raw, SERIES)
     (c,) = q.conditions
     if requested:
-        assert (c.attr.keyword, c.attr.column, c.values) == (
+        assert (c.attr.keyword, COLUMNS[c.attr.tag], c.values) == (
             "RequestedProcedureID",
             "se.requested_procedure_ids",
             (requested,),
@@ -766,7 +769,7 @@ def test_instance_metadata_is_narrowed_to_the_returned_attributes() -> None:
     s = sql_for("PatientName=x&includefield=00280004", INSTANCES)
     assert "jsonb_each(i.metadata)" in s.page
     (wanted,) = [a for a in s.page_args if isinstance(a, list)]
-    assert wanted == sorted(INSTANCE_RETURN | {"00100010", "00280004"})
+    assert wanted == sorted(INSTANCE_METADATA | {"00100010", "00280004"})
     assert "jsonb_each" not in s.count
     s = sql_for("includefield=all", INSTANCES)
     assert "i.metadata::text AS metadata" in s.page
