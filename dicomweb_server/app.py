@@ -41,7 +41,7 @@ from dicomweb_server.ingest import sweep
 from dicomweb_server.settings import Settings
 from dicomweb_server.storage import open_store
 from dicomweb_server.web import service
-from dicomweb_server.web.media import Offer, negotiate
+from dicomweb_server.web.media import Offer, negotiate_request
 
 log = logging.getLogger("dicomweb_server.access.guard")
 
@@ -113,9 +113,8 @@ async def retrieve_capabilities(request: Request) -> Response:
     routes = [(path, method, transaction) for path, methods, _, transaction in API for method in methods]
     routes.append(("/dicomweb", "OPTIONS", "capabilities"))
     base = request.state.base_url
-    accept = request.query_params.get("accept") or request.headers.get("accept")
-    choice = negotiate(
-        accept, [Offer(capabilities.WADL), Offer("application/json"), Offer("application/xml")]
+    choice = negotiate_request(
+        request, [Offer(capabilities.WADL), Offer("application/json"), Offer("application/xml")]
     )
     if choice.offer.media_type == "application/json":
         return JSONResponse(capabilities.as_json(routes, "/dicomweb", base))

@@ -179,6 +179,8 @@ def parse_query(
             if value not in ("true", "false"):
                 raise BadRequest("fuzzymatching must be 'true' or 'false'")
             fuzzy = value == "true"
+        elif name in NEGOTIATION:
+            continue  # read by the handler's content negotiation (PS3.18 §8.3.3.1), not a match
         elif name == "includefield":
             for item in (v.strip() for v in value.split(",")):
                 if item == "all":
@@ -226,6 +228,8 @@ def parse_query(
 
 
 _ONCE = ("limit", "offset", "fuzzymatching")
+# PS3.18 Table 8.3.3.1-2: the ``accept`` query parameter overrides the Accept header.
+NEGOTIATION = frozenset({"accept"})
 
 
 def _include_tag(item: str) -> str:

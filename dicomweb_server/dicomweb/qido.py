@@ -11,7 +11,7 @@ from dicomweb_server.db.search import PageCache, signature, to_sql
 from dicomweb_server.dicom.dicom_xml import to_xml
 from dicomweb_server.dicom.query import Resource, parse_query
 from dicomweb_server.dicomweb.results import remaining_warning, result
-from dicomweb_server.web.media import DICOM_JSON, MULTIPART, Offer, negotiate
+from dicomweb_server.web.media import DICOM_JSON, MULTIPART, Offer, negotiate_request
 from dicomweb_server.web.multipart import closing, multipart_type, new_boundary, part_head
 
 DICOM_XML = "application/dicom+xml"
@@ -22,7 +22,7 @@ async def search(request: Request, resource: Resource) -> Response:
     """GET /studies, /series, /instances and their study/series-scoped forms."""
     state = request.app.state
     settings = state.settings
-    choice = negotiate(request.headers.get("accept"), OFFERS)
+    choice = negotiate_request(request, OFFERS)
     p = request.path_params
     query = parse_query(
         request.url.query,

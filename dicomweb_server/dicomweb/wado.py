@@ -33,7 +33,6 @@ from dicomweb_server.dicom.transfer_syntaxes import EXPLICIT_VR_LITTLE_ENDIAN
 from dicomweb_server.dicomweb.wado_frames import retrieve_bulkdata, retrieve_frames
 from dicomweb_server.dicomweb.wado_render import rendered
 from dicomweb_server.dicomweb.wado_stream import (
-    accept_of,
     aclose,
     first_chunk,
     guarded,
@@ -45,7 +44,7 @@ from dicomweb_server.dicomweb.wado_stream import (
 )
 from dicomweb_server.errors import NotAcceptable, NotFound
 from dicomweb_server.storage import ObjectStore
-from dicomweb_server.web.media import DICOM, DICOM_JSON, MULTIPART, Offer, negotiate
+from dicomweb_server.web.media import DICOM, DICOM_JSON, MULTIPART, Offer, negotiate_request
 from dicomweb_server.web.multipart import closing, multipart_type, new_boundary, part_head
 
 __all__ = ["metadata", "rendered", "retrieve", "retrieve_bulkdata", "retrieve_frames"]
@@ -152,7 +151,7 @@ async def retrieve(request: Request) -> Response:
     if scope.sop is not None:
         offers.append(Offer(DICOM))
     limit = state.settings.max_transcode_bytes
-    choice = negotiate(accept_of(request), offers, _producible(instances, limit))
+    choice = negotiate_request(request, offers, _producible(instances, limit))
     plan = [(i, _wanted_syntax(i, choice.transfer_syntax, limit)) for i in instances]
     # One instance asked for in an explicit syntax: a 406 if it does not convert after all.
     strict = scope.sop is not None and choice.transfer_syntax not in (None, "*")
@@ -275,7 +274,7 @@ def not_modified(if_none_match: str | None, tag: str) -> bool:
 async def metadata(request: Request) -> Response:
     """GET {study|series|instance}/metadata: the DICOM JSON kept at ingest, no object read."""
     state = request.app.state
-    choice = negotiate(accept_of(request), METADATA_OFFERS)
+    choice = negotiate_request(request, METADATA_OFFERS)
     scope = scope_of(request)
     text = await db.metadata(state.pool, request.state.tenant, scope.study, scope.series, scope.sop)
     if text is None:

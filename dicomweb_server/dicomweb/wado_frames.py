@@ -27,7 +27,6 @@ from dicomweb_server.dicom.transfer_syntaxes import (
     PLAIN_LITTLE_ENDIAN,
 )
 from dicomweb_server.dicomweb.wado_stream import (
-    accept_of,
     aclose,
     guarded,
     primed,
@@ -37,7 +36,7 @@ from dicomweb_server.dicomweb.wado_stream import (
 )
 from dicomweb_server.errors import BadRequest, NotAcceptable, NotFound
 from dicomweb_server.storage import ObjectStore
-from dicomweb_server.web.media import MULTIPART, Offer, negotiate
+from dicomweb_server.web.media import MULTIPART, Offer, negotiate_request
 from dicomweb_server.web.multipart import closing, multipart_type, new_boundary, part_head
 
 log = logging.getLogger("dicomweb_server.dicomweb.wado")
@@ -159,7 +158,7 @@ async def _frames_response(
         if n > source.count:
             raise NotFound(f"Frame {n} does not exist: the instance has {source.count} frame(s)")
         source.ranges(n)  # a frame the pixel data does not hold is a 404 now, not mid-stream
-    choice = negotiate(accept_of(request), _frame_offers(source), _frame_producible(source))
+    choice = negotiate_request(request, _frame_offers(source), _frame_producible(source))
     stored = source.inst.transfer_syntax_uid
     # As stored when asked (``*``, the stored syntax, the native type); otherwise uncompressed.
     as_stored = (
@@ -293,7 +292,7 @@ async def retrieve_bulkdata(request: Request) -> Response:
     path = request.path_params["path"].strip("/").split("/")
     if not all((_INDEX if k % 2 else _TAG).fullmatch(step) for k, step in enumerate(path)):
         raise NotFound("No such bulk data: a path is tags (8 hex digits) and item numbers, by turns")
-    choice = negotiate(accept_of(request), BULK_OFFERS)
+    choice = negotiate_request(request, BULK_OFFERS)
     store: ObjectStore = request.app.state.store
     pixels = len(path) == 1 and path[0].upper() in PIXEL_DATA
     inst = await _find(request, metadata=pixels)

@@ -16,10 +16,10 @@ from starlette.responses import Response
 
 from dicomweb_server import db
 from dicomweb_server.dicom import frames, render
-from dicomweb_server.dicomweb.wado_stream import accept_of, read_checked, scope_of
+from dicomweb_server.dicomweb.wado_stream import read_checked, scope_of
 from dicomweb_server.errors import DicomWebError, NotAcceptable, NotFound
 from dicomweb_server.storage import ObjectStore
-from dicomweb_server.web.media import Offer, negotiate
+from dicomweb_server.web.media import Offer, negotiate_request
 from dicomweb_server.web.multipart import closing, multipart_type, new_boundary, part_head
 
 log = logging.getLogger("dicomweb_server.dicomweb.wado")
@@ -52,7 +52,7 @@ async def rendered(request: Request, *, thumbnail: bool = False) -> Response:
     scope = scope_of(request)
     listed = request.path_params.get("frames")
     numbers = frames.parse_frame_list(listed) if listed is not None else [1]
-    choice = negotiate(accept_of(request), RENDER_OFFERS)
+    choice = negotiate_request(request, RENDER_OFFERS)
     media = choice.offer.media_type
     params = dict(request.query_params)
     settings = render.thumbnail_params(params, media) if thumbnail else render.parse_params(params, media)

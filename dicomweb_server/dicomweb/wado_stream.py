@@ -32,11 +32,6 @@ def scope_of(request: Request) -> Scope:
     return Scope.of(request.path_params)
 
 
-def accept_of(request: Request) -> str | None:
-    """The ``accept`` query parameter overrides the Accept header (PS3.18 Table 8.3.3.1-2)."""
-    return request.query_params.get("accept") or request.headers.get("accept")
-
-
 class DamagedObject(DicomWebError):
     """410: the stored object no longer holds what ingest recorded (fewer bytes, or more).
 

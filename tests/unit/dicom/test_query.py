@@ -840,3 +840,10 @@ def test_page_cache_clear() -> None:
 def test_query_defaults() -> None:
     q = Query(Level.STUDY)
     assert (q.conditions, q.include_all, q.offset) == ((), False, 0)
+
+
+def test_accept_parameter_is_not_a_matching_key() -> None:
+    """PS3.18 Table 8.3.3.1-2: ``accept`` is content negotiation's (web/media.py), on QIDO as on WADO."""
+    q = parse_query("accept=application/json&PatientID=P1", STUDIES)
+    assert [(c.attr.keyword, c.values) for c in q.conditions] == [("PatientID", ("P1",))]
+    assert q.returned == frozenset({"00100020"})
