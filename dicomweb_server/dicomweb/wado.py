@@ -45,7 +45,7 @@ from dicomweb_server.dicomweb.wado_stream import (
 from dicomweb_server.errors import NotAcceptable, NotFound
 from dicomweb_server.storage import ObjectStore
 from dicomweb_server.web.media import DICOM, DICOM_JSON, MULTIPART, Offer, negotiate_request
-from dicomweb_server.web.multipart import closing, multipart_type, new_boundary, part_head
+from dicomweb_server.web.multipart import PART_END, MultipartWriter
 
 __all__ = ["metadata", "rendered", "retrieve", "retrieve_bulkdata", "retrieve_frames"]
 
@@ -172,33 +172,33 @@ async def retrieve(request: Request) -> Response:
             media_type=ZIP,
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
-    boundary = new_boundary()
+    writer = MultipartWriter(DICOM)
     headers = {}
     if all(syntax == inst.transfer_syntax_uid for inst, syntax in plan):
         # Every part's size is known: a Content-Length spares the chunked framing (and its copies).
-        heads = sum(len(part_head(boundary, f"{DICOM}; transfer-syntax={s}", i.size)) + 2 for i, s in plan)
-        headers["Content-Length"] = str(heads + sum(i.size for i, _ in plan) + len(closing(boundary)))
+        sizes = [(f"{DICOM}; transfer-syntax={syntax}", inst.size) for inst, syntax in plan]
+        headers["Content-Length"] = str(writer.size(sizes))
     return StreamingResponse(
-        read_ahead(await primed(request, _dicom_parts(store, plan, boundary, strict))),
+        read_ahead(await primed(request, _dicom_parts(store, plan, writer, strict))),
         headers=headers,
-        media_type=multipart_type(DICOM, boundary),
+        media_type=writer.media_type,
     )
 
 
 async def _dicom_parts(
-    store: ObjectStore, plan: list[tuple[db.StoredInstance, str]], boundary: str, strict: bool
+    store: ObjectStore, plan: list[tuple[db.StoredInstance, str]], writer: MultipartWriter, strict: bool
 ) -> AsyncIterator[bytes]:
     for inst, syntax in plan:
         part = await _prepare(store, inst, syntax, strict=strict)
-        yield part_head(boundary, f"{DICOM}; transfer-syntax={part.syntax}", part.size)
+        yield writer.head(f"{DICOM}; transfer-syntax={part.syntax}", part.size)
         chunks = part.chunks()
         try:
             async for chunk in chunks:
                 yield chunk
         finally:
             await aclose(chunks)
-        yield b"\r\n"
-    yield closing(boundary)
+        yield PART_END
+    yield writer.end()
 
 
 class _Sink:
@@ -287,8 +287,6 @@ async def metadata(request: Request) -> Response:
         return Response(status_code=304, headers=headers)
     if media != MULTIPART:
         return Response(body, headers=headers, media_type=media)
-    boundary = new_boundary()
-    parts = [part_head(boundary, DICOM_XML) + to_xml(ds) + b"\r\n" for ds in orjson.loads(body)]
-    return Response(
-        b"".join(parts) + closing(boundary), headers=headers, media_type=multipart_type(DICOM_XML, boundary)
-    )
+    writer = MultipartWriter(DICOM_XML)
+    parts = writer.body(to_xml(ds) for ds in orjson.loads(body))
+    return Response(parts, headers=headers, media_type=writer.media_type)

@@ -37,7 +37,7 @@ from dicomweb_server.dicomweb.wado_stream import (
 from dicomweb_server.errors import BadRequest, NotAcceptable, NotFound
 from dicomweb_server.storage import ObjectStore
 from dicomweb_server.web.media import MULTIPART, Offer, negotiate_request
-from dicomweb_server.web.multipart import closing, multipart_type, new_boundary, part_head
+from dicomweb_server.web.multipart import PART_END, MultipartWriter
 
 log = logging.getLogger("dicomweb_server.dicomweb.wado")
 
@@ -182,21 +182,20 @@ async def _frames_response(
         raise NotFound(
             f"Frame {max(numbers)} does not exist: the pixel data holds {len(cache[0][1])} frame(s)"
         )
-    boundary = new_boundary()
-    rest = _frame_parts(store, plan, numbers[1:], boundary, cache)
+    writer = MultipartWriter(first_type.split(";")[0])  # RFC 2387: the parts' type
+    rest = _frame_parts(store, plan, numbers[1:], writer, cache)
     return StreamingResponse(
-        guarded(request, part_head(boundary, first_type, len(first)) + first + b"\r\n", rest),
-        media_type=multipart_type(first_type.split(";")[0], boundary),  # RFC 2387: the parts' type
+        guarded(request, writer.part(first, first_type, length=True), rest), media_type=writer.media_type
     )
 
 
 async def _frame_parts(
-    store: ObjectStore, plan: _Plan, numbers: list[int], boundary: str, cache: _Cache
+    store: ObjectStore, plan: _Plan, numbers: list[int], writer: MultipartWriter, cache: _Cache
 ) -> AsyncIterator[bytes]:
     for n in numbers:
         ctype, data = await _frame(store, plan, n, cache)
-        yield part_head(boundary, ctype, len(data)) + data + b"\r\n"
-    yield closing(boundary)
+        yield writer.part(data, ctype, length=True)
+    yield writer.end()
 
 
 async def _frame(store: ObjectStore, plan: _Plan, n: int, cache: _Cache) -> tuple[str, bytes]:
@@ -322,24 +321,24 @@ async def retrieve_bulkdata(request: Request) -> Response:
         headers["Content-Length"] = str(stop - start)
         body = await primed(request, reader(start, stop))
         return StreamingResponse(body, status, headers, media_type=OCTET)
-    boundary = new_boundary()
-    body = await primed(request, _wrap(reader(start, stop), boundary, stop - start))
-    return StreamingResponse(body, status, headers, media_type=multipart_type(OCTET, boundary))
+    writer = MultipartWriter(OCTET)
+    body = await primed(request, _wrap(reader(start, stop), writer, stop - start))
+    return StreamingResponse(body, status, headers, media_type=writer.media_type)
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def _wrap(chunks: AsyncIterator[bytes], boundary: str, length: int) -> AsyncIterator[bytes]:
-    head = part_head(boundary, OCTET, length)
+async def _wrap(chunks: AsyncIterator[bytes], writer: MultipartWriter, length: int) -> AsyncIterator[bytes]:
+    head = writer.head(OCTET, length)
     try:
         async for chunk in chunks:
             yield head + chunk
             head = b""
     finally:
         await aclose(chunks)
-    yield head + b"\r\n" + closing(boundary)
+    yield head + PART_END + writer.end()
 
 
 async def _value_from_object(store: ObjectStore, inst: db.StoredInstance, path: list[str]) -> bytes:

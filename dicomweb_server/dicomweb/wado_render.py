@@ -20,7 +20,7 @@ from dicomweb_server.dicomweb.wado_stream import read_checked, scope_of
 from dicomweb_server.errors import DicomWebError, NotAcceptable, NotFound
 from dicomweb_server.storage import ObjectStore
 from dicomweb_server.web.media import Offer, negotiate_request
-from dicomweb_server.web.multipart import closing, multipart_type, new_boundary, part_head
+from dicomweb_server.web.multipart import MultipartWriter
 
 log = logging.getLogger("dicomweb_server.dicomweb.wado")
 
@@ -71,9 +71,8 @@ async def rendered(request: Request, *, thumbnail: bool = False) -> Response:
         images = await _each_rendered(store, [i for i in instances if _has_pixels(i)], settings)
     if len(images) == 1:
         return Response(images[0], media_type=media)
-    boundary = new_boundary()
-    body = b"".join(part_head(boundary, media, len(img)) + img + b"\r\n" for img in images)
-    return Response(body + closing(boundary), media_type=multipart_type(media, boundary))
+    writer = MultipartWriter(media)
+    return Response(writer.body(images, length=True), media_type=writer.media_type)
 
 
 async def _first_rendered(
