@@ -28,6 +28,7 @@ from starlette.responses import Response, StreamingResponse
 
 from dicomweb_server import db
 from dicomweb_server.dicom import transcode
+from dicomweb_server.dicom.dicom_json import absolute_bulkdata
 from dicomweb_server.dicom.dicom_xml import to_xml
 from dicomweb_server.dicom.transfer_syntaxes import EXPLICIT_VR_LITTLE_ENDIAN
 from dicomweb_server.dicomweb.wado_frames import retrieve_bulkdata, retrieve_frames
@@ -254,11 +255,6 @@ async def _zip(
 METADATA_OFFERS = [Offer(DICOM_JSON), Offer("application/json"), Offer(MULTIPART, DICOM_XML)]
 
 
-def absolute_bulkdata(text: str, base: str) -> str:
-    """Stored BulkDataURIs are paths ("/dicomweb/..."): make them absolute for this server."""
-    return text.replace('"BulkDataURI": "/dicomweb/', f'"BulkDataURI": "{base}/dicomweb/')
-
-
 def etag(body: bytes, variant: str) -> str:
     return '"' + hashlib.blake2b(body + variant.encode(), digest_size=16).hexdigest() + '"'
 
@@ -279,7 +275,8 @@ async def metadata(request: Request) -> Response:
     text = await db.metadata(state.pool, request.state.tenant, scope.study, scope.series, scope.sop)
     if text is None:
         raise NotFound("No such study, series or instance")
-    body = absolute_bulkdata(text, request.state.base_url).encode()
+    # Stored BulkDataURIs are paths: absolute for the URL this request reached.
+    body = absolute_bulkdata(text.encode(), request.state.base_url)
     media = choice.offer.media_type
     tag = etag(body, media)
     headers = {"ETag": tag, "Cache-Control": "no-cache"}
