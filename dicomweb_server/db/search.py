@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from dicomweb_server.cache import MISSING, TTLCache
 from dicomweb_server.dicom.query import Attr, Condition, Query
 from dicomweb_server.dicom.resources import INSTANCE_METADATA, Level
 
@@ -200,20 +201,14 @@ class PageCache:
     """
 
     def __init__(self, size: int = 10_000):
-        self.size = size
-        self._entries: dict[tuple[object, ...], int] = {}
+        self._entries: TTLCache[tuple[object, ...], int] = TTLCache(size)
 
     def get(self, sig: tuple[object, ...], offset: int) -> int | None:
-        key = (*sig, offset)
-        pk = self._entries.pop(key, None)
-        if pk is not None:
-            self._entries[key] = pk  # most recently used last
-        return pk
+        pk = self._entries.get((*sig, offset))
+        return None if pk is MISSING else pk
 
     def put(self, sig: tuple[object, ...], offset: int, pk: int) -> None:
-        self._entries[(*sig, offset)] = pk
-        while len(self._entries) > self.size:
-            del self._entries[next(iter(self._entries))]
+        self._entries.put((*sig, offset), pk)
 
     def clear(self) -> None:
         """Deletes shift offsets: forget every boundary."""
