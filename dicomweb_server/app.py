@@ -27,7 +27,7 @@ from dicomweb_server.access.audit import REQUEST_ID
 from dicomweb_server.access.ratelimit import Policy, RateLimiter
 from dicomweb_server.db.search import PageCache
 from dicomweb_server.dicom.query import Resource
-from dicomweb_server.dicom.resources import Level, collection, is_valid_uid, template
+from dicomweb_server.dicom.resources import ROOT, Level, collection, is_valid_uid, template
 from dicomweb_server.dicomweb import capabilities, delete, qido, stow, wado
 from dicomweb_server.errors import (
     CLIENT_CLOSED,
@@ -111,14 +111,14 @@ API: list[tuple[str, list[str], Any, str]] = [
 async def retrieve_capabilities(request: Request) -> Response:
     """OPTIONS /dicomweb: PS3.18 §8.9 Retrieve Capabilities, WADL by default or JSON."""
     routes = [(path, method, transaction) for path, methods, _, transaction in API for method in methods]
-    routes.append(("/dicomweb", "OPTIONS", "capabilities"))
+    routes.append((ROOT, "OPTIONS", "capabilities"))
     base = request.state.base_url
     choice = negotiate_request(
         request, [Offer(capabilities.WADL), Offer("application/json"), Offer("application/xml")]
     )
     if choice.offer.media_type == "application/json":
-        return JSONResponse(capabilities.as_json(routes, "/dicomweb", base))
-    return Response(capabilities.wadl(routes, "/dicomweb", base), media_type=choice.offer.media_type)
+        return JSONResponse(capabilities.as_json(routes, ROOT, base))
+    return Response(capabilities.wadl(routes, ROOT, base), media_type=choice.offer.media_type)
 
 
 Handler = access.Handler
@@ -169,7 +169,7 @@ def _routes() -> list[BaseRoute]:
         "/docs": {"GET": service.docs},
         "/healthz": {"GET": healthz},
         "/readyz": {"GET": readyz},
-        "/dicomweb": {"OPTIONS": retrieve_capabilities, "GET": service.home},
+        ROOT: {"OPTIONS": retrieve_capabilities, "GET": service.home},
         "/oauth/token": {"POST": access.token},
         "/.well-known/jwks.json": {"GET": access.jwks},
         "/.well-known/oauth-authorization-server": {"GET": access.metadata},

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dicomweb_server import db
+from dicomweb_server.dicom.resources import Scope
 from dicomweb_server.errors import NotFound, StorageError
 
 log = logging.getLogger(__name__)
@@ -21,8 +22,8 @@ log = logging.getLogger(__name__)
 async def delete(request: Request) -> Response:
     """DELETE /studies/{s}[/series/{se}[/instances/{i}]]: 204, or 404 for an unknown resource."""
     state = request.app.state
-    p = request.path_params
-    keys = await db.delete(state.pool, request.state.tenant, p["study"], p.get("series"), p.get("instance"))
+    scope = Scope.of(request.path_params)
+    keys = await db.delete(state.pool, request.state.tenant, scope.study, scope.series, scope.sop)
     if keys is None:
         raise NotFound("No such study, series or instance")
     for key in keys:
