@@ -17,6 +17,7 @@ from pathlib import Path
 from dicomweb_server import logs, metrics
 from dicomweb_server.access import admin
 from dicomweb_server.access.admin import CommandError
+from dicomweb_server.dicom import resources
 from dicomweb_server.errors import ServiceUnavailable
 from dicomweb_server.settings import Settings
 from dicomweb_server.web import workers
@@ -120,7 +121,7 @@ def walkthrough(base: str, dev: admin.DevClient | None, settings: Settings) -> s
     path = str(get_testdata_file("CT_small.dcm"))
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-    url = f"{base}/dicomweb/studies/{uids[0]}/series/{uids[1]}/instances/{uids[2]}"
+    url = base + resources.path(*uids)
     if dev:
         who = (
             f"# Development tenant '{admin.DEV_TENANT}', client '{dev.client_id}' (every scope); "

@@ -18,16 +18,14 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from dicomweb_server.access import guard as access
 from dicomweb_server.db import pool as db_pool
-from dicomweb_server.dicom import is_valid_uid
-from dicomweb_server.dicom.query import Level, Resource
+from dicomweb_server.dicom.query import Resource
+from dicomweb_server.dicom.resources import ROOT, Level, collection, is_valid_uid, template
 from dicomweb_server.dicomweb import capabilities, delete, qido, stow, wado
 from dicomweb_server.errors import BadRequest, DicomWebError, StorageError
 from dicomweb_server.web import service
-from dicomweb_server.web.media import Offer, negotiate
+from dicomweb_server.web.media import Offer, negotiate_request
 
-STUDY = "/dicomweb/studies/{study}"
-SERIES = STUDY + "/series/{series}"
-INSTANCE = SERIES + "/instances/{instance}"
+STUDY, SERIES, INSTANCE = (template(level) for level in Level)
 
 
 async def healthz(request: Request) -> Response:
@@ -57,12 +55,12 @@ RESOURCES = (STUDY, SERIES, INSTANCE)
 # PS3.18 Table 10.6.1-4: which IE levels each search resource matches on.
 # Each entry: path, methods, handler, and the transaction it serves (for capabilities.py).
 API: list[tuple[str, list[str], Any, str]] = [
-    ("/dicomweb/studies", ["POST"], stow.store_instances, "store"),
+    (collection(Level.STUDY), ["POST"], stow.store_instances, "store"),
     (STUDY, ["POST"], stow.store_instances, "store"),
-    ("/dicomweb/studies", ["GET"], _search(Level.STUDY, Level.STUDY), "search-studies"),
-    ("/dicomweb/series", ["GET"], _search(Level.SERIES, Level.STUDY, Level.SERIES), "search-series"),
+    (collection(Level.STUDY), ["GET"], _search(Level.STUDY, Level.STUDY), "search-studies"),
+    (collection(Level.SERIES), ["GET"], _search(Level.SERIES, Level.STUDY, Level.SERIES), "search-series"),
     (
-        "/dicomweb/instances",
+        collection(Level.INSTANCE),
         ["GET"],
         _search(Level.INSTANCE, Level.STUDY, Level.SERIES, Level.INSTANCE),
         "search-instances",
@@ -93,15 +91,14 @@ API: list[tuple[str, list[str], Any, str]] = [
 async def retrieve_capabilities(request: Request) -> Response:
     """OPTIONS /dicomweb: PS3.18 §8.9 Retrieve Capabilities, WADL by default or JSON."""
     routes = [(path, method, transaction) for path, methods, _, transaction in API for method in methods]
-    routes.append(("/dicomweb", "OPTIONS", "capabilities"))
+    routes.append((ROOT, "OPTIONS", "capabilities"))
     base = request.state.base_url
-    accept = request.query_params.get("accept") or request.headers.get("accept")
-    choice = negotiate(
-        accept, [Offer(capabilities.WADL), Offer("application/json"), Offer("application/xml")]
+    choice = negotiate_request(
+        request, [Offer(capabilities.WADL), Offer("application/json"), Offer("application/xml")]
     )
     if choice.offer.media_type == "application/json":
-        return JSONResponse(capabilities.as_json(routes, "/dicomweb", base))
-    return Response(capabilities.wadl(routes, "/dicomweb", base), media_type=choice.offer.media_type)
+        return JSONResponse(capabilities.as_json(routes, ROOT, base))
+    return Response(capabilities.wadl(routes, ROOT, base), media_type=choice.offer.media_type)
 
 
 Handler = access.Handler
@@ -152,7 +149,7 @@ def _routes() -> list[BaseRoute]:
         "/docs": {"GET": service.docs},
         "/healthz": {"GET": healthz},
         "/readyz": {"GET": readyz},
-        "/dicomweb": {"OPTIONS": retrieve_capabilities, "GET": service.home},
+        ROOT: {"OPTIONS": retrieve_capabilities, "GET": service.home},
         "/oauth/token": {"POST": access.token},
         "/.well-known/jwks.json": {"GET": access.jwks},
         "/.well-known/oauth-authorization-server": {"GET": access.metadata},

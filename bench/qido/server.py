@@ -58,7 +58,7 @@ def series_attrs(meta: dict[str, Any]) -> dict[str, Any]:
 
 def ingest_view(data: bytes) -> dict[str, Any]:
     """What ingest stores for one Part-10 file, via the server's own ``describe``."""
-    from dicomweb_server import dicom
+    from dicomweb_server.dicom import part10 as dicom
     from dicomweb_server.settings import Settings
 
     settings = Settings()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -25,6 +24,7 @@ from dicomweb_server.access import auth, token_endpoint
 from dicomweb_server.access.audit import EVENTS, SECURITY_ALERT, AuditTrail, digest, read_audit
 from dicomweb_server.access.ratelimit import Decision, Policy, RateLimiter
 from dicomweb_server.access.ratelimit import headers as rate_headers
+from dicomweb_server.cache import MISSING, TTLCache
 from dicomweb_server.db import access as access_db
 from dicomweb_server.db.access import ClientRecord
 from dicomweb_server.db.pool import Pool, connection
@@ -106,32 +106,26 @@ class Access:
     limiter: RateLimiter
     default_policy: Policy
     pool: Pool
-    _clients: dict[str, tuple[float, ClientRecord | None]] = field(default_factory=dict)
-    _tenants: dict[str, tuple[float, bool]] = field(default_factory=dict)
+    _clients: TTLCache[str, ClientRecord | None] = field(default_factory=TTLCache)
+    _tenants: TTLCache[str, bool] = field(default_factory=TTLCache)
 
     async def client(self, client_id: str) -> ClientRecord | None:
         """A client record, cached for a few seconds (a disabled client is refused within that)."""
-        now = time.monotonic()
-        cached = self._clients.get(client_id)
-        if cached is not None and now - cached[0] < CLIENT_CACHE_SECONDS:
-            return cached[1]
+        cached = self._clients.get(client_id, CLIENT_CACHE_SECONDS)
+        if cached is not MISSING:
+            return cached
         record = await self.find_client(client_id)
-        if len(self._clients) > 10_000:
-            self._clients.clear()
-        self._clients[client_id] = (now, record)
+        self._clients.put(client_id, record)
         return record
 
     async def tenant_enabled(self, tenant: str) -> bool:
         """Whether a tenant exists and is enabled, cached like client records."""
-        now = time.monotonic()
-        cached = self._tenants.get(tenant)
-        if cached is not None and now - cached[0] < CLIENT_CACHE_SECONDS:
-            return cached[1]
+        cached = self._tenants.get(tenant, CLIENT_CACHE_SECONDS)
+        if cached is not MISSING:
+            return cached
         async with connection(self.pool) as conn:
             enabled = await access_db.tenant_enabled(conn, tenant)
-        if len(self._tenants) > 10_000:
-            self._tenants.clear()
-        self._tenants[tenant] = (now, enabled)
+        self._tenants.put(tenant, enabled)
         return enabled
 
     async def find_client(self, client_id: str) -> ClientRecord | None:

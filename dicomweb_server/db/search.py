@@ -1,30 +1,55 @@
-"""QIDO-RS queries, second half: a parsed ``Query`` → parameterised SQL, and the keyset page cache.  Pure.
+"""QIDO-RS queries, second half: a parsed ``Query`` → parameterised SQL, and the keyset page cache.
 
-Column names come only from ``query.ATTRIBUTES``; every value is a ``$n`` parameter.
+Pure functions of the query model (``dicom.query``) and the index schema: column names come
+only from ``COLUMNS``; every value is a ``$n`` parameter, LIKE metacharacters escaped.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-from dicomweb_server.dicom.query import Attr, Condition, Level, Query, Statements
+from dicomweb_server.cache import MISSING, TTLCache
+from dicomweb_server.dicom.query import Attr, Condition, Query
+from dicomweb_server.dicom.resources import INSTANCE_METADATA, Level
 
-# PS3.18 Table 10.6.3-5: instance attributes every result carries, read from the stored metadata.
-INSTANCE_RETURN = frozenset(
-    {
-        "00080016",
-        "00080018",
-        "00080056",
-        "00080201",
-        "00081190",
-        "00200013",
-        "00280010",
-        "00280011",
-        "00280100",
-        "00280008",
-        "00080005",
-    }
-)
+# The index column that holds each matching attribute (dicom.query.ATTRIBUTES and its sequence
+# attributes), by tag.  Column names go into SQL text: only from this table, never from a request.
+COLUMNS = {
+    "00080020": "st.study_date",
+    "00080030": "st.study_time",
+    "00080050": "st.accession_number",
+    "00080061": "st.modalities",
+    "00080090": "st.referring_physician_folded",
+    "00100010": "st.patient_name_folded",
+    "00100020": "st.patient_id",
+    "00100030": "st.patient_birth_date",
+    "00100040": "st.patient_sex",
+    "0020000D": "st.study_uid",
+    "00200010": "st.study_id",
+    "00081030": "st.study_description",
+    "00080060": "se.modality",
+    "0020000E": "se.series_uid",
+    "00200011": "se.series_number",
+    "0008103E": "se.series_description",
+    "00400244": "se.pps_start_date",
+    "00400245": "se.pps_start_time",
+    "00080016": "i.sop_class_uid",
+    "00080018": "i.sop_uid",
+    "00200013": "i.instance_number",
+    "00400009": "se.scheduled_step_ids",
+    "00401001": "se.requested_procedure_ids",
+}
+
+
+@dataclass(frozen=True)
+class Statements:
+    """A page statement and its count statement, with their parameters (``to_sql`` makes them)."""
+
+    page: str
+    page_args: list[object]
+    count: str
+    count_args: list[object]
 
 
 def _like(pattern: str) -> str:
@@ -43,7 +68,7 @@ class _Args:
 
 
 def _where(c: Condition, args: _Args) -> str:
-    col, a = c.attr.column, c.attr
+    col, a = COLUMNS[c.attr.tag], c.attr
     if a.vr == "PN" and c.kind in ("single", "wildcard") and "=" not in c.values[0]:
         # A name without '=' matches any one of its component groups (alphabetic, ideographic,
         # phonetic); a single value has no wildcard, so its LIKE pattern is the escaped literal.
@@ -77,7 +102,8 @@ def _where(c: Condition, args: _Args) -> str:
             parts.append(f"{col} <= {args.add(high)}")
         return " AND ".join(parts)
     if c.kind == "datetime":
-        d_low, t_low, d_high, t_high, time_col = c.values
+        d_low, t_low, d_high, t_high, time_tag = c.values
+        time_col = COLUMNS[time_tag]
         stamp = f"({col} || coalesce({time_col}, ''))"
         parts = []
         if d_low:
@@ -143,7 +169,7 @@ def to_sql(query: Query, tenant: str, *, after_pk: int | None = None) -> Stateme
     )
     metadata = "i.metadata::text"
     if query.level == Level.INSTANCE and not query.include_all:
-        wanted = sorted(INSTANCE_RETURN | query.returned)
+        wanted = sorted(INSTANCE_METADATA | query.returned)
         metadata = (
             "(SELECT jsonb_object_agg(k, v) FROM jsonb_each(i.metadata) AS m(k, v) "
             f"WHERE k = ANY({args.add(wanted)}::text[]))::text"
@@ -175,20 +201,14 @@ class PageCache:
     """
 
     def __init__(self, size: int = 10_000):
-        self.size = size
-        self._entries: dict[tuple[object, ...], int] = {}
+        self._entries: TTLCache[tuple[object, ...], int] = TTLCache(size)
 
     def get(self, sig: tuple[object, ...], offset: int) -> int | None:
-        key = (*sig, offset)
-        pk = self._entries.pop(key, None)
-        if pk is not None:
-            self._entries[key] = pk  # most recently used last
-        return pk
+        pk = self._entries.get((*sig, offset))
+        return None if pk is MISSING else pk
 
     def put(self, sig: tuple[object, ...], offset: int, pk: int) -> None:
-        self._entries[(*sig, offset)] = pk
-        while len(self._entries) > self.size:
-            del self._entries[next(iter(self._entries))]
+        self._entries.put((*sig, offset), pk)
 
     def clear(self) -> None:
         """Deletes shift offsets: forget every boundary."""

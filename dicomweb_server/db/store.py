@@ -21,13 +21,9 @@ import asyncpg
 import orjson
 
 from dicomweb_server.db.pool import Connection, Pool, Race, in_transaction
-from dicomweb_server.dicom import (
-    DATASET_DOES_NOT_MATCH_SOP_CLASS,
-    DUPLICATE_SOP_INSTANCE,
-    Description,
-    Failure,
-)
 from dicomweb_server.dicom.frames import FrameIndex
+from dicomweb_server.dicom.part10 import Description, Failure
+from dicomweb_server.dicom.status import DATASET_DOES_NOT_MATCH_SOP_CLASS, DUPLICATE_SOP_INSTANCE
 
 # Index columns filled from each instance (dicom_index.index_values); types are for unnest().
 STUDY_COLUMNS = {

@@ -23,26 +23,7 @@ SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
 UNDEFINED = 0xFFFFFFFF
 MAX_OFFSET_TABLE = 1024 * 1024  # a Basic Offset Table larger than this is not kept (4 bytes per frame)
 
-# PS3.18 Table 8.7.3-2 (frames and bulk data): the media type of a frame in each compressed syntax.
-FRAME_MEDIA_TYPES = {
-    "1.2.840.10008.1.2.4.50": "image/jpeg",
-    "1.2.840.10008.1.2.4.51": "image/jpeg",
-    "1.2.840.10008.1.2.4.57": "image/jpeg",
-    "1.2.840.10008.1.2.4.70": "image/jpeg",
-    "1.2.840.10008.1.2.4.80": "image/jls",
-    "1.2.840.10008.1.2.4.81": "image/jls",
-    "1.2.840.10008.1.2.4.90": "image/jp2",
-    "1.2.840.10008.1.2.4.91": "image/jp2",
-    "1.2.840.10008.1.2.4.92": "image/jpx",
-    "1.2.840.10008.1.2.4.93": "image/jpx",
-    "1.2.840.10008.1.2.4.201": "image/jphc",
-    "1.2.840.10008.1.2.4.202": "image/jphc",
-    "1.2.840.10008.1.2.4.203": "image/jphc",
-    "1.2.840.10008.1.2.5": "image/dicom-rle",
-}
 OCTET_STREAM = "application/octet-stream"
-# Native syntaxes whose frames are byte ranges of the object as stored (little endian, not deflated).
-NATIVE_LITTLE_ENDIAN = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
 
 
 @dataclass(frozen=True)

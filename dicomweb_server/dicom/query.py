@@ -1,9 +1,9 @@
-"""QIDO-RS queries (PS3.18 §10.6, PS3.4 C.2.2.2 matching): parse → typed query → SQL.  Pure.
+"""QIDO-RS queries (PS3.18 §10.6, PS3.4 C.2.2.2 matching): a query string → a typed ``Query``.  Pure.
 
 ``parse_query`` turns a raw query string into a ``Query`` or raises ``BadRequest``
-with a readable message; ``query_sql.to_sql`` turns a ``Query`` into one parameterised
-statement.  Column names come only from the ``ATTRIBUTES`` table; every value is
-a ``$n`` parameter.
+with a readable message.  The matching attributes are the ``ATTRIBUTES`` table; which
+index column holds each, and the SQL, are ``db/search.py``'s: this module knows the
+standard, not the schema.
 """
 
 from __future__ import annotations
@@ -11,67 +11,55 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
-from enum import IntEnum
 from urllib.parse import unquote_plus
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from dicomweb_server.dicom import index as dicom_index
-from dicomweb_server.dicom import is_valid_uid
 from dicomweb_server.dicom.index import fold
+from dicomweb_server.dicom.resources import SEGMENTS, Level, is_valid_uid
 from dicomweb_server.errors import BadRequest
-
-
-class Level(IntEnum):
-    STUDY = 1
-    SERIES = 2
-    INSTANCE = 3
 
 
 @dataclass(frozen=True)
 class Attr:
-    """A matching attribute: its tag, VR, IE level and the index column that holds it."""
+    """A matching attribute: its tag, keyword, VR and IE level (PS3.18 Table 10.6.1-5)."""
 
     tag: str
     keyword: str
     vr: str
     level: Level
-    column: str
-    array: bool = False  # the column is text[]: a value matches any element
+    array: bool = False  # multi-valued in the index: a value matches any one of them
 
 
 # PS3.18 Table 10.6.1-5 (required matching attributes) plus a few that integrators ask for.
 ATTRIBUTES = [
-    Attr("00080020", "StudyDate", "DA", Level.STUDY, "st.study_date"),
-    Attr("00080030", "StudyTime", "TM", Level.STUDY, "st.study_time"),
-    Attr("00080050", "AccessionNumber", "SH", Level.STUDY, "st.accession_number"),
-    Attr("00080061", "ModalitiesInStudy", "CS", Level.STUDY, "st.modalities", array=True),
-    Attr("00080090", "ReferringPhysicianName", "PN", Level.STUDY, "st.referring_physician_folded"),
-    Attr("00100010", "PatientName", "PN", Level.STUDY, "st.patient_name_folded"),
-    Attr("00100020", "PatientID", "LO", Level.STUDY, "st.patient_id"),
-    Attr("00100030", "PatientBirthDate", "DA", Level.STUDY, "st.patient_birth_date"),
-    Attr("00100040", "PatientSex", "CS", Level.STUDY, "st.patient_sex"),
-    Attr("0020000D", "StudyInstanceUID", "UI", Level.STUDY, "st.study_uid"),
-    Attr("00200010", "StudyID", "SH", Level.STUDY, "st.study_id"),
-    Attr("00081030", "StudyDescription", "LO", Level.STUDY, "st.study_description"),
-    Attr("00080060", "Modality", "CS", Level.SERIES, "se.modality"),
-    Attr("0020000E", "SeriesInstanceUID", "UI", Level.SERIES, "se.series_uid"),
-    Attr("00200011", "SeriesNumber", "IS", Level.SERIES, "se.series_number"),
-    Attr("0008103E", "SeriesDescription", "LO", Level.SERIES, "se.series_description"),
-    Attr("00400244", "PerformedProcedureStepStartDate", "DA", Level.SERIES, "se.pps_start_date"),
-    Attr("00400245", "PerformedProcedureStepStartTime", "TM", Level.SERIES, "se.pps_start_time"),
-    Attr("00080016", "SOPClassUID", "UI", Level.INSTANCE, "i.sop_class_uid"),
-    Attr("00080018", "SOPInstanceUID", "UI", Level.INSTANCE, "i.sop_uid"),
-    Attr("00200013", "InstanceNumber", "IS", Level.INSTANCE, "i.instance_number"),
+    Attr("00080020", "StudyDate", "DA", Level.STUDY),
+    Attr("00080030", "StudyTime", "TM", Level.STUDY),
+    Attr("00080050", "AccessionNumber", "SH", Level.STUDY),
+    Attr("00080061", "ModalitiesInStudy", "CS", Level.STUDY, array=True),
+    Attr("00080090", "ReferringPhysicianName", "PN", Level.STUDY),
+    Attr("00100010", "PatientName", "PN", Level.STUDY),
+    Attr("00100020", "PatientID", "LO", Level.STUDY),
+    Attr("00100030", "PatientBirthDate", "DA", Level.STUDY),
+    Attr("00100040", "PatientSex", "CS", Level.STUDY),
+    Attr("0020000D", "StudyInstanceUID", "UI", Level.STUDY),
+    Attr("00200010", "StudyID", "SH", Level.STUDY),
+    Attr("00081030", "StudyDescription", "LO", Level.STUDY),
+    Attr("00080060", "Modality", "CS", Level.SERIES),
+    Attr("0020000E", "SeriesInstanceUID", "UI", Level.SERIES),
+    Attr("00200011", "SeriesNumber", "IS", Level.SERIES),
+    Attr("0008103E", "SeriesDescription", "LO", Level.SERIES),
+    Attr("00400244", "PerformedProcedureStepStartDate", "DA", Level.SERIES),
+    Attr("00400245", "PerformedProcedureStepStartTime", "TM", Level.SERIES),
+    Attr("00080016", "SOPClassUID", "UI", Level.INSTANCE),
+    Attr("00080018", "SOPInstanceUID", "UI", Level.INSTANCE),
+    Attr("00200013", "InstanceNumber", "IS", Level.INSTANCE),
 ]
 # Sequence matching (PS3.4 C.2.2.2.6): RequestAttributesSequence items, one index array per key.
 SEQUENCE_ATTRIBUTES = {
-    ("00400275", "00400009"): Attr(
-        "00400009", "ScheduledProcedureStepID", "SH", Level.SERIES, "se.scheduled_step_ids", array=True
-    ),
-    ("00400275", "00401001"): Attr(
-        "00401001", "RequestedProcedureID", "SH", Level.SERIES, "se.requested_procedure_ids", array=True
-    ),
+    ("00400275", "00400009"): Attr("00400009", "ScheduledProcedureStepID", "SH", Level.SERIES, array=True),
+    ("00400275", "00401001"): Attr("00401001", "RequestedProcedureID", "SH", Level.SERIES, array=True),
 }
 _BY_TAG = {a.tag: a for a in ATTRIBUTES}
 REQUEST_ATTRIBUTES = "00400275"
@@ -104,16 +92,6 @@ class Query:
     include_all: bool = False
     limit: int = 100
     offset: int = 0
-
-
-@dataclass(frozen=True)
-class Statements:
-    """A page statement and its count statement, with their parameters (query_sql.to_sql makes them)."""
-
-    page: str
-    page_args: list[object]
-    count: str
-    count_args: list[object]
 
 
 def _pairs(raw: str) -> list[tuple[str, str]]:
@@ -201,6 +179,8 @@ def parse_query(
             if value not in ("true", "false"):
                 raise BadRequest("fuzzymatching must be 'true' or 'false'")
             fuzzy = value == "true"
+        elif name in NEGOTIATION:
+            continue  # read by the handler's content negotiation (PS3.18 §8.3.3.1), not a match
         elif name == "includefield":
             for item in (v.strip() for v in value.split(",")):
                 if item == "all":
@@ -248,6 +228,8 @@ def parse_query(
 
 
 _ONCE = ("limit", "offset", "fuzzymatching")
+# PS3.18 Table 8.3.3.1-2: the ``accept`` query parameter overrides the Accept header.
+NEGOTIATION = frozenset({"accept"})
 
 
 def _include_tag(item: str) -> str:
@@ -296,9 +278,7 @@ def _match_attribute(name: str, resource: Resource) -> tuple[Attr, list[str]]:
         raise BadRequest(f"Attribute path {name} is too deep")
     if attr.level not in resource.accepts and attr.level > min(resource.accepts):
         level = attr.level.name.lower()
-        searched = {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "instances"}[
-            resource.level
-        ]
+        searched = SEGMENTS[resource.level]
         raise BadRequest(
             f"{attr.keyword} is {'an' if level[0] == 'i' else 'a'} {level}-level attribute; "
             f"this resource searches {searched} and cannot match on it"
@@ -405,7 +385,7 @@ def _combine_datetime(conditions: list[Condition]) -> list[Condition]:
             out.remove(t)
             out.append(
                 Condition(
-                    d.attr, "datetime", (d.values[0], t.values[0], d.values[1], t.values[1], t.attr.column)
+                    d.attr, "datetime", (d.values[0], t.values[0], d.values[1], t.values[1], t.attr.tag)
                 )
             )
     return out

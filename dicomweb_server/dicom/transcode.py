@@ -35,42 +35,19 @@ from pydicom.pixels.utils import get_nr_frames, pack_bits
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from dicomweb_server.dicom.dicom_json import raw_elements
-
-# PS3.5 §10 and Annex A: the native transfer syntaxes.
-IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
-DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
-EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"  # retired, still found in archives
-NATIVE = frozenset(
-    {
-        IMPLICIT_VR_LITTLE_ENDIAN,
-        EXPLICIT_VR_LITTLE_ENDIAN,
-        DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
-        EXPLICIT_VR_BIG_ENDIAN,
-    }
+from dicomweb_server.dicom.transfer_syntaxes import (
+    COMPRESSED,
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    NATIVE,
 )
-# Native little endian: a frame's bytes are already what PS3.18 octet-stream frames carry.
+
+# Native little endian (deflated too): a frame's bytes are already what PS3.18 octet-stream frames carry.
 _NATIVE_LITTLE_ENDIAN = NATIVE - {EXPLICIT_VR_BIG_ENDIAN}
 
 # The syntaxes this module writes (PS3.18 §8.7.3.5.2: Explicit VR LE is the default).
 TARGETS = frozenset({EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN})
-
-# PS3.5 Annex A.4: compressed syntaxes that a pydicom decoder exists for.  Which of
-# them decode here depends on the installed plugins: see ``decodable_syntaxes()``.
-COMPRESSED: Mapping[str, str] = {
-    "1.2.840.10008.1.2.4.50": "JPEG Baseline (Process 1)",
-    "1.2.840.10008.1.2.4.51": "JPEG Extended (Process 2 & 4)",
-    "1.2.840.10008.1.2.4.57": "JPEG Lossless, Non-Hierarchical (Process 14)",
-    "1.2.840.10008.1.2.4.70": "JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14 SV1)",
-    "1.2.840.10008.1.2.4.80": "JPEG-LS Lossless",
-    "1.2.840.10008.1.2.4.81": "JPEG-LS Lossy (Near-Lossless)",
-    "1.2.840.10008.1.2.4.90": "JPEG 2000 (Lossless Only)",
-    "1.2.840.10008.1.2.4.91": "JPEG 2000",
-    "1.2.840.10008.1.2.4.201": "High-Throughput JPEG 2000 (Lossless Only)",
-    "1.2.840.10008.1.2.4.202": "High-Throughput JPEG 2000 with RPCL Options (Lossless Only)",
-    "1.2.840.10008.1.2.4.203": "High-Throughput JPEG 2000",
-    "1.2.840.10008.1.2.5": "RLE Lossless",
-}
 
 # PS3.5 §7.3 / Table 6.2-1: binary VRs whose values are words of this many bytes.
 _WORD_SIZE = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}

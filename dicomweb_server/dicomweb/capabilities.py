@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 from xml.etree.ElementTree import Element, SubElement, tostring
 
-from dicomweb_server.dicom.query import ATTRIBUTES, Level
+from dicomweb_server.dicom.query import ATTRIBUTES
+from dicomweb_server.dicom.resources import Level
 
 WADL = "application/vnd.sun.wadl+xml"
 WADL_NS = "http://wadl.dev.java.net/2009/02"

@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from dicomweb_server.db import delete as index
 from dicomweb_server.db.pool import transaction
+from dicomweb_server.dicom.resources import Scope
 from dicomweb_server.errors import NotFound, StorageError
 
 log = logging.getLogger(__name__)
@@ -22,9 +23,9 @@ log = logging.getLogger(__name__)
 async def delete(request: Request) -> Response:
     """DELETE /studies/{s}[/series/{se}[/instances/{i}]]: 204, or 404 for an unknown resource."""
     state = request.app.state
-    p = request.path_params
+    scope = Scope.of(request.path_params)
     async with transaction(state.pool) as conn:
-        keys = await index.delete(conn, request.state.tenant, p["study"], p.get("series"), p.get("instance"))
+        keys = await index.delete(conn, request.state.tenant, scope.study, scope.series, scope.sop)
     if keys is None:
         raise NotFound("No such study, series or instance")
     for key in keys:

@@ -11,8 +11,8 @@ from dicomweb_server.db.search import PageCache, search_page, signature, to_sql
 from dicomweb_server.dicom.dicom_xml import to_xml
 from dicomweb_server.dicom.query import Resource, parse_query
 from dicomweb_server.dicomweb.results import remaining_warning, result
-from dicomweb_server.web.media import DICOM_JSON, MULTIPART, Offer, negotiate
-from dicomweb_server.web.multipart import closing, multipart_type, new_boundary, part_head
+from dicomweb_server.web.media import DICOM_JSON, MULTIPART, Offer, negotiate_request
+from dicomweb_server.web.multipart import MultipartWriter
 
 DICOM_XML = "application/dicom+xml"
 OFFERS = [Offer(DICOM_JSON), Offer("application/json"), Offer(MULTIPART, DICOM_XML)]
@@ -22,7 +22,7 @@ async def search(request: Request, resource: Resource) -> Response:
     """GET /studies, /series, /instances and their study/series-scoped forms."""
     state = request.app.state
     settings = state.settings
-    choice = negotiate(request.headers.get("accept"), OFFERS)
+    choice = negotiate_request(request, OFFERS)
     p = request.path_params
     query = parse_query(
         request.url.query,
@@ -46,9 +46,6 @@ async def search(request: Request, resource: Resource) -> Response:
     if total is not None:
         headers["Warning"] = remaining_warning(base, total - query.offset - len(rows))
     if choice.offer.media_type == MULTIPART:
-        boundary = new_boundary()
-        body = b"".join(part_head(boundary, DICOM_XML) + to_xml(r) + b"\r\n" for r in results)
-        return Response(
-            body + closing(boundary), 200, headers, media_type=multipart_type(DICOM_XML, boundary)
-        )
+        writer = MultipartWriter(DICOM_XML)
+        return Response(writer.body(to_xml(r) for r in results), 200, headers, media_type=writer.media_type)
     return Response(orjson.dumps(results), 200, headers, media_type=choice.offer.media_type)

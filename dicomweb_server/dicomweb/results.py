@@ -6,46 +6,18 @@ from typing import Any
 
 import orjson
 
-from dicomweb_server.dicom.query import Level, Query
+from dicomweb_server.dicom.query import Query
+from dicomweb_server.dicom.resources import (
+    CONDITIONAL,
+    INSTANCE_RETURN,
+    SERIES_RETURN,
+    STUDY_RETURN,
+    Level,
+    path,
+)
 
-# PS3.18 Tables 10.6.3-3/-4/-5: attributes every result carries (empty when unknown).
-STUDY_RETURN = {
-    "00080020": "DA",
-    "00080030": "TM",
-    "00080050": "SH",
-    "00080056": "CS",
-    "00080061": "CS",
-    "00080090": "PN",
-    "00081190": "UR",
-    "00100010": "PN",
-    "00100020": "LO",
-    "00100030": "DA",
-    "00100040": "CS",
-    "0020000D": "UI",
-    "00200010": "SH",
-    "00201206": "IS",
-    "00201208": "IS",
-}
-SERIES_RETURN = {
-    "00080060": "CS",
-    "00081190": "UR",
-    "0020000E": "UI",
-    "00200011": "IS",
-    "00201209": "IS",
-}
-_INSTANCE_RETURN_VR = {"00080016": "UI", "00080018": "UI", "00200013": "IS", "00081190": "UR"}
-CONDITIONAL = {
-    "00080005",
-    "00080201",
-    "0008103E",
-    "00400244",
-    "00400245",
-    "00400275",
-    "00280010",
-    "00280011",
-    "00280100",
-    "00280008",
-}
+# Table 10.6.3-5 rows every instance result carries (the conditional ones only when stored).
+_INSTANCE_ALWAYS = {tag: vr for tag, vr in INSTANCE_RETURN.items() if tag not in CONDITIONAL}
 
 
 # ---------------------------------------------------------------------------
@@ -63,7 +35,7 @@ def _pick(attrs: dict[str, object], wanted: set[str] | None) -> dict[str, object
 def result(query: Query, row: dict[str, Any], base: str) -> dict[str, object]:
     """One DICOM JSON result object for ``row`` of ``to_sql``'s page statement."""
     wanted = None if query.include_all else set(query.returned) | CONDITIONAL
-    study_url = f"{base}/dicomweb/studies/{row['study_uid']}"
+    study_url = base + path(row["study_uid"])
     out: dict[str, object] = {tag: {"vr": vr} for tag, vr in STUDY_RETURN.items()}
     out.update(
         _pick(orjson.loads(row["study_attrs"]), None if wanted is None else wanted | set(STUDY_RETURN))
@@ -75,7 +47,7 @@ def result(query: Query, row: dict[str, Any], base: str) -> dict[str, object]:
     out["00080056"] = _value("CS", ["ONLINE"])
     out["00081190"] = _value("UR", [study_url])
     if query.level >= Level.SERIES:
-        series_url = f"{study_url}/series/{row['series_uid']}"
+        series_url = base + path(row["study_uid"], row["series_uid"])
         out.update({tag: {"vr": vr} for tag, vr in SERIES_RETURN.items()})
         out.update(
             _pick(orjson.loads(row["series_attrs"]), None if wanted is None else wanted | set(SERIES_RETURN))
@@ -83,12 +55,12 @@ def result(query: Query, row: dict[str, Any], base: str) -> dict[str, object]:
         out["00201209"] = _value("IS", [row["num_instances"]])
         out["00081190"] = _value("UR", [series_url])
         if query.level == Level.INSTANCE:
-            out.update({tag: {"vr": vr} for tag, vr in _INSTANCE_RETURN_VR.items()})
+            out.update({tag: {"vr": vr} for tag, vr in _INSTANCE_ALWAYS.items()})
             metadata = orjson.loads(row["metadata"] or "{}")
             out.update({k: v for k, v in metadata.items() if "BulkDataURI" not in v})
             out["00080056"] = _value("CS", ["ONLINE"])
             out["00083002"] = _value("UI", [row["transfer_syntax_uid"]])
-            out["00081190"] = _value("UR", [f"{series_url}/instances/{row['sop_uid']}"])
+            out["00081190"] = _value("UR", [base + path(row["study_uid"], row["series_uid"], row["sop_uid"])])
     return dict(sorted(out.items()))
 
 

@@ -18,7 +18,8 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from dicomweb_server import metrics
-from dicomweb_server.dicom import Failure
+from dicomweb_server.dicom import resources
+from dicomweb_server.dicom.part10 import Failure
 from dicomweb_server.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from dicomweb_server.ingest.origin import STOW_RS, Origin
 from dicomweb_server.ingest.outcome import Outcome
@@ -140,7 +141,7 @@ def store_result(base: str, expected_study: str | None, outcome: Outcome) -> Sto
     stored, failed = outcome.stored, list(outcome.failed)
     studies = outcome.studies or ({expected_study} if expected_study else set())
     study = next(iter(studies)) if len(studies) == 1 else None
-    study_url = f"{base}/dicomweb/studies/{study}" if study else None
+    study_url = base + resources.path(study) if study else None
     metrics.stow_result(len(stored), sum(s.size for s in stored), [f.reason for f in failed])
     body = store_response(base, study_url, stored, failed)
     status = 200 if not failed else 202 if stored else 409
@@ -163,7 +164,7 @@ def store_response(
                     "00081190": {
                         "vr": "UR",
                         "Value": [
-                            f"{base}/dicomweb/studies/{h.study_uid}/series/{h.series_uid}/instances/{h.sop_uid}"
+                            base + resources.path(h.study_uid, h.series_uid, h.sop_uid)
                         ],
                     },
                 }

@@ -30,11 +30,12 @@ from dicomweb_server.db import retrieve as index
 from dicomweb_server.db.pool import connection
 from dicomweb_server.db.retrieve import StoredInstance
 from dicomweb_server.dicom import transcode
+from dicomweb_server.dicom.dicom_json import absolute_bulkdata
 from dicomweb_server.dicom.dicom_xml import to_xml
+from dicomweb_server.dicom.transfer_syntaxes import EXPLICIT_VR_LITTLE_ENDIAN
 from dicomweb_server.dicomweb.wado_frames import retrieve_bulkdata, retrieve_frames
 from dicomweb_server.dicomweb.wado_render import rendered
 from dicomweb_server.dicomweb.wado_stream import (
-    accept_of,
     aclose,
     first_chunk,
     guarded,
@@ -46,8 +47,8 @@ from dicomweb_server.dicomweb.wado_stream import (
 )
 from dicomweb_server.errors import NotAcceptable, NotFound
 from dicomweb_server.storage.base import ObjectStore
-from dicomweb_server.web.media import DICOM, DICOM_JSON, MULTIPART, Offer, negotiate
-from dicomweb_server.web.multipart import closing, multipart_type, new_boundary, part_head
+from dicomweb_server.web.media import DICOM, DICOM_JSON, MULTIPART, Offer, negotiate_request
+from dicomweb_server.web.multipart import PART_END, MultipartWriter
 
 __all__ = ["metadata", "rendered", "retrieve", "retrieve_bulkdata", "retrieve_frames"]
 
@@ -55,7 +56,7 @@ log = logging.getLogger("dicomweb_server.dicomweb.wado")
 
 ZIP = "application/zip"
 DICOM_XML = "application/dicom+xml"
-EVRLE = transcode.EXPLICIT_VR_LITTLE_ENDIAN
+EVRLE = EXPLICIT_VR_LITTLE_ENDIAN
 
 
 # -- instances ----------------------------------------------------------------------
@@ -154,7 +155,7 @@ async def retrieve(request: Request) -> Response:
     if scope.sop is not None:
         offers.append(Offer(DICOM))
     limit = state.settings.max_transcode_bytes
-    choice = negotiate(accept_of(request), offers, _producible(instances, limit))
+    choice = negotiate_request(request, offers, _producible(instances, limit))
     plan = [(i, _wanted_syntax(i, choice.transfer_syntax, limit)) for i in instances]
     # One instance asked for in an explicit syntax: a 406 if it does not convert after all.
     strict = scope.sop is not None and choice.transfer_syntax not in (None, "*")
@@ -175,33 +176,33 @@ async def retrieve(request: Request) -> Response:
             media_type=ZIP,
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
-    boundary = new_boundary()
+    writer = MultipartWriter(DICOM)
     headers = {}
     if all(syntax == inst.transfer_syntax_uid for inst, syntax in plan):
         # Every part's size is known: a Content-Length spares the chunked framing (and its copies).
-        heads = sum(len(part_head(boundary, f"{DICOM}; transfer-syntax={s}", i.size)) + 2 for i, s in plan)
-        headers["Content-Length"] = str(heads + sum(i.size for i, _ in plan) + len(closing(boundary)))
+        sizes = [(f"{DICOM}; transfer-syntax={syntax}", inst.size) for inst, syntax in plan]
+        headers["Content-Length"] = str(writer.size(sizes))
     return StreamingResponse(
-        read_ahead(await primed(request, _dicom_parts(store, plan, boundary, strict))),
+        read_ahead(await primed(request, _dicom_parts(store, plan, writer, strict))),
         headers=headers,
-        media_type=multipart_type(DICOM, boundary),
+        media_type=writer.media_type,
     )
 
 
 async def _dicom_parts(
-    store: ObjectStore, plan: list[tuple[StoredInstance, str]], boundary: str, strict: bool
+    store: ObjectStore, plan: list[tuple[StoredInstance, str]], writer: MultipartWriter, strict: bool
 ) -> AsyncIterator[bytes]:
     for inst, syntax in plan:
         part = await _prepare(store, inst, syntax, strict=strict)
-        yield part_head(boundary, f"{DICOM}; transfer-syntax={part.syntax}", part.size)
+        yield writer.head(f"{DICOM}; transfer-syntax={part.syntax}", part.size)
         chunks = part.chunks()
         try:
             async for chunk in chunks:
                 yield chunk
         finally:
             await aclose(chunks)
-        yield b"\r\n"
-    yield closing(boundary)
+        yield PART_END
+    yield writer.end()
 
 
 class _Sink:
@@ -257,11 +258,6 @@ async def _zip(
 METADATA_OFFERS = [Offer(DICOM_JSON), Offer("application/json"), Offer(MULTIPART, DICOM_XML)]
 
 
-def absolute_bulkdata(text: str, base: str) -> str:
-    """Stored BulkDataURIs are paths ("/dicomweb/..."): make them absolute for this server."""
-    return text.replace('"BulkDataURI": "/dicomweb/', f'"BulkDataURI": "{base}/dicomweb/')
-
-
 def etag(body: bytes, variant: str) -> str:
     return '"' + hashlib.blake2b(body + variant.encode(), digest_size=16).hexdigest() + '"'
 
@@ -277,13 +273,14 @@ def not_modified(if_none_match: str | None, tag: str) -> bool:
 async def metadata(request: Request) -> Response:
     """GET {study|series|instance}/metadata: the DICOM JSON kept at ingest, no object read."""
     state = request.app.state
-    choice = negotiate(accept_of(request), METADATA_OFFERS)
+    choice = negotiate_request(request, METADATA_OFFERS)
     scope = scope_of(request)
     async with connection(state.pool) as conn:
         text = await index.metadata(conn, request.state.tenant, scope.study, scope.series, scope.sop)
     if text is None:
         raise NotFound("No such study, series or instance")
-    body = absolute_bulkdata(text, request.state.base_url).encode()
+    # Stored BulkDataURIs are paths: absolute for the URL this request reached.
+    body = absolute_bulkdata(text.encode(), request.state.base_url)
     media = choice.offer.media_type
     tag = etag(body, media)
     headers = {"ETag": tag, "Cache-Control": "no-cache"}
@@ -291,8 +288,6 @@ async def metadata(request: Request) -> Response:
         return Response(status_code=304, headers=headers)
     if media != MULTIPART:
         return Response(body, headers=headers, media_type=media)
-    boundary = new_boundary()
-    parts = [part_head(boundary, DICOM_XML) + to_xml(ds) + b"\r\n" for ds in orjson.loads(body)]
-    return Response(
-        b"".join(parts) + closing(boundary), headers=headers, media_type=multipart_type(DICOM_XML, boundary)
-    )
+    writer = MultipartWriter(DICOM_XML)
+    parts = writer.body(to_xml(ds) for ds in orjson.loads(body))
+    return Response(parts, headers=headers, media_type=writer.media_type)

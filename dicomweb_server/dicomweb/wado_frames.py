@@ -18,12 +18,16 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from dicomweb_server import dicom
 from dicomweb_server.db.pool import connection
 from dicomweb_server.db.retrieve import StoredInstance, find_instance
 from dicomweb_server.dicom import frames, transcode
+from dicomweb_server.dicom import part10 as dicom
+from dicomweb_server.dicom.transfer_syntaxes import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    FRAME_MEDIA_TYPES,
+    PLAIN_LITTLE_ENDIAN,
+)
 from dicomweb_server.dicomweb.wado_stream import (
-    accept_of,
     aclose,
     guarded,
     primed,
@@ -33,13 +37,13 @@ from dicomweb_server.dicomweb.wado_stream import (
 )
 from dicomweb_server.errors import BadRequest, NotAcceptable, NotFound
 from dicomweb_server.storage.base import ObjectStore
-from dicomweb_server.web.media import MULTIPART, Offer, negotiate
-from dicomweb_server.web.multipart import closing, multipart_type, new_boundary, part_head
+from dicomweb_server.web.media import MULTIPART, Offer, negotiate_request
+from dicomweb_server.web.multipart import PART_END, MultipartWriter
 
 log = logging.getLogger("dicomweb_server.dicomweb.wado")
 
 OCTET = frames.OCTET_STREAM
-EVRLE = transcode.EXPLICIT_VR_LITTLE_ENDIAN
+EVRLE = EXPLICIT_VR_LITTLE_ENDIAN
 PIXEL_DATA = ("7FE00010", "7FE00008", "7FE00009")  # Pixel Data, Float and Double Float Pixel Data
 
 
@@ -52,7 +56,7 @@ class FrameSource:
 
     @property
     def encapsulated(self) -> bool:
-        return self.inst.transfer_syntax_uid in frames.FRAME_MEDIA_TYPES
+        return self.inst.transfer_syntax_uid in FRAME_MEDIA_TYPES
 
     @property
     def count(self) -> int:
@@ -65,7 +69,7 @@ class FrameSource:
         pixel data holds): a frame the pixel data does not hold is a 404, never an IndexError.
         """
         syntax = self.inst.transfer_syntax_uid
-        if not self.encapsulated and syntax not in frames.NATIVE_LITTLE_ENDIAN:
+        if not self.encapsulated and syntax not in PLAIN_LITTLE_ENDIAN:
             return None  # big endian or deflated: the stored bytes are not the frame's bytes
         length = 0 if self.encapsulated else transcode.native_frame_length(self.info)
         if not self.encapsulated and (self.info.bits_allocated == 1 and length * 8 != self._bits()):
@@ -105,7 +109,7 @@ def _source_of(inst: StoredInstance) -> FrameSource:
 
 
 def _frame_offers(source: FrameSource) -> list[Offer]:
-    native = frames.FRAME_MEDIA_TYPES.get(source.inst.transfer_syntax_uid)
+    native = FRAME_MEDIA_TYPES.get(source.inst.transfer_syntax_uid)
     return [Offer(MULTIPART, OCTET)] + ([Offer(MULTIPART, native)] if native else [])
 
 
@@ -118,7 +122,7 @@ def _frame_producible(source: FrameSource) -> Callable[[Offer, str | None], bool
         # Uncompressed frames carry no VR: either little-endian native syntax names them.
         return (
             offer.part_type == OCTET
-            and syntax in frames.NATIVE_LITTLE_ENDIAN
+            and syntax in PLAIN_LITTLE_ENDIAN
             and (not source.encapsulated or transcode.can_transcode(stored, EVRLE))
         )
 
@@ -146,7 +150,7 @@ class _Plan:
     @property
     def stored_ctype(self) -> str:
         stored = self.source.inst.transfer_syntax_uid
-        return f"{frames.FRAME_MEDIA_TYPES[stored]}; transfer-syntax={stored}"
+        return f"{FRAME_MEDIA_TYPES[stored]}; transfer-syntax={stored}"
 
 
 async def _frames_response(
@@ -156,7 +160,7 @@ async def _frames_response(
         if n > source.count:
             raise NotFound(f"Frame {n} does not exist: the instance has {source.count} frame(s)")
         source.ranges(n)  # a frame the pixel data does not hold is a 404 now, not mid-stream
-    choice = negotiate(accept_of(request), _frame_offers(source), _frame_producible(source))
+    choice = negotiate_request(request, _frame_offers(source), _frame_producible(source))
     stored = source.inst.transfer_syntax_uid
     # As stored when asked (``*``, the stored syntax, the native type); otherwise uncompressed.
     as_stored = (
@@ -168,7 +172,7 @@ async def _frames_response(
     if as_stored and source.encapsulated:
         ctype = f"{choice.offer.part_type}; transfer-syntax={stored}"
         if choice.offer.part_type == OCTET:
-            ctype = f"{frames.FRAME_MEDIA_TYPES[stored]}; transfer-syntax={stored}"
+            ctype = f"{FRAME_MEDIA_TYPES[stored]}; transfer-syntax={stored}"
     else:
         ctype = f"{OCTET}; transfer-syntax={EVRLE}"
     plan = _Plan(source, as_stored, ctype, strict=choice.transfer_syntax is not None)
@@ -180,21 +184,20 @@ async def _frames_response(
         raise NotFound(
             f"Frame {max(numbers)} does not exist: the pixel data holds {len(cache[0][1])} frame(s)"
         )
-    boundary = new_boundary()
-    rest = _frame_parts(store, plan, numbers[1:], boundary, cache)
+    writer = MultipartWriter(first_type.split(";")[0])  # RFC 2387: the parts' type
+    rest = _frame_parts(store, plan, numbers[1:], writer, cache)
     return StreamingResponse(
-        guarded(request, part_head(boundary, first_type, len(first)) + first + b"\r\n", rest),
-        media_type=multipart_type(first_type.split(";")[0], boundary),  # RFC 2387: the parts' type
+        guarded(request, writer.part(first, first_type, length=True), rest), media_type=writer.media_type
     )
 
 
 async def _frame_parts(
-    store: ObjectStore, plan: _Plan, numbers: list[int], boundary: str, cache: _Cache
+    store: ObjectStore, plan: _Plan, numbers: list[int], writer: MultipartWriter, cache: _Cache
 ) -> AsyncIterator[bytes]:
     for n in numbers:
         ctype, data = await _frame(store, plan, n, cache)
-        yield part_head(boundary, ctype, len(data)) + data + b"\r\n"
-    yield closing(boundary)
+        yield writer.part(data, ctype, length=True)
+    yield writer.end()
 
 
 async def _frame(store: ObjectStore, plan: _Plan, n: int, cache: _Cache) -> tuple[str, bytes]:
@@ -290,11 +293,11 @@ async def retrieve_bulkdata(request: Request) -> Response:
     path = request.path_params["path"].strip("/").split("/")
     if not all((_INDEX if k % 2 else _TAG).fullmatch(step) for k, step in enumerate(path)):
         raise NotFound("No such bulk data: a path is tags (8 hex digits) and item numbers, by turns")
-    choice = negotiate(accept_of(request), BULK_OFFERS)
+    choice = negotiate_request(request, BULK_OFFERS)
     store: ObjectStore = request.app.state.store
     pixels = len(path) == 1 and path[0].upper() in PIXEL_DATA
     inst = await _find(request, metadata=pixels)
-    if pixels and inst.transfer_syntax_uid in frames.FRAME_MEDIA_TYPES:
+    if pixels and inst.transfer_syntax_uid in FRAME_MEDIA_TYPES:
         # Compressed Pixel Data has no single value: its frames, as stored (PS3.18 §8.7.3.3.2).
         source = _source_of(inst)
         return await _frames_response(request, source, list(range(1, source.count + 1)), as_stored=True)
@@ -320,24 +323,24 @@ async def retrieve_bulkdata(request: Request) -> Response:
         headers["Content-Length"] = str(stop - start)
         body = await primed(request, reader(start, stop))
         return StreamingResponse(body, status, headers, media_type=OCTET)
-    boundary = new_boundary()
-    body = await primed(request, _wrap(reader(start, stop), boundary, stop - start))
-    return StreamingResponse(body, status, headers, media_type=multipart_type(OCTET, boundary))
+    writer = MultipartWriter(OCTET)
+    body = await primed(request, _wrap(reader(start, stop), writer, stop - start))
+    return StreamingResponse(body, status, headers, media_type=writer.media_type)
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def _wrap(chunks: AsyncIterator[bytes], boundary: str, length: int) -> AsyncIterator[bytes]:
-    head = part_head(boundary, OCTET, length)
+async def _wrap(chunks: AsyncIterator[bytes], writer: MultipartWriter, length: int) -> AsyncIterator[bytes]:
+    head = writer.head(OCTET, length)
     try:
         async for chunk in chunks:
             yield head + chunk
             head = b""
     finally:
         await aclose(chunks)
-    yield head + b"\r\n" + closing(boundary)
+    yield head + PART_END + writer.end()
 
 
 async def _value_from_object(store: ObjectStore, inst: StoredInstance, path: list[str]) -> bytes:

@@ -17,11 +17,11 @@ from starlette.responses import Response
 from dicomweb_server.db.pool import connection
 from dicomweb_server.db.retrieve import StoredInstance, find_instances
 from dicomweb_server.dicom import frames, render
-from dicomweb_server.dicomweb.wado_stream import accept_of, read_checked, scope_of
+from dicomweb_server.dicomweb.wado_stream import read_checked, scope_of
 from dicomweb_server.errors import DicomWebError, NotAcceptable, NotFound
 from dicomweb_server.storage.base import ObjectStore
-from dicomweb_server.web.media import Offer, negotiate
-from dicomweb_server.web.multipart import closing, multipart_type, new_boundary, part_head
+from dicomweb_server.web.media import Offer, negotiate_request
+from dicomweb_server.web.multipart import MultipartWriter
 
 log = logging.getLogger("dicomweb_server.dicomweb.wado")
 
@@ -53,7 +53,7 @@ async def rendered(request: Request, *, thumbnail: bool = False) -> Response:
     scope = scope_of(request)
     listed = request.path_params.get("frames")
     numbers = frames.parse_frame_list(listed) if listed is not None else [1]
-    choice = negotiate(accept_of(request), RENDER_OFFERS)
+    choice = negotiate_request(request, RENDER_OFFERS)
     media = choice.offer.media_type
     params = dict(request.query_params)
     settings = render.thumbnail_params(params, media) if thumbnail else render.parse_params(params, media)
@@ -71,9 +71,8 @@ async def rendered(request: Request, *, thumbnail: bool = False) -> Response:
         images = await _each_rendered(store, [i for i in instances if _has_pixels(i)], settings)
     if len(images) == 1:
         return Response(images[0], media_type=media)
-    boundary = new_boundary()
-    body = b"".join(part_head(boundary, media, len(img)) + img + b"\r\n" for img in images)
-    return Response(body + closing(boundary), media_type=multipart_type(media, boundary))
+    writer = MultipartWriter(media)
+    return Response(writer.body(images, length=True), media_type=writer.media_type)
 
 
 async def _first_rendered(

@@ -16,34 +16,20 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from starlette.requests import Request
 
 from dicomweb_server.db.retrieve import StoredInstance
+from dicomweb_server.dicom.resources import Scope
 from dicomweb_server.errors import DicomWebError
 from dicomweb_server.storage.base import ObjectStore
 
 log = logging.getLogger("dicomweb_server.dicomweb.wado")
 
 
-@dataclass(frozen=True)
-class Scope:
-    """The resource a request names: a study, a series of it, or an instance of that."""
-
-    study: str
-    series: str | None = None
-    sop: str | None = None
-
-
 def scope_of(request: Request) -> Scope:
-    p = request.path_params
-    return Scope(p["study"], p.get("series"), p.get("instance"))
-
-
-def accept_of(request: Request) -> str | None:
-    """The ``accept`` query parameter overrides the Accept header (PS3.18 Table 8.3.3.1-2)."""
-    return request.query_params.get("accept") or request.headers.get("accept")
+    """The study, series or instance the route's path names."""
+    return Scope.of(request.path_params)
 
 
 class DamagedObject(DicomWebError):

@@ -3,7 +3,7 @@
 The session never answers a protocol: STOW-RS turns an ``Outcome`` into a Store Instances
 Response and 200/202/409 (PS3.18 §10.5.3), C-STORE will turn the same value into a PS3.4 status
 (Annex B.2.3), as Orthanc's STOW plugin and its C-STORE handler read one ``StoreResult``
-(DESIGN.md, "Models worth copying" 2).  A failed instance is a ``dicom.Failure`` (its PS3.18
+(DESIGN.md, "Models worth copying" 2).  A failed instance is a ``part10.Failure`` (its PS3.18
 FailureReason, which is also the PS3.4 status code, and an Error Comment).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dicomweb_server.dicom import Failure
+from dicomweb_server.dicom.part10 import Failure
 
 __all__ = ["Failure", "Outcome", "Stored"]
 

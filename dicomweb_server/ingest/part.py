@@ -1,6 +1,6 @@
 """One instance in flight through an ingest session, and the index record it becomes.
 
-A part keeps a bounded prefix in memory until its DICOM header parses (``dicom.describe``), then
+A part keeps a bounded prefix in memory until its DICOM header parses (``part10.describe``), then
 streams to its object while the frame scanner (encapsulated Pixel Data, PS3.5 §A.4) and the
 structure walker (is the data set complete?) look at each chunk as it passes.  Once its object is
 being made durable only the compact index record is kept, so memory stays flat however many
@@ -13,9 +13,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from dicomweb_server import dicom
 from dicomweb_server.db.store import Record
-from dicomweb_server.dicom import structure
+from dicomweb_server.dicom import part10, structure
 from dicomweb_server.dicom.frames import FragmentScanner, FrameIndex
 from dicomweb_server.storage.base import ObjectWriter
 
@@ -30,7 +29,7 @@ class Part:
     size: int = 0
     parse_at: int = HEADER_PROBE
     skip: bool = False  # failed (and reported): the rest of its bytes are counted, not kept
-    desc: dicom.Description | None = None
+    desc: part10.Description | None = None
     key: str | None = None
     writer: ObjectWriter | None = None
     scanner: FragmentScanner | None = None  # encapsulated Pixel Data: finds the frames as they pass
@@ -58,7 +57,7 @@ def frame_index(part: Part) -> FrameIndex | None:
 
 
 def index_record(
-    desc: dicom.Description, key: str, size: int, frames: FrameIndex | None, shared: dict[str, Any]
+    desc: part10.Description, key: str, size: int, frames: FrameIndex | None, shared: dict[str, Any]
 ) -> Record:
     """The index record; its SHA-256 is filled in when the object's commit returns it.
 

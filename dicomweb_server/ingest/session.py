@@ -24,11 +24,12 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
-from dicomweb_server import dicom, events
+from dicomweb_server import events
 from dicomweb_server.db.pool import Connection, Pool, in_transaction
 from dicomweb_server.db.store import BatchOutcome, Record, store_batch
-from dicomweb_server.dicom import Failure, structure
+from dicomweb_server.dicom import part10, status, structure
 from dicomweb_server.dicom.frames import FragmentScanner
+from dicomweb_server.dicom.part10 import Failure
 from dicomweb_server.errors import PayloadTooLarge, ServiceUnavailable, StorageError
 from dicomweb_server.events import InstanceStored
 from dicomweb_server.ingest.origin import Origin
@@ -121,8 +122,8 @@ class IngestSession:
         self.part = Part(parse_at=min(HEADER_PROBE, self.settings.header_budget_bytes))
         if media_type not in DICOM_MEDIA_TYPES:
             self.part.skip = True
-            comment = dicom.fit(PART_TYPE_COMMENT.format(type=media_type), PART_TYPE_FALLBACK)
-            self.failed.append(Failure(dicom.CANNOT_UNDERSTAND, comment))
+            comment = part10.fit(PART_TYPE_COMMENT.format(type=media_type), PART_TYPE_FALLBACK)
+            self.failed.append(Failure(status.CANNOT_UNDERSTAND, comment))
 
     async def feed(self, chunk: bytes | memoryview) -> None:
         """The next bytes of the current part; awaiting it is the backpressure."""
@@ -180,7 +181,7 @@ class IngestSession:
         budget = self.settings.header_budget_bytes
         complete = complete and len(part.prefix) <= budget
         describe = functools.partial(
-            dicom.describe,
+            part10.describe,
             bytes(part.prefix[:budget]),
             complete=complete,
             budget=budget,
@@ -192,7 +193,7 @@ class IngestSession:
         big = len(part.prefix) > INLINE_PARSE
         described = await asyncio.to_thread(describe) if big else describe()
         if isinstance(described, Failure):
-            if described is dicom.OVER_BUDGET and not complete and part.parse_at < budget:
+            if described is part10.OVER_BUDGET and not complete and part.parse_at < budget:
                 part.parse_at = min(budget, part.parse_at * 16)  # the header goes on: wait for more
                 return
             self._fail(part, described)
@@ -206,7 +207,7 @@ class IngestSession:
         self.keys.append(part.key)
         part.writer = self.store.writer(part.key)
         prefix, part.prefix = part.prefix, None
-        prefix[: dicom.PREAMBLE] = bytes(dicom.PREAMBLE)  # PS3.10 §7.5: never keep a foreign preamble
+        prefix[: part10.PREAMBLE] = bytes(part10.PREAMBLE)  # PS3.10 §7.5: never keep a foreign preamble
         if described.pixel is not None and described.pixel.length is None:
             part.scanner = FragmentScanner(described.pixel.offset)
             part.scanner.feed(prefix, 0)
@@ -216,11 +217,11 @@ class IngestSession:
             part.checker.feed(memoryview(prefix)[part.checker.seen :])
         await part.writer.write(bytes(prefix))
 
-    def _out_of_scope(self, desc: dicom.Description) -> Failure | None:
+    def _out_of_scope(self, desc: part10.Description) -> Failure | None:
         if self.expected_study is None or desc.study_uid == self.expected_study:
             return None
         return Failure(
-            dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS, STUDY_MISMATCH_COMMENT, desc.sop_class_uid, desc.sop_uid
+            status.DATASET_DOES_NOT_MATCH_SOP_CLASS, STUDY_MISMATCH_COMMENT, desc.sop_class_uid, desc.sop_uid
         )
 
     def _fail(self, part: Part, failure: Failure) -> None:
@@ -233,7 +234,7 @@ class IngestSession:
         assert part.writer is not None and part.desc is not None and part.key
         await part.writer.abort()
         self.keys.remove(part.key)
-        reason = dicom.REFUSED_OUT_OF_RESOURCES if problem.limit else dicom.CANNOT_UNDERSTAND
+        reason = status.REFUSED_OUT_OF_RESOURCES if problem.limit else status.CANNOT_UNDERSTAND
         self.failed.append(Failure(reason, problem.comment, part.desc.sop_class_uid, part.desc.sop_uid))
         part.writer = None
         part.skip = True
@@ -261,7 +262,7 @@ class IngestSession:
             if isinstance(exc, StorageFull):
                 self.failed.append(
                     Failure(
-                        dicom.REFUSED_OUT_OF_RESOURCES,
+                        status.REFUSED_OUT_OF_RESOURCES,
                         STORAGE_FULL_COMMENT,
                         d.record.sop_class_uid,
                         d.record.sop_uid,

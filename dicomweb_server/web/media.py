@@ -1,10 +1,17 @@
-"""Media types and Accept negotiation (PS3.18 §8.7): pure tables and functions."""
+"""Media types and Accept negotiation (PS3.18 §8.7): pure tables and functions, used by every handler.
+
+A request names what it accepts in the Accept header or, overriding it, in the ``accept``
+query parameter (PS3.18 §8.3.3.1, Table 8.3.3.1-2), on every DICOMweb transaction that
+returns a representation: retrieve, search and capabilities alike.  ``negotiate_request``
+reads both, so no handler reads either itself.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from dicomweb_server.errors import BadRequest, NotAcceptable
 from dicomweb_server.web.multipart import MediaType, parse_media_type
@@ -130,3 +137,27 @@ def negotiate(
             f"None of the accepted media types and transfer syntaxes can be produced; available: {wanted}"
         )
     return best[1]
+
+
+class _Request(Protocol):
+    """What negotiation reads of a request (a Starlette ``Request`` is one)."""
+
+    @property
+    def query_params(self) -> Mapping[str, str]: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+def accept_of(request: _Request) -> str | None:
+    """The ``accept`` query parameter overrides the Accept header (PS3.18 Table 8.3.3.1-2)."""
+    return request.query_params.get("accept") or request.headers.get("accept")
+
+
+def negotiate_request(
+    request: _Request,
+    offers: list[Offer],
+    producible: Callable[[Offer, str | None], bool] | None = None,
+) -> Choice:
+    """``negotiate`` on what the request accepts, by query parameter or header."""
+    return negotiate(accept_of(request), offers, producible)

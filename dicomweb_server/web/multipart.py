@@ -1,12 +1,14 @@
-"""Streaming ``multipart/related`` reading (RFC 2387) over python-multipart's push parser.
+"""``multipart/related`` (RFC 2387): streaming reading over python-multipart's push parser, and
+the one response writer.
 
-Pure: chunks in, events out.  The caller awaits whatever each event needs (a
+Reading is pure: chunks in, events out.  The caller awaits whatever each event needs (a
 storage write) before feeding the next chunk, which gives backpressure.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
@@ -259,16 +261,47 @@ def new_boundary() -> str:
     return secrets.token_hex(16)
 
 
-def multipart_type(part_type: str, boundary: str) -> str:
-    return f'multipart/related; type="{part_type}"; boundary={boundary}'
+PART_END = b"\r\n"  # the CRLF that ends a part's body: it belongs to the next delimiter (RFC 2046)
 
 
-def part_head(boundary: str, content_type: str, length: int | None = None) -> bytes:
-    head = f"--{boundary}\r\nContent-Type: {content_type}\r\n"
-    if length is not None:
-        head += f"Content-Length: {length}\r\n"
-    return (head + "\r\n").encode()
+class MultipartWriter:
+    """The one place a ``multipart/related`` response body is assembled (RFC 2387, RFC 2046 §5.1.1).
 
+    Every multipart response (QIDO-RS and metadata XML, instances, frames, bulk data, rendered
+    images) is written by one of these: each part is a delimiter, a Content-Type (and a
+    Content-Length where the size is known before the bytes), a blank line, the bytes and a CRLF;
+    the body ends with the close delimiter.  A streaming response yields ``head``, the part's
+    chunks and ``PART_END`` itself; a small one joins ``part`` results, or calls ``body``.
+    """
 
-def closing(boundary: str) -> bytes:
-    return f"--{boundary}--\r\n".encode()
+    def __init__(self, part_type: str, boundary: str | None = None):
+        self.part_type = part_type  # the ``type`` parameter: the root part's media type (RFC 2387 §3.1)
+        self.boundary = boundary or new_boundary()
+
+    @property
+    def media_type(self) -> str:
+        """The response's Content-Type."""
+        return f'multipart/related; type="{self.part_type}"; boundary={self.boundary}'
+
+    def head(self, content_type: str | None = None, length: int | None = None) -> bytes:
+        """A part's delimiter and headers, up to and including the blank line."""
+        head = f"--{self.boundary}\r\nContent-Type: {content_type or self.part_type}\r\n"
+        if length is not None:
+            head += f"Content-Length: {length}\r\n"
+        return (head + "\r\n").encode()
+
+    def part(self, data: bytes, content_type: str | None = None, *, length: bool = False) -> bytes:
+        """One whole part; ``length`` adds its Content-Length."""
+        return self.head(content_type, len(data) if length else None) + data + PART_END
+
+    def end(self) -> bytes:
+        """The close delimiter."""
+        return f"--{self.boundary}--\r\n".encode()
+
+    def body(self, parts: Iterable[bytes], content_type: str | None = None, *, length: bool = False) -> bytes:
+        """A whole body of small parts, all of one type."""
+        return b"".join(self.part(data, content_type, length=length) for data in parts) + self.end()
+
+    def size(self, parts: Iterable[tuple[str, int]]) -> int:
+        """The length of a body whose parts' types and sizes are known before their bytes."""
+        return sum(len(self.head(ctype, n)) + n + len(PART_END) for ctype, n in parts) + len(self.end())

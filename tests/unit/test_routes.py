@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from functools import partial
 from pathlib import Path
 
 from starlette.routing import Mount, Route
 
-from dicomweb_server.routes import ROUTES
+from dicomweb_server.dicom.query import Resource
+from dicomweb_server.dicom.resources import Level
+from dicomweb_server.routes import API, ROUTES
 
 SPEC = json.loads((Path(__file__).resolve().parents[2] / "openapi" / "openapi.json").read_text())
 
@@ -46,3 +49,22 @@ def test_path_parameters_match_the_template() -> None:
 
 def test_spec_is_openapi_3_1() -> None:
     assert SPEC["openapi"].startswith("3.1")
+
+
+def test_routes_accept_the_levels_of_table_10_6_1_4() -> None:
+    def resource(level: Level, *accepts: Level) -> Resource:
+        return Resource(level, frozenset(accepts))
+
+    searches = {
+        path: handler.keywords["resource"]
+        for path, _, handler, _ in API
+        if isinstance(handler, partial) and "resource" in handler.keywords
+    }
+    assert searches == {
+        "/dicomweb/studies": resource(Level.STUDY, Level.STUDY),
+        "/dicomweb/series": resource(Level.SERIES, Level.STUDY, Level.SERIES),
+        "/dicomweb/instances": resource(Level.INSTANCE, *Level),
+        "/dicomweb/studies/{study}/series": resource(Level.SERIES, Level.SERIES),
+        "/dicomweb/studies/{study}/instances": resource(Level.INSTANCE, Level.SERIES, Level.INSTANCE),
+        "/dicomweb/studies/{study}/series/{series}/instances": resource(Level.INSTANCE, Level.INSTANCE),
+    }

@@ -11,7 +11,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
 
 import httpx
@@ -19,7 +19,8 @@ import pytest
 
 from dicomweb_server.cli import migrate
 from dicomweb_server.db.search import signature
-from dicomweb_server.dicom.query import Level, Resource, parse_query
+from dicomweb_server.dicom.query import Resource, parse_query
+from dicomweb_server.dicom.resources import Level
 from tests.conftest import TENANT, App, Server, admin_sql, make_settings, running_app
 from tests.support import search_corpus as c
 from tests.support.dicomfiles import content_type, multipart
@@ -805,6 +806,50 @@ async def test_multipart_xml_with_no_results(corpus: App) -> None:
     accept = {"Accept": 'multipart/related; type="application/dicom+xml"'}
     r = await search(corpus, f"{STUDIES}?PatientName=Nobody", headers=accept)
     assert xml_parts(r) == []
+
+
+# ---------------------------------------------------------------------------
+# The accept query parameter (PS3.18 §8.3.3.1, Table 8.3.3.1-2): as on WADO-RS, it overrides
+# the Accept header and is not a matching key.
+
+
+@pytest.mark.parametrize(
+    ("accept", "media_type"),
+    [
+        ("application/dicom%2Bjson", "application/dicom+json"),
+        ("application/json", "application/json"),
+        ("*/*", "application/dicom+json"),
+    ],
+)
+async def test_accept_parameter_selects_json(corpus: App, accept: str, media_type: str) -> None:
+    r = await search(
+        corpus, f"{STUDIES}?StudyInstanceUID={S3}&accept={accept}", headers={"Accept": "image/png"}
+    )
+    assert r.headers["content-type"] == media_type
+    assert uid_list(r.json(), "0020000D") == [S3]
+
+
+async def test_accept_parameter_selects_multipart_xml(corpus: App) -> None:
+    accept = quote('multipart/related; type="application/dicom+xml"', safe="")
+    r = await search(corpus, f"{STUDIES}?PatientName=m%C3%BCller*&accept={accept}")
+    uids = {attribute(root, "0020000D").findtext(f"{NATIVE}Value[@number='1']") for root in xml_parts(r)}
+    assert uids == {S3, S4}
+    # the same on a scoped resource, and with the bare type parameter
+    accept = quote("multipart/related; type=application/dicom+xml", safe="")
+    (root,) = xml_parts(await search(corpus, f"{SERIES}?SeriesInstanceUID={SE51}&accept={accept}"))
+    assert attribute(root, "0020000E").findtext(f"{NATIVE}Value") == SE51
+
+
+async def test_accept_parameter_overrides_the_header_and_is_checked(corpus: App) -> None:
+    r = await search(
+        corpus,
+        f"{STUDIES}?StudyInstanceUID={S3}&accept=application/json",
+        headers={"Accept": "application/dicom+json"},
+    )
+    assert r.headers["content-type"] == "application/json"
+    r = await corpus.client.get(f"{STUDIES}?accept=image/png", headers={"Accept": "application/json"})
+    assert r.status_code == 406, r.text
+    assert "application/dicom+json" in r.json()["message"]
 
 
 # ---------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import asyncpg
 import pytest
 from pydicom.uid import generate_uid
 
-from dicomweb_server import dicom
+from dicomweb_server.dicom import status
+from dicomweb_server.dicom.resources import is_valid_uid
 from tests.conftest import App, make_settings, running_app
 from tests.support.dicomfiles import BOUNDARY, content_type, instance, multipart
 
@@ -118,7 +119,7 @@ async def test_stored_bytes_are_identical_with_a_zeroed_preamble(app: App, db: a
     row = await db.fetchrow("SELECT size, sha256, object_key FROM instance")
     assert row["size"] == len(data)
     assert bytes(row["sha256"]) == hashlib.sha256(stored).digest()
-    assert dicom.is_valid_uid(row["object_key"]) is False  # the key is not a UID
+    assert is_valid_uid(row["object_key"]) is False  # the key is not a UID
     assert row["object_key"].startswith("default/")
 
 
@@ -138,15 +139,15 @@ async def test_mixed_good_and_bad_parts_answer_202_and_store_the_good(app: App, 
     reasons = [reason for _, reason in failures(body)]
     assert sorted(reasons) == sorted(
         [
-            dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            dicom.CANNOT_UNDERSTAND,
+            status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            status.CANNOT_UNDERSTAND,
         ]
     )
     other = body["0008119A"]["Value"]  # failures with no SOP Instance UID to name
     assert sorted(item["00081197"]["Value"][0] for item in other) == [
-        dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-        dicom.CANNOT_UNDERSTAND,
+        status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        status.CANNOT_UNDERSTAND,
     ]
     assert all(item["00000902"]["Value"][0] for item in other)  # a readable comment
     assert await count_rows(db) == (1, 1, 1)
@@ -158,7 +159,7 @@ async def test_all_parts_failing_answer_409(app: App, db: asyncpg.Pool) -> None:
         STUDIES, content=multipart([instance(SOPClassUID=None)]), headers={"Content-Type": content_type()}
     )
     assert r.status_code == 409
-    assert list(failed(r.json()).values()) == [dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS]
+    assert list(failed(r.json()).values()) == [status.DATASET_DOES_NOT_MATCH_SOP_CLASS]
     assert "00081199" not in r.json()
     assert await count_rows(db) == (0, 0, 0)
 
@@ -173,7 +174,7 @@ async def test_study_route_refuses_instances_of_another_study(app: App, db: asyn
     body = r.json()
     assert body["00081190"]["Value"] == [f"http://testserver/dicomweb/studies/{study}"]
     assert len(referenced(body)) == 1
-    assert list(failed(body).values()) == [dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS]
+    assert list(failed(body).values()) == [status.DATASET_DOES_NOT_MATCH_SOP_CLASS]
     assert await count_rows(db) == (1, 1, 1)
 
 
@@ -183,7 +184,7 @@ async def test_unknown_transfer_syntax_is_c122(app: App) -> None:
     assert patched != data
     r = await app.client.post(STUDIES, content=patched, headers={"Content-Type": "application/dicom"})
     assert r.status_code == 409
-    assert list(failed(r.json()).values()) == [dicom.TRANSFER_SYNTAX_NOT_SUPPORTED]
+    assert list(failed(r.json()).values()) == [status.TRANSFER_SYNTAX_NOT_SUPPORTED]
 
 
 async def test_part_of_another_media_type_fails_alone(app: App) -> None:
@@ -192,7 +193,7 @@ async def test_part_of_another_media_type_fails_alone(app: App) -> None:
     )
     r = await app.client.post(STUDIES, content=body, headers={"Content-Type": content_type()})
     assert r.status_code == 202
-    assert list(failed(r.json()).values()) == [dicom.CANNOT_UNDERSTAND]
+    assert list(failed(r.json()).values()) == [status.CANNOT_UNDERSTAND]
 
 
 @pytest.mark.parametrize(
@@ -250,7 +251,7 @@ async def test_same_uid_different_bytes_is_refused_with_0111(app: App, db: async
     ).status_code == 200
     r = await app.client.post(STUDIES, content=second, headers={"Content-Type": "application/dicom"})
     assert r.status_code == 409
-    assert failed(r.json()) == {sop: dicom.DUPLICATE_SOP_INSTANCE}
+    assert failed(r.json()) == {sop: status.DUPLICATE_SOP_INSTANCE}
     (path,) = objects(app)
     assert path.read_bytes()[128:] == first[128:]  # the first copy is untouched
 
@@ -296,7 +297,7 @@ async def test_series_of_another_study_is_refused(app: App, db: asyncpg.Pool) ->
         STUDIES, content=instance(generate_uid(), series), headers={"Content-Type": "application/dicom"}
     )
     assert r.status_code == 409
-    assert list(failed(r.json()).values()) == [dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS]
+    assert list(failed(r.json()).values()) == [status.DATASET_DOES_NOT_MATCH_SOP_CLASS]
     assert await count_rows(db) == (1, 1, 1)  # no empty study left behind
 
 
@@ -405,7 +406,7 @@ class TestLimits:
                 headers={"Content-Type": content_type()},
             )
             assert r.status_code == 202
-            assert list(failed(r.json()).values()) == [dicom.REFUSED_OUT_OF_RESOURCES]
+            assert list(failed(r.json()).values()) == [status.REFUSED_OUT_OF_RESOURCES]
 
 
 async def test_same_instance_twice_in_one_request(app: App, db: asyncpg.Pool) -> None:
@@ -424,7 +425,7 @@ async def test_same_instance_twice_in_one_request(app: App, db: asyncpg.Pool) ->
     )
     assert r.status_code == 202  # the stored copy stands; the one with different bytes fails
     assert referenced(r.json()) == [sop]
-    assert failures(r.json()) == [(sop, dicom.DUPLICATE_SOP_INSTANCE)]
+    assert failures(r.json()) == [(sop, status.DUPLICATE_SOP_INSTANCE)]
     assert len(objects(app)) == 1
 
 
@@ -453,6 +454,6 @@ async def test_header_over_the_time_budget_is_a700(
             STUDIES, content=multipart([slow, instance()]), headers={"Content-Type": content_type()}
         )
         assert r.status_code == 202
-        assert [reason for _, reason in failures(r.json())] == [dicom.REFUSED_OUT_OF_RESOURCES]
+        assert [reason for _, reason in failures(r.json())] == [status.REFUSED_OUT_OF_RESOURCES]
         (item,) = r.json().get("00081198", r.json().get("0008119A"))["Value"]  # named when the UIDs were seen
         assert "time budget" in item["00000902"]["Value"][0]

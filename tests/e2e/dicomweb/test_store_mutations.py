@@ -23,8 +23,7 @@ import pydicom
 import pytest
 from pydicom.filereader import data_element_generator
 
-from dicomweb_server import dicom
-from dicomweb_server.dicom import structure
+from dicomweb_server.dicom import status, structure
 from tests.conftest import App, Server
 from tests.support.dicomfiles import content_type, instance, multipart, nested, split_multipart
 from tests.support.testdata import bundled
@@ -32,11 +31,11 @@ from tests.support.testdata import bundled
 STUDIES = "/dicomweb/studies"
 DICOM_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 REASONS = {
-    dicom.CANNOT_UNDERSTAND,
-    dicom.REFUSED_OUT_OF_RESOURCES,
-    dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-    dicom.TRANSFER_SYNTAX_NOT_SUPPORTED,
-    dicom.PROCESSING_FAILURE,
+    status.CANNOT_UNDERSTAND,
+    status.REFUSED_OUT_OF_RESOURCES,
+    status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    status.TRANSFER_SYNTAX_NOT_SUPPORTED,
+    status.PROCESSING_FAILURE,
 }
 # Native, JPEG baseline and extended, JPEG-LS, JPEG 2000, RLE (multi-frame), implicit VR, big endian,
 # deflated, and sequences (SR, RT plan, private).
@@ -224,7 +223,7 @@ def check(cases: list[Case], body: dict) -> set[str]:
         assert case.broken or case.either, f"{case.name}: not stored: {failed.get(case.uid)}"
         if case.uid in failed and not case.either:
             reason, comment = failed[case.uid][0]
-            assert reason == dicom.CANNOT_UNDERSTAND, (case.name, hex(reason), comment)
+            assert reason == status.CANNOT_UNDERSTAND, (case.name, hex(reason), comment)
     assert set(failed) <= {c.uid for c in cases} | {None}, "a failure names a UID no part has"
     assert sum(len(f) for f in failed.values()) == sum(c.uid not in stored for c in cases)
     assert all(reason in REASONS for fs in failed.values() for reason, _ in fs), failed
@@ -281,7 +280,7 @@ async def test_the_reported_case_jpeg_lossy_without_its_last_8_bytes(app: App) -
     r = await app.client.post(STUDIES, content=data[:-8], headers={"Content-Type": "application/dicom"})
     assert r.status_code == 409, r.text
     (item,) = r.json()["00081198"]["Value"]
-    assert item["00081197"]["Value"] == [dicom.CANNOT_UNDERSTAND]
+    assert item["00081197"]["Value"] == [status.CANNOT_UNDERSTAND]
     assert item["00081155"]["Value"] == [sop_uid(data)]
     assert "(7FE0,0010)" in item["00000902"]["Value"][0]
     assert await app.state.pool.fetchval("SELECT count(*) FROM instance") == 0  # type: ignore[attr-defined]
@@ -361,7 +360,7 @@ async def test_sequence_depth_limit_is_a_per_instance_failure(app: App, undefine
     assert stored == {sop_uid(f) for f in ok}
     assert set(failed) == set(sops)  # named: FailedSOPSequence
     reasons = [f for fs in failed.values() for f in fs]
-    assert reasons == [(dicom.CANNOT_UNDERSTAND, f"Sequences are nested deeper than {limit} levels")] * len(
+    assert reasons == [(status.CANNOT_UNDERSTAND, f"Sequences are nested deeper than {limit} levels")] * len(
         deep
     )
     await round_trip(app.client, study, [Case("ok", f, broken=False) for f in ok], stored)
@@ -448,7 +447,7 @@ def test_mutations_through_a_real_socket(live_server: Server) -> None:
         _, failed = results(r.json())
         assert failed[deep_sop] == [
             (
-                dicom.CANNOT_UNDERSTAND,
+                status.CANNOT_UNDERSTAND,
                 f"Sequences are nested deeper than {structure.MAX_SEQUENCE_DEPTH} levels",
             )
         ]

@@ -6,8 +6,8 @@ import hashlib
 
 from pydicom.uid import generate_uid
 
-from dicomweb_server import dicom
 from dicomweb_server.db.store import Record
+from dicomweb_server.dicom import part10 as dicom
 from tests.support.dicomfiles import instance
 
 

@@ -10,7 +10,7 @@ from pydicom.uid import generate_uid
 
 from dicomweb_server.db import store
 from dicomweb_server.db.pool import connection, transaction
-from dicomweb_server.dicom import DATASET_DOES_NOT_MATCH_SOP_CLASS, DUPLICATE_SOP_INSTANCE
+from dicomweb_server.dicom.status import DATASET_DOES_NOT_MATCH_SOP_CLASS, DUPLICATE_SOP_INSTANCE
 from tests.conftest import TENANT
 from tests.integration.db.records import record
 

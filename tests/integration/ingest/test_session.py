@@ -7,8 +7,9 @@ import hashlib
 
 import asyncpg
 
-from dicomweb_server import dicom, events
+from dicomweb_server import events
 from dicomweb_server.db import store as index
+from dicomweb_server.dicom import status
 from dicomweb_server.ingest.origin import STOW_RS, UPLOAD, Origin
 from dicomweb_server.ingest.outcome import Outcome, Stored
 from dicomweb_server.ingest.session import IngestSession, IngestSettings
@@ -49,7 +50,7 @@ async def test_parts_are_stored_indexed_and_named(db: asyncpg.Pool) -> None:
     parts = [instance(STUDY, SERIES, sop(n), seed=n, preamble=b"\xff" * 128) for n in (1, 2)]
     outcome = await ingest(store, db, *parts, b"not DICOM")
     assert outcome.stored == tuple(Stored(CT, sop(n), STUDY, SERIES, len(parts[n - 1])) for n in (1, 2))
-    assert [f.reason for f in outcome.failed] == [dicom.CANNOT_UNDERSTAND]
+    assert [f.reason for f in outcome.failed] == [status.CANNOT_UNDERSTAND]
     assert outcome.studies == {STUDY}
     assert await indexed(db) == [sop(1), sop(2)]
     # Each object holds the part as sent but for its preamble (PS3.10 §7.5), and the index its hash.
@@ -78,7 +79,7 @@ async def test_other_content_under_a_stored_uid_is_refused_or_replaced_by_policy
     refused = await ingest(store, db, instance(STUDY, SERIES, sop(1), seed=2))
     assert refused.stored == ()
     assert [(f.reason, f.comment, f.sop_instance_uid) for f in refused.failed] == [
-        (dicom.DUPLICATE_SOP_INSTANCE, index.DUPLICATE_COMMENT, sop(1))
+        (status.DUPLICATE_SOP_INSTANCE, index.DUPLICATE_COMMENT, sop(1))
     ]
     assert len(store.data) == 1
     replaced = await ingest(store, db, instance(STUDY, SERIES, sop(1), seed=3), settings=OVERWRITE)

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import struct
 import warnings
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from dicomweb_server.dicom import Header, parse_header
+from dicomweb_server.dicom import dicom_json
 from dicomweb_server.dicom.dicom_json import to_json
+from dicomweb_server.dicom.part10 import Header, parse_header
 from tests.support.testdata import DATA_ROOT, charset_file, corpus, part10
 
 JSON = dict[str, Any]
@@ -380,3 +383,47 @@ def test_converted_elements_use_pydicom() -> None:
     _ = ds.PatientName, ds.Rows, ds.PixelSpacing  # converts these elements in place
     assert _ours(ds) == raw_json
     assert raw_json["00280030"] == {"vr": "DS", "Value": [0.5, 0.25]}
+
+
+# absolute_bulkdata ----------------------------------------------------------------------------
+
+_BASE = "https://pacs.example/tenant-a"
+_PATH = "/dicomweb/studies/1.2/series/1.2.3/instances/1.2.3.4/bulkdata/7FE00010"
+
+
+def test_absolute_bulkdata_keeps_the_bytes_of_postgresql_text() -> None:
+    """jsonb::text prints ``"key": value``: the result is the old replace's, byte for byte."""
+    text = f'[{{"00100010": {{"vr": "PN"}}, "7FE00010": {{"vr": "OW", "BulkDataURI": "{_PATH}"}}}}]'
+    out = dicom_json.absolute_bulkdata(text.encode(), _BASE)
+    assert out == text.replace('"BulkDataURI": "/', f'"BulkDataURI": "{_BASE}/').encode()
+
+
+@pytest.mark.parametrize(
+    "dump",
+    [
+        lambda v: orjson.dumps(v),  # compact
+        lambda v: json.dumps(v, indent=2).encode(),  # newlines and indentation
+        lambda v: json.dumps(v, separators=(" , ", " :\t")).encode(),  # odd but valid whitespace
+    ],
+)
+def test_absolute_bulkdata_on_any_valid_printing(dump: Any) -> None:
+    tricky = '"BulkDataURI": "/dicomweb/x'  # a value that looks like the key: never rewritten
+    value = [
+        {
+            "00081030": {"vr": "LO", "Value": [tricky]},
+            "7FE00010": {"vr": "OW", "BulkDataURI": _PATH},
+            "0040A730": {"vr": "SQ", "Value": [{"00420011": {"vr": "OB", "BulkDataURI": _PATH[:-8] + "x"}}]},
+            "00091011": {"vr": "OB", "BulkDataURI": "https://elsewhere/bulk"},  # already absolute
+        }
+    ]
+    out = orjson.loads(dicom_json.absolute_bulkdata(dump(value), _BASE))
+    assert out[0]["7FE00010"]["BulkDataURI"] == _BASE + _PATH
+    assert out[0]["0040A730"]["Value"][0]["00420011"]["BulkDataURI"] == _BASE + _PATH[:-8] + "x"
+    assert out[0]["00081030"]["Value"] == [tricky]
+    assert out[0]["00091011"]["BulkDataURI"] == "https://elsewhere/bulk"
+
+
+def test_absolute_bulkdata_escapes_the_base() -> None:
+    value = {"7FE00010": {"vr": "OW", "BulkDataURI": _PATH}}
+    out = dicom_json.absolute_bulkdata(orjson.dumps(value), 'https://h/"odd\\')
+    assert orjson.loads(out)["7FE00010"]["BulkDataURI"] == 'https://h/"odd\\' + _PATH

@@ -8,9 +8,9 @@ import pydicom
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dicomweb_server import dicom
 from dicomweb_server.dicom import dicom_json
 from dicomweb_server.dicom import index as dicom_index
+from dicomweb_server.dicom import part10 as dicom
 
 DATA = Path(pydicom.data.__file__).parent / "test_files"
 SEEDS = [

@@ -19,18 +19,16 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from dicomweb_server.dicom import (
+from dicomweb_server.dicom.index import fold, index_values, person_name
+from dicomweb_server.dicom.part10 import Failure, Header, parse_header
+from dicomweb_server.dicom.resources import is_valid_uid
+from dicomweb_server.dicom.status import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
-    DEFLATED,
     REFUSED_OUT_OF_RESOURCES,
     TRANSFER_SYNTAX_NOT_SUPPORTED,
-    Failure,
-    Header,
-    is_valid_uid,
-    parse_header,
 )
-from dicomweb_server.dicom.index import fold, index_values, person_name
+from dicomweb_server.dicom.transfer_syntaxes import DEFLATED
 from tests.support.testdata import bundled, meta_end, part10, with_meta_transfer_syntax
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -577,7 +575,7 @@ def test_index_values_from_a_parsed_header() -> None:
 
 
 def _describe(data: bytes, complete: bool = True) -> Any:
-    from dicomweb_server.dicom import describe
+    from dicomweb_server.dicom.part10 import describe
 
     return describe(data, complete=complete, budget=16 * 1024 * 1024, threshold=1024)
 

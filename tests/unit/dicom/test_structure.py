@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.uid import UID
 
-from dicomweb_server import dicom
+from dicomweb_server.dicom import part10 as dicom
 from dicomweb_server.dicom import structure
+from dicomweb_server.dicom.transfer_syntaxes import DEFLATED
 from tests.support.testdata import bundled, corpus
 
 BROKEN = {"MR_truncated.dcm", "rtplan_truncated.dcm", "DICOMDIR-nooffset"}  # cut short, in pydicom's corpus
@@ -27,7 +28,7 @@ def walker_for(data: bytes) -> structure.Checker:
         fp.tell(),
         implicit=uid.is_implicit_VR,
         little=uid.is_little_endian,
-        deflated=ts == dicom.DEFLATED,
+        deflated=ts == DEFLATED,
         inflate_limit=1 << 30,
     )
 

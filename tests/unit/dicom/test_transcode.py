@@ -29,10 +29,6 @@ from pydicom.uid import (
 )
 
 from dicomweb_server.dicom.transcode import (
-    COMPRESSED,
-    EXPLICIT_VR_BIG_ENDIAN,
-    EXPLICIT_VR_LITTLE_ENDIAN,
-    IMPLICIT_VR_LITTLE_ENDIAN,
     PixelInfo,
     TranscodeError,
     can_transcode,
@@ -42,6 +38,12 @@ from dicomweb_server.dicom.transcode import (
     split_frames,
     to_explicit_le,
     to_transfer_syntax,
+)
+from dicomweb_server.dicom.transfer_syntaxes import (
+    COMPRESSED,
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
 )
 from tests.support.testdata import bundled, corpus, meta_end, part10, with_meta_transfer_syntax
 

@@ -7,8 +7,9 @@ from typing import Any
 import orjson
 import pytest
 
-from dicomweb_server.dicom.query import Level, Resource, parse_query
-from dicomweb_server.dicomweb.results import SERIES_RETURN, STUDY_RETURN, remaining_warning, result
+from dicomweb_server.dicom.query import Resource, parse_query
+from dicomweb_server.dicom.resources import SERIES_RETURN, STUDY_RETURN, Level
+from dicomweb_server.dicomweb.results import remaining_warning, result
 
 BASE = "https://pacs.example.org"
 STUDY_UID, SERIES_UID, SOP_UID = "1.2.3", "1.2.3.4", "1.2.3.4.5"

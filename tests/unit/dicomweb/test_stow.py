@@ -11,17 +11,16 @@ from typing import Any
 import orjson
 from pydicom.dataset import Dataset
 
-from dicomweb_server import dicom
 from dicomweb_server.db import store
-from dicomweb_server.dicom import (
+from dicomweb_server.dicom import part10 as dicom
+from dicomweb_server.dicom import structure
+from dicomweb_server.dicom.part10 import Failure, Header
+from dicomweb_server.dicom.status import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
     DUPLICATE_SOP_INSTANCE,
     REFUSED_OUT_OF_RESOURCES,
     TRANSFER_SYNTAX_NOT_SUPPORTED,
-    Failure,
-    Header,
-    structure,
 )
 from dicomweb_server.dicomweb import stow
 from dicomweb_server.dicomweb.stow import store_response, store_result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dicomweb_server import dicom
+from dicomweb_server.dicom import part10 as dicom
 from dicomweb_server.ingest.part import index_record
 from tests.support.dicomfiles import instance
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from dicomweb_server import dicom
-from dicomweb_server.dicom import structure
+from dicomweb_server.dicom import part10 as dicom
+from dicomweb_server.dicom import status, structure
 from dicomweb_server.errors import PayloadTooLarge
 from dicomweb_server.ingest.origin import C_STORE, STOW_RS, UPLOAD, Origin
 from dicomweb_server.ingest.outcome import Outcome
@@ -65,7 +65,7 @@ async def test_not_dicom_fails_alone_and_stores_nothing(chunk: int) -> None:
     store = MemoryStore()
     outcome = await ingest(session(store), b"this is no DICOM file " * 50, chunk=chunk)
     assert outcome.stored == ()
-    assert [f.reason for f in outcome.failed] == [dicom.CANNOT_UNDERSTAND]
+    assert [f.reason for f in outcome.failed] == [status.CANNOT_UNDERSTAND]
     assert outcome.failed[0].sop_instance_uid is None
     assert store.data == {} and store.uploads == {}
 
@@ -74,7 +74,7 @@ async def test_an_instance_of_another_study_fails_with_a900_and_its_uids() -> No
     store = MemoryStore()
     data = instance("1.2.3.9", sop="1.2.3.9.1")
     outcome = await ingest(session(store, STUDY), data)
-    assert reasons(outcome) == [(dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS, STUDY_MISMATCH_COMMENT)]
+    assert reasons(outcome) == [(status.DATASET_DOES_NOT_MATCH_SOP_CLASS, STUDY_MISMATCH_COMMENT)]
     assert outcome.failed[0].sop_instance_uid == "1.2.3.9.1"
     assert outcome.failed[0].sop_class_uid == "1.2.840.10008.5.1.4.1.1.2"
     assert store.data == {}
@@ -87,7 +87,7 @@ async def test_a_truncated_instance_is_refused_and_its_object_removed(chunk: int
     outcome = await ingest(session(store), data[: len(data) // 2], chunk=chunk)
     assert outcome.stored == ()
     assert [(f.reason, f.sop_instance_uid) for f in outcome.failed] == [
-        (dicom.CANNOT_UNDERSTAND, "1.2.3.4.5")
+        (status.CANNOT_UNDERSTAND, "1.2.3.4.5")
     ]
     assert store.data == {} and store.uploads == {}  # its writer was aborted
 
@@ -97,7 +97,7 @@ async def test_sequences_nested_too_deep_fail_that_instance() -> None:
     limit = structure.MAX_SEQUENCE_DEPTH
     outcome = await ingest(session(store), nested(STUDY, limit + 1, sop="1.2.3.4.6"), chunk=512)
     assert [(f.reason, f.comment, f.sop_instance_uid) for f in outcome.failed] == [
-        (dicom.CANNOT_UNDERSTAND, f"Sequences are nested deeper than {limit} levels", "1.2.3.4.6")
+        (status.CANNOT_UNDERSTAND, f"Sequences are nested deeper than {limit} levels", "1.2.3.4.6")
     ]
     assert store.data == {}
 
@@ -109,7 +109,7 @@ async def test_a_part_that_is_not_dicom_by_its_media_type_is_skipped() -> None:
         await s.feed(instance(STUDY))
         await s.end_part()
         outcome = await s.finish()
-    assert reasons(outcome) == [(dicom.CANNOT_UNDERSTAND, PART_TYPE_COMMENT.format(type="image/jpeg"))]
+    assert reasons(outcome) == [(status.CANNOT_UNDERSTAND, PART_TYPE_COMMENT.format(type="image/jpeg"))]
     assert store.data == {}
 
 
@@ -118,8 +118,8 @@ async def test_out_of_space_fails_each_instance_with_a700() -> None:
     parts = [instance(STUDY, sop=f"1.2.3.4.{n}") for n in (1, 2)]
     outcome = await ingest(session(store), *parts)
     assert [(f.reason, f.comment, f.sop_instance_uid) for f in outcome.failed] == [
-        (dicom.REFUSED_OUT_OF_RESOURCES, STORAGE_FULL_COMMENT, "1.2.3.4.1"),
-        (dicom.REFUSED_OUT_OF_RESOURCES, STORAGE_FULL_COMMENT, "1.2.3.4.2"),
+        (status.REFUSED_OUT_OF_RESOURCES, STORAGE_FULL_COMMENT, "1.2.3.4.1"),
+        (status.REFUSED_OUT_OF_RESOURCES, STORAGE_FULL_COMMENT, "1.2.3.4.2"),
     ]
     assert store.data == {} and store.uploads == {}
 
@@ -148,7 +148,7 @@ async def test_a_header_over_the_budget_fails_with_a700() -> None:
     store = MemoryStore()
     data = instance(STUDY, ImageComments="x" * 40_000)
     outcome = await ingest(session(store, header_budget_bytes=32 * 1024), data, chunk=4096)
-    assert reasons(outcome) == [(dicom.REFUSED_OUT_OF_RESOURCES, dicom.OVER_BUDGET_COMMENT)]
+    assert reasons(outcome) == [(status.REFUSED_OUT_OF_RESOURCES, dicom.OVER_BUDGET_COMMENT)]
 
 
 async def test_a_header_past_the_first_probe_is_waited_for() -> None:
@@ -156,7 +156,7 @@ async def test_a_header_past_the_first_probe_is_waited_for() -> None:
     store = MemoryStore()
     data = instance("1.2.3.9", sop="1.2.3.9.2", ImageComments="x" * 40_000)
     outcome = await ingest(session(store, STUDY), data, chunk=4096)
-    assert reasons(outcome) == [(dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS, STUDY_MISMATCH_COMMENT)]
+    assert reasons(outcome) == [(status.DATASET_DOES_NOT_MATCH_SOP_CLASS, STUDY_MISMATCH_COMMENT)]
 
 
 async def test_store_object_runs_the_same_pipeline_and_removes_the_source() -> None:
@@ -168,7 +168,7 @@ async def test_store_object_runs_the_same_pipeline_and_removes_the_source() -> N
     async with session(store, STUDY) as s:
         await s.store_object(key)
         outcome = await s.finish()
-    assert reasons(outcome) == [(dicom.DATASET_DOES_NOT_MATCH_SOP_CLASS, STUDY_MISMATCH_COMMENT)]
+    assert reasons(outcome) == [(status.DATASET_DOES_NOT_MATCH_SOP_CLASS, STUDY_MISMATCH_COMMENT)]
     assert store.data == {}  # the outcome is final: the source is gone
 
 

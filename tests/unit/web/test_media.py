@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
 from dicomweb_server.errors import BadRequest, NotAcceptable
-from dicomweb_server.web.media import DICOM, DICOM_JSON, MULTIPART, Choice, Offer, negotiate, parse_accept
+from dicomweb_server.web.media import (
+    DICOM,
+    DICOM_JSON,
+    MULTIPART,
+    Choice,
+    Offer,
+    accept_of,
+    negotiate,
+    negotiate_request,
+    parse_accept,
+)
 from dicomweb_server.web.multipart import MediaType
 
 MULTIPART_DICOM = Offer(MULTIPART, DICOM)
@@ -163,3 +175,19 @@ def test_a_q_value_that_is_not_an_ascii_number_counts_as_zero(q: str) -> None:
 def test_q_values_above_one_are_one() -> None:
     assert parse_accept("application/dicom; q=5")[0][1] == 1.0
     assert parse_accept("application/dicom; q=0.5")[0][1] == 0.5
+
+
+@dataclass
+class _Request:
+    query_params: dict[str, str]
+    headers: dict[str, str]
+
+
+def test_accept_parameter_overrides_the_header() -> None:
+    """PS3.18 Table 8.3.3.1-2; an empty parameter leaves the header in charge."""
+    both = _Request({"accept": "application/json"}, {"accept": "application/dicom+json"})
+    assert accept_of(both) == "application/json"
+    search = [Offer(DICOM_JSON), Offer("application/json")]
+    assert negotiate_request(both, search).offer == Offer("application/json")
+    assert accept_of(_Request({"accept": ""}, {"accept": "application/json"})) == "application/json"
+    assert negotiate_request(_Request({}, {}), search).offer == search[0]

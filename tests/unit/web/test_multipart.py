@@ -10,8 +10,10 @@ from dicomweb_server.errors import BadRequest, PayloadTooLarge
 from dicomweb_server.web.multipart import (
     MAX_BOUNDARY,
     MAX_PREAMBLE,
+    PART_END,
     MediaType,
     MultipartReader,
+    MultipartWriter,
     PartData,
     PartEnd,
     PartStart,
@@ -334,3 +336,33 @@ def test_content_type_header_drives_the_reader() -> None:
     media = parse_media_type(CONTENT_TYPE)
     assert media.params["boundary"] == BOUNDARY
     assert parts(chunked(RECORDED, 7), media.params["boundary"]) == EXPECTED
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+
+def test_writer_assembles_parts_and_reads_back() -> None:
+    """What MultipartWriter writes, MultipartReader reads: delimiters, headers, bytes, close."""
+    writer = MultipartWriter("application/dicom+xml", "b0undary")
+    assert writer.media_type == 'multipart/related; type="application/dicom+xml"; boundary=b0undary'
+    body = writer.body([b"<a/>", b"<b/>\r\n--not-a-boundary"])
+    assert body.startswith(b"--b0undary\r\nContent-Type: application/dicom+xml\r\n\r\n<a/>\r\n")
+    assert body.endswith(b"\r\n--b0undary--\r\n")
+    reader = MultipartReader("b0undary")
+    events = reader.feed(body)
+    reader.close()
+    data = [bytes(e.data) for e in events if isinstance(e, PartData)]
+    assert data == [b"<a/>", b"<b/>\r\n--not-a-boundary"]
+    assert [e.headers for e in events if isinstance(e, PartStart)] == [
+        {"content-type": "application/dicom+xml"}
+    ] * 2
+
+
+def test_writer_lengths_and_size() -> None:
+    writer = MultipartWriter("image/jpeg")
+    assert len(writer.boundary) == 32 and writer.boundary != MultipartWriter("image/jpeg").boundary
+    part = writer.part(b"\xff\xd8", "image/jpeg; x=1", length=True)
+    assert part == writer.head("image/jpeg; x=1", 2) + b"\xff\xd8" + PART_END
+    assert b"Content-Length: 2\r\n" in part
+    streamed = writer.head("image/png", 3) + b"abc" + PART_END + writer.part(b"", length=True) + writer.end()
+    assert writer.size([("image/png", 3), ("image/jpeg", 0)]) == len(streamed)
