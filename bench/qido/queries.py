@@ -9,6 +9,7 @@ Every query string is plain ASCII with no percent-encoding (Orthanc does not dec
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import random
 import re
 from collections.abc import Callable
@@ -68,13 +69,11 @@ class Model:
         return sum(1 for name in self.folded_names if regex.fullmatch(name))
 
 
-_MODELS: dict[int, Model] = {}
-
-
+@functools.lru_cache(maxsize=4)
 def model(pop: Population) -> Model:
-    if id(pop) not in _MODELS:
-        _MODELS[id(pop)] = Model(pop)
-    return _MODELS[id(pop)]
+    """The expected answers of ``pop``, computed once per population (keyed by the object itself,
+    which the cache holds, so no later population can be taken for it, as an ``id()`` key could)."""
+    return Model(pop)
 
 
 def _patient_id(pop: Population, rng: random.Random, n: int) -> list[Probe]:
