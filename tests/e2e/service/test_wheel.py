@@ -1,10 +1,11 @@
-"""The wheel ships every subpackage: built from this checkout, unpacked apart from it, every module imports.
+"""The wheel ships every subpackage: built from this checkout, installed apart from it, every module imports.
 
 ``[tool.setuptools] packages = [...]`` listed the top package only; once the code moved into
 subpackages a wheel built that way would have held ``dicomweb_server/__init__.py`` and little else,
 while the editable install used in development kept working.  So the wheel is built for real
-(``pip wheel``, isolated build as a packager would run it), unpacked into a folder of its own, and a
-fresh interpreter whose working directory is that folder imports every module from it.
+(``pip wheel``, isolated build as a packager would run it), installed by pip into a folder of its own
+(``--target``; the dependencies are the test environment's), and a fresh interpreter imports every
+module from that folder, never from the checkout or its editable install.
 """
 
 from __future__ import annotations
@@ -45,7 +46,14 @@ def test_the_wheel_holds_and_imports_every_module(tmp_path: Path) -> None:
     (wheel,) = (tmp_path / "dist").glob("dicomweb_server-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         shipped = {name for name in archive.namelist() if name.endswith(".py")}
-        archive.extractall(tmp_path / "site")
+    site = tmp_path / "site"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), wheel],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert installed.returncode == 0, installed.stderr
     sources = {str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")}
     assert sources - shipped == set(), "source files missing from the wheel"
 
@@ -58,13 +66,12 @@ def test_the_wheel_holds_and_imports_every_module(tmp_path: Path) -> None:
         "    assert module.__file__.startswith(sys.argv[1]), (name, module.__file__)\n"
         "print(len(sys.modules))\n"
     )
-    site = str(tmp_path / "site")
     # -P: the working directory is not put first on sys.path by a -c script, so the unpacked wheel,
     # not this checkout (or its editable install), must provide every module.
     ran = subprocess.run(
-        [sys.executable, "-P", "-c", script, site],
+        [sys.executable, "-P", "-c", script, str(site)],
         cwd=tmp_path,
-        env={"PYTHONPATH": site, "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=120,
