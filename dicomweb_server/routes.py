@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from dicomweb_server.access import guard as access
 from dicomweb_server.db import pool as db_pool
+from dicomweb_server.dicom import query
 from dicomweb_server.dicom.query import Resource
 from dicomweb_server.dicom.resources import ROOT, Level, collection, is_valid_uid, template
 from dicomweb_server.dicomweb import capabilities, delete, qido, stow, wado
@@ -47,8 +48,8 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
-def _search(level: Level, *accepts: Level) -> partial[Any]:
-    return partial(qido.search, resource=Resource(level, frozenset(accepts)))
+def _search(resource: Resource) -> partial[Any]:
+    return partial(qido.search, resource=resource)
 
 
 RESOURCES = (STUDY, SERIES, INSTANCE)
@@ -57,22 +58,22 @@ RESOURCES = (STUDY, SERIES, INSTANCE)
 API: list[tuple[str, list[str], Any, str]] = [
     (collection(Level.STUDY), ["POST"], stow.store_instances, "store"),
     (STUDY, ["POST"], stow.store_instances, "store"),
-    (collection(Level.STUDY), ["GET"], _search(Level.STUDY, Level.STUDY), "search-studies"),
-    (collection(Level.SERIES), ["GET"], _search(Level.SERIES, Level.STUDY, Level.SERIES), "search-series"),
+    (collection(Level.STUDY), ["GET"], _search(query.STUDIES), "search-studies"),
+    (collection(Level.SERIES), ["GET"], _search(query.SERIES), "search-series"),
     (
         collection(Level.INSTANCE),
         ["GET"],
-        _search(Level.INSTANCE, Level.STUDY, Level.SERIES, Level.INSTANCE),
+        _search(query.INSTANCES),
         "search-instances",
     ),
-    (STUDY + "/series", ["GET"], _search(Level.SERIES, Level.SERIES), "search-series"),
+    (STUDY + "/series", ["GET"], _search(query.STUDY_SERIES), "search-series"),
     (
         STUDY + "/instances",
         ["GET"],
-        _search(Level.INSTANCE, Level.SERIES, Level.INSTANCE),
+        _search(query.STUDY_INSTANCES),
         "search-instances",
     ),
-    (SERIES + "/instances", ["GET"], _search(Level.INSTANCE, Level.INSTANCE), "search-instances"),
+    (SERIES + "/instances", ["GET"], _search(query.SERIES_INSTANCES), "search-instances"),
     *[(path, ["GET"], wado.retrieve, "retrieve") for path in RESOURCES],
     *[(path + "/metadata", ["GET"], wado.metadata, "metadata") for path in RESOURCES],
     *[(path + "/rendered", ["GET"], wado.rendered, "rendered") for path in RESOURCES],

@@ -73,6 +73,16 @@ class Resource:
     accepts: frozenset[Level]
 
 
+# PS3.18 Table 10.6.1-4: the six search resources, by the level each returns and the IE levels
+# whose keys it matches on (a scoped resource's higher levels are fixed by its path).
+STUDIES = Resource(Level.STUDY, frozenset({Level.STUDY}))
+SERIES = Resource(Level.SERIES, frozenset({Level.STUDY, Level.SERIES}))
+INSTANCES = Resource(Level.INSTANCE, frozenset({Level.STUDY, Level.SERIES, Level.INSTANCE}))
+STUDY_SERIES = Resource(Level.SERIES, frozenset({Level.SERIES}))
+STUDY_INSTANCES = Resource(Level.INSTANCE, frozenset({Level.SERIES, Level.INSTANCE}))
+SERIES_INSTANCES = Resource(Level.INSTANCE, frozenset({Level.INSTANCE}))
+
+
 @dataclass(frozen=True)
 class Condition:
     """One matching key.  kind: single | list | wildcard | range | fuzzy."""

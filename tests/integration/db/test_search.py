@@ -8,11 +8,9 @@ from pydicom.uid import generate_uid
 from dicomweb_server.db import store
 from dicomweb_server.db.pool import connection
 from dicomweb_server.db.search import search_page, to_sql
-from dicomweb_server.dicom.query import Level, Resource, parse_query
+from dicomweb_server.dicom.query import STUDIES, parse_query
 from tests.conftest import TENANT
 from tests.integration.db.records import record
-
-STUDIES = Resource(Level.STUDY, frozenset({Level.STUDY}))
 
 
 async def test_a_page_and_its_total(db: asyncpg.Pool) -> None:

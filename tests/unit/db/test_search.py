@@ -8,15 +8,16 @@ from typing import Any
 import pytest
 
 from dicomweb_server.db.search import PageCache, signature, to_sql
-from dicomweb_server.dicom.query import Resource, parse_query
-from dicomweb_server.dicom.resources import INSTANCE_METADATA, Level
-
-STUDIES = Resource(Level.STUDY, frozenset({Level.STUDY}))
-SERIES = Resource(Level.SERIES, frozenset({Level.STUDY, Level.SERIES}))
-INSTANCES = Resource(Level.INSTANCE, frozenset({Level.STUDY, Level.SERIES, Level.INSTANCE}))
-STUDY_SERIES = Resource(Level.SERIES, frozenset({Level.SERIES}))
-STUDY_INSTANCES = Resource(Level.INSTANCE, frozenset({Level.SERIES, Level.INSTANCE}))
-SERIES_INSTANCES = Resource(Level.INSTANCE, frozenset({Level.INSTANCE}))
+from dicomweb_server.dicom.query import (
+    INSTANCES,
+    SERIES,
+    SERIES_INSTANCES,
+    STUDIES,
+    STUDY_SERIES,
+    Resource,
+    parse_query,
+)
+from dicomweb_server.dicom.resources import INSTANCE_METADATA
 
 UID1, UID2, UID3 = "1.2.840.10008.1", "1.2.826.0.1.3680043.2", "2.25.12345"
 

@@ -10,7 +10,13 @@ import pytest
 from dicomweb_server.db.search import COLUMNS
 from dicomweb_server.dicom.query import (
     ATTRIBUTES,
+    INSTANCES,
     SEQUENCE_ATTRIBUTES,
+    SERIES,
+    SERIES_INSTANCES,
+    STUDIES,
+    STUDY_INSTANCES,
+    STUDY_SERIES,
     Condition,
     Query,
     Resource,
@@ -18,13 +24,6 @@ from dicomweb_server.dicom.query import (
 )
 from dicomweb_server.dicom.resources import Level
 from dicomweb_server.errors import BadRequest
-
-STUDIES = Resource(Level.STUDY, frozenset({Level.STUDY}))
-SERIES = Resource(Level.SERIES, frozenset({Level.STUDY, Level.SERIES}))
-INSTANCES = Resource(Level.INSTANCE, frozenset({Level.STUDY, Level.SERIES, Level.INSTANCE}))
-STUDY_SERIES = Resource(Level.SERIES, frozenset({Level.SERIES}))
-STUDY_INSTANCES = Resource(Level.INSTANCE, frozenset({Level.SERIES, Level.INSTANCE}))
-SERIES_INSTANCES = Resource(Level.INSTANCE, frozenset({Level.INSTANCE}))
 
 UID1, UID2, UID3 = "1.2.840.10008.1", "1.2.826.0.1.3680043.2", "2.25.12345"
 

@@ -7,16 +7,13 @@ from typing import Any
 import orjson
 import pytest
 
-from dicomweb_server.dicom.query import Resource, parse_query
+from dicomweb_server.dicom.query import INSTANCES, SERIES, STUDIES, Resource, parse_query
 from dicomweb_server.dicom.resources import SERIES_RETURN, STUDY_RETURN, Level
 from dicomweb_server.dicomweb.results import remaining_warning, result
 
 BASE = "https://pacs.example.org"
 STUDY_UID, SERIES_UID, SOP_UID = "1.2.3", "1.2.3.4", "1.2.3.4.5"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
-STUDIES = Resource(Level.STUDY, frozenset({Level.STUDY}))
-SERIES = Resource(Level.SERIES, frozenset({Level.STUDY, Level.SERIES}))
-INSTANCES = Resource(Level.INSTANCE, frozenset({Level.STUDY, Level.SERIES, Level.INSTANCE}))
 
 # What ingest keeps with the study and the series (dicom_index.STUDY_TAGS / SERIES_TAGS subsets).
 STUDY_ATTRS = {
