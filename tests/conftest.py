@@ -106,14 +106,14 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
-def make_settings(database_url: str, storage: Path, **sections: dict[str, Any]) -> Settings:
-    """The tests' settings: this database, objects under ``storage``, no in-process sweep, the
+def make_settings(database_url: str, objects: Path, **sections: dict[str, Any]) -> Settings:
+    """The tests' settings: this database, objects under ``objects``, no in-process sweep, the
     test signing keys.  ``sections`` change fields of one section each, as they read at the
     call site: ``make_settings(url, path, ingest=dict(max_parts=2))``."""
     base = Settings(
-        data_dir=storage.parent,
+        data_dir=objects.parent,
         database=DatabaseSettings(url=database_url),
-        storage=StorageSettings(path=storage, gc_interval_seconds=0),
+        storage=StorageSettings(path=objects, gc_interval_seconds=0),
         access=AccessSettings(signing_keys=KEYS_FILE, issuer=ASGI_ISSUER),
     )
     changed = {name: dataclasses.replace(getattr(base, name), **fields) for name, fields in sections.items()}
