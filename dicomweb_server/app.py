@@ -23,7 +23,7 @@ from dicomweb_server.ingest import jobs as ingest_jobs
 from dicomweb_server.ingest.jobs import StatisticsKeeper
 from dicomweb_server.jobs.runner import Job, Parts, Processor, Runner, bind
 from dicomweb_server.routes import ROUTES
-from dicomweb_server.settings import Settings
+from dicomweb_server.settings import AccessSettings, Settings
 from dicomweb_server.storage import ObjectStore, open_store
 from dicomweb_server.web.context import RequestContext
 from dicomweb_server.web.errors import EXCEPTION_HANDLERS
@@ -43,16 +43,16 @@ async def resources(
 ) -> AsyncIterator[Resources]:
     """The one place the pool and the store are built and closed (the lifespan, ``cli gc``).
 
-    ``url`` overrides ``settings.database_url`` (the CLI's embedded PostgreSQL); the store's
+    ``url`` overrides ``settings.database.url`` (the CLI's embedded PostgreSQL); the store's
     operations are timed for the metrics (metrics.TimedStore).
     """
-    url = url or settings.database_url
+    url = url or settings.database.url
     if not url:
         raise RuntimeError("DATABASE_URL is not set; `dicomweb-server serve` starts an embedded PostgreSQL")
     async with contextlib.AsyncExitStack() as stack:
-        pool = await db_pool.create_pool(url, pool_size or settings.db_pool_size)
+        pool = await db_pool.create_pool(url, pool_size or settings.database.pool_size)
         stack.push_async_callback(pool.close)
-        store: ObjectStore = metrics.TimedStore(await open_store(settings.storage_path, settings.s3))
+        store: ObjectStore = metrics.TimedStore(await open_store(settings.storage.path, settings.storage.s3))
         stack.push_async_callback(store.close)
         yield Resources(pool, store)
 
@@ -73,20 +73,21 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     """Build every long-lived part in order, hand them to the handlers (``app.state``) and the
     job runner, and close them in the reverse order (an ``AsyncExitStack``)."""
     settings: Settings = app.state.settings
-    if not settings.database_url:
+    access_settings = settings.access
+    if not settings.database.url:
         raise RuntimeError("DATABASE_URL is not set; `dicomweb-server serve` starts an embedded PostgreSQL")
-    if settings.signing_keys is None or not settings.signing_keys.exists():
+    if access_settings.signing_keys is None or not access_settings.signing_keys.exists():
         raise RuntimeError("DICOMWEB_SIGNING_KEYS must name a key file (`dicomweb-server keys create`)")
-    issuer = settings.issuer or settings.public_base_url
+    issuer = access_settings.issuer or settings.http.public_base_url
     if not issuer:
         raise RuntimeError("DICOMWEB_ISSUER (or DICOMWEB_PUBLIC_BASE_URL) must be set")
     async with contextlib.AsyncExitStack() as stack:
         metrics.worker_started()
         stack.callback(metrics.worker_stopped)
         parts = await stack.enter_async_context(resources(settings))
-        keys = auth.SigningKeys.load(settings.signing_keys)
-        tokens = auth.TokenSettings(issuer, issuer + "/dicomweb", settings.token_lifetime)
-        limiter = await RateLimiter.open(settings.rate_limit_storage)
+        keys = auth.SigningKeys.load(access_settings.signing_keys)
+        tokens = auth.TokenSettings(issuer, issuer + "/dicomweb", access_settings.token_lifetime)
+        limiter = await RateLimiter.open(access_settings.rate_limit_storage)
         stack.push_async_callback(limiter.close)
         trail = AuditTrail(parts.pool)
         stack.push_async_callback(trail.close)  # after the runner stops: flushes what is queued
@@ -97,9 +98,11 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.access = access.Access(
             keys=keys,
             tokens=tokens,
-            verifier=auth.Verifier(keys, tokens, _external_issuer(settings, tokens)),
+            verifier=auth.Verifier(keys, tokens, _external_issuer(access_settings, tokens)),
             limiter=limiter,
-            default_policy=Policy(settings.rate_requests, settings.rate_bytes, settings.rate_window_seconds),
+            default_policy=Policy(
+                access_settings.rate_requests, access_settings.rate_bytes, access_settings.rate_window_seconds
+            ),
             pool=parts.pool,
         )
         jobs = bind(JOBS, Parts(settings, parts.pool, parts.store, (trail, keeper)))
@@ -107,7 +110,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
 
 
-def _external_issuer(settings: Settings, tokens: auth.TokenSettings) -> auth.ExternalIssuer | None:
+def _external_issuer(settings: AccessSettings, tokens: auth.TokenSettings) -> auth.ExternalIssuer | None:
     if not settings.external_issuer:
         return None
     if not settings.external_jwks:
@@ -126,11 +129,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=ROUTES,
         middleware=[
-            Middleware(RequestContext, public_base_url=settings.public_base_url),
+            Middleware(RequestContext, public_base_url=settings.http.public_base_url),
             # Only configured origins; "*" is never implied (a viewer is served from a known origin).
             Middleware(
                 CORSMiddleware,
-                allow_origins=list(settings.cors_origins),
+                allow_origins=list(settings.http.cors_origins),
                 allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                 allow_headers=[
                     "Accept",

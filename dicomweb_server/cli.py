@@ -56,7 +56,7 @@ def _settings(create: bool) -> Settings:
     except ValueError as exc:  # a setting out of range: its message names the variable
         raise CommandError(str(exc)) from None
     folder = settings.data_dir
-    if not create and not settings.database_url and not (folder / "pg").exists():
+    if not create and not settings.database.url and not (folder / "pg").exists():
         raise CommandError(
             f"no database in {folder} (nothing has been served from it): set DICOMWEB_DATA_DIR to "
             "the server's data folder, or DATABASE_URL to its database"
@@ -85,8 +85,8 @@ def _export(env: dict[str, str]) -> None:
 
 
 def _database(settings: Settings) -> tuple[str, object | None]:
-    if settings.database_url:
-        return settings.database_url, None
+    if settings.database.url:
+        return settings.database.url, None
     from dicomweb_server.db.embedded import start_postgres
 
     url, server = start_postgres(settings.data_dir / "pg")
@@ -210,30 +210,31 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
 
     from dicomweb_server.web.connections import ConnectionLimits, GuardedHttp
 
-    host = settings.host if args.host is None else args.host
-    port = settings.port if args.port is None else args.port
-    count = settings.workers if args.workers is None else args.workers
+    http = settings.http
+    host = http.host if args.host is None else args.host
+    port = http.port if args.port is None else args.port
+    count = http.workers if args.workers is None else args.workers
     url, server = _database(settings)
     status = 0
     try:
         migrate(url)
         # The base URL as a client on this machine reaches it (0.0.0.0 is no address to connect to).
-        base = settings.public_base_url or _probe_url(host, port).removesuffix("/readyz")
+        base = http.public_base_url or _probe_url(host, port).removesuffix("/readyz")
         keys = None
         dev = None
-        if admin.is_loopback(host) and settings.signing_keys is None:
+        if admin.is_loopback(host) and settings.access.signing_keys is None:
             keys, dev = admin.bootstrap_dev(settings, url)
         else:
             admin.refuse_insecure(host, settings, url)
         # Workers build their settings from the environment.
-        _export(worker_environment(settings, url, settings.issuer or base, keys))
+        _export(worker_environment(settings, url, settings.access.issuer or base, keys))
         text = walkthrough(base, dev, settings)
         saved = _save_walkthrough(settings, text)
         threading.Thread(
             target=_announce_when_ready, args=(_probe_url(host, port), text, saved), daemon=True
         ).start()
-        metrics.prepare(settings.metrics_port, settings.metrics_host, count)
-        limits = ConnectionLimits.from_settings(settings)
+        metrics.prepare(settings.metrics.port, settings.metrics.host, count)
+        limits = ConnectionLimits.from_settings(http)
         config = uvicorn.Config(
             "dicomweb_server.app:create_app",
             factory=True,
@@ -243,12 +244,12 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
             loop="uvloop",
             # uvicorn's httptools protocol with header, body-rate and connection limits (connections.py)
             http=functools.partial(GuardedHttp, limits=limits),  # type: ignore[arg-type]
-            timeout_keep_alive=max(1, round(settings.keep_alive_seconds)),
+            timeout_keep_alive=max(1, round(http.keep_alive_seconds)),
             log_config=None,
             access_log=False,
             # X-Forwarded-* only from the configured proxies (uvicorn trusts 127.0.0.1 by default).
-            proxy_headers=bool(settings.trusted_proxies),
-            forwarded_allow_ips=settings.trusted_proxies or "",
+            proxy_headers=bool(http.trusted_proxies),
+            forwarded_allow_ips=http.trusted_proxies or "",
             timeout_graceful_shutdown=10,
         )
         # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler it found:
@@ -271,7 +272,7 @@ def init(args: argparse.Namespace, settings: Settings) -> None:
     signing key file if there is none, and apply the migrations.  Safe to run on every start."""
     from dicomweb_server.access import auth
 
-    path = settings.signing_keys
+    path = settings.access.signing_keys
     if path is None:
         raise CommandError("init needs DICOMWEB_SIGNING_KEYS: the key file to create (or keep)")
     created = not path.exists()
@@ -296,7 +297,7 @@ def gc(args: argparse.Namespace, settings: Settings) -> None:
     from dicomweb_server.ingest import sweep
 
     url, server = _database(settings)
-    grace = settings.gc_grace_seconds if args.grace is None else args.grace
+    grace = settings.storage.gc_grace_seconds if args.grace is None else args.grace
 
     async def run() -> None:
         async with resources(settings, url, pool_size=2) as parts:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import socket
@@ -13,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -21,7 +23,7 @@ import pytest
 from dicomweb_server.access import auth
 from dicomweb_server.app import create_app
 from dicomweb_server.cli import migrate
-from dicomweb_server.settings import S3Settings, Settings
+from dicomweb_server.settings import AccessSettings, DatabaseSettings, S3Settings, Settings, StorageSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 ASGI_ISSUER = "http://testserver"
@@ -104,16 +106,18 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
-def make_settings(database_url: str, storage: Path, **overrides: object) -> Settings:
+def make_settings(database_url: str, objects: Path, **sections: dict[str, Any]) -> Settings:
+    """The tests' settings: this database, objects under ``objects``, no in-process sweep, the
+    test signing keys.  ``sections`` change fields of one section each, as they read at the
+    call site: ``make_settings(url, path, ingest=dict(max_parts=2))``."""
     base = Settings(
-        database_url=database_url,
-        data_dir=storage.parent,
-        storage_path=storage,
-        gc_interval_seconds=0,
-        signing_keys=KEYS_FILE,
-        issuer=ASGI_ISSUER,
+        data_dir=objects.parent,
+        database=DatabaseSettings(url=database_url),
+        storage=StorageSettings(path=objects, gc_interval_seconds=0),
+        access=AccessSettings(signing_keys=KEYS_FILE, issuer=ASGI_ISSUER),
     )
-    return Settings(**{**base.__dict__, **overrides})  # type: ignore[arg-type]
+    changed = {name: dataclasses.replace(getattr(base, name), **fields) for name, fields in sections.items()}
+    return dataclasses.replace(base, **changed)
 
 
 @dataclass

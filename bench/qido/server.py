@@ -59,9 +59,9 @@ def series_attrs(meta: dict[str, Any]) -> dict[str, Any]:
 def ingest_view(data: bytes) -> dict[str, Any]:
     """What ingest stores for one Part-10 file, via the server's own ``describe``."""
     from dicomweb_server.dicom import part10 as dicom
-    from dicomweb_server.settings import Settings
+    from dicomweb_server.settings import IngestSettings
 
-    settings = Settings()
+    settings = IngestSettings()
     d = dicom.describe(
         data, complete=True, budget=settings.header_budget_bytes, threshold=settings.bulk_data_threshold
     )
@@ -93,9 +93,9 @@ def qido_sql(path: str, after_pk: int | None = None) -> Any:
     """(query, statements) our server runs for ``path`` (relative to /dicomweb), as a search builds them."""
     from dicomweb_server.db.search import to_sql
     from dicomweb_server.dicom.query import parse_query
-    from dicomweb_server.settings import Settings
+    from dicomweb_server.settings import DicomwebSettings
 
-    settings = Settings()
+    settings = DicomwebSettings()
     parts = urlsplit(path)
     segments = parts.path.strip("/").split("/")
     study_uid: str | None = None

@@ -61,7 +61,7 @@ def is_loopback(host: str) -> bool:
 
 
 def keys_command(args: argparse.Namespace, settings: Settings) -> None:
-    path = Path(args.file) if args.file else settings.signing_keys
+    path = Path(args.file) if args.file else settings.access.signing_keys
     if path is None:
         raise CommandError("name the key file with --file or DICOMWEB_SIGNING_KEYS")
     if args.action == "create":
@@ -178,7 +178,7 @@ def clients_command(args: argparse.Namespace, url: str, settings: Settings) -> N
         )
     elif args.action == "rotate-secret":
         secret = auth.new_secret()
-        overlap = settings.secret_overlap_seconds
+        overlap = settings.access.secret_overlap_seconds
         if not _run(
             url, lambda conn: access_db.rotate_secret(conn, args.client_id, auth.hash_secret(secret), overlap)
         ):
@@ -283,7 +283,7 @@ def bootstrap_dev(settings: Settings, url: str) -> tuple[Path, DevClient]:
     """On a loopback address with no key file configured: a local key file, a ``dev`` tenant and
     a client with every scope, its secret kept (mode 0600) under the data folder so that the
     printed walk-through keeps working.  Never used on any other address."""
-    path = settings.signing_keys or dev_keys_path(settings)
+    path = settings.access.signing_keys or dev_keys_path(settings)
     auth.SigningKeys.load_or_generate(path)
     secret_file = dev_secret_path(settings)
 
@@ -314,12 +314,13 @@ def refuse_insecure(host: str, settings: Settings, url: str) -> None:
     """Never serve beyond loopback without real signing keys, or while the development client works."""
     if is_loopback(host):
         return
-    if settings.signing_keys is None or not settings.signing_keys.exists():
+    keys = settings.access.signing_keys
+    if keys is None or not keys.exists():
         raise CommandError(
             f"refusing to listen on {host}: set DICOMWEB_SIGNING_KEYS to a key file "
             "(`dicomweb-server keys create --file ...`)"
         )
-    if settings.signing_keys.resolve() == dev_keys_path(settings).resolve():
+    if keys.resolve() == dev_keys_path(settings).resolve():
         raise CommandError(f"refusing to listen on {host} with the development signing keys")
     dev = _run(url, lambda conn: access_db.find_client(conn, DEV_CLIENT))
     if dev is not None and not dev.disabled:

@@ -21,7 +21,7 @@ OFFERS = [Offer(DICOM_JSON), Offer("application/json"), Offer(MULTIPART, DICOM_X
 async def search(request: Request, resource: Resource) -> Response:
     """GET /studies, /series, /instances and their study/series-scoped forms."""
     state = request.app.state
-    settings = state.settings
+    settings = state.settings.dicomweb
     choice = negotiate_request(request, OFFERS)
     p = request.path_params
     query = parse_query(

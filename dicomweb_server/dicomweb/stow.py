@@ -23,7 +23,7 @@ from dicomweb_server.dicom.part10 import Failure
 from dicomweb_server.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from dicomweb_server.ingest.origin import STOW_RS, Origin
 from dicomweb_server.ingest.outcome import Outcome
-from dicomweb_server.ingest.session import IngestSession, IngestSettings
+from dicomweb_server.ingest.session import IngestSession
 from dicomweb_server.web.context import STUDY_UID
 from dicomweb_server.web.multipart import MultipartReader, PartData, PartStart, parse_media_type
 
@@ -67,15 +67,13 @@ class StoreResponse(Response):
 async def store_instances(request: Request) -> Response:
     """POST /dicomweb/studies[/{study}]."""
     state = request.app.state  # the study UID in the path, if any, is checked by app.uids_checked
-    settings = state.settings
+    settings = state.settings.ingest
     study = request.path_params.get("study")
     origin = Origin(STOW_RS, getattr(request.state, "client_id", None), peer=_peer(request))
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
         raise PayloadTooLarge(f"Request body exceeds the limit of {settings.max_body_bytes} bytes")
-    session = IngestSession(
-        origin, request.state.tenant, study, IngestSettings.from_settings(settings), state.store, state.pool
-    )
+    session = IngestSession(origin, request.state.tenant, study, settings, state.store, state.pool)
     async with session:
         await _feed(session, request.headers.get("content-type"), request.stream(), settings.max_body_bytes)
         outcome = await session.finish()

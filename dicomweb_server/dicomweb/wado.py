@@ -154,7 +154,7 @@ async def retrieve(request: Request) -> Response:
     offers = [Offer(MULTIPART, DICOM), Offer(ZIP)]
     if scope.sop is not None:
         offers.append(Offer(DICOM))
-    limit = state.settings.max_transcode_bytes
+    limit = state.settings.dicomweb.max_transcode_bytes
     choice = negotiate_request(request, offers, _producible(instances, limit))
     plan = [(i, _wanted_syntax(i, choice.transfer_syntax, limit)) for i in instances]
     # One instance asked for in an explicit syntax: a 406 if it does not convert after all.

@@ -16,10 +16,10 @@ STATISTICS_EVERY = 1.0  # seconds between looks at the outbox
 
 def sweep_job(parts: Parts) -> Job | None:
     """Every ``DICOMWEB_GC_INTERVAL_SECONDS`` (0: off), one sweep (invariant I3, ingest/sweep.py)."""
-    interval = parts.settings.gc_interval_seconds
+    interval = parts.settings.storage.gc_interval_seconds
     if interval <= 0:
         return None
-    grace = parts.settings.gc_grace_seconds
+    grace = parts.settings.storage.gc_grace_seconds
 
     async def step() -> None:
         await sweep.sweep(parts.pool, parts.store, grace)

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
@@ -35,7 +35,7 @@ from dicomweb_server.events import InstanceStored
 from dicomweb_server.ingest.origin import Origin
 from dicomweb_server.ingest.outcome import Outcome, Stored
 from dicomweb_server.ingest.part import HEADER_PROBE, Durable, Part, frame_index, index_record
-from dicomweb_server.settings import Settings
+from dicomweb_server.settings import IngestSettings
 from dicomweb_server.storage.base import ObjectStore, StorageFull, new_key
 
 log = logging.getLogger(__name__)
@@ -48,29 +48,6 @@ PART_TYPE_COMMENT = "Part media type {type} is not application/dicom"
 PART_TYPE_FALLBACK = "The part's media type is not application/dicom"
 STUDY_MISMATCH_COMMENT = "StudyInstanceUID does not match the study in the request URL"
 STORAGE_FULL_COMMENT = "Out of storage space"
-
-
-@dataclass(frozen=True)
-class IngestSettings:
-    """The ingest section of the settings: what one instance may cost, and the duplicate policy."""
-
-    max_part_bytes: int
-    max_parts: int
-    header_budget_bytes: int  # bytes of a part kept in memory to parse its header
-    header_seconds: float  # CPU seconds one header may take to parse and describe
-    bulk_data_threshold: int  # longer binary values become BulkDataURIs in the stored metadata
-    overwrite: bool  # DICOMWEB_DUPLICATE_POLICY=overwrite: same UID, other bytes replaces
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> IngestSettings:
-        return cls(
-            max_part_bytes=settings.max_part_bytes,
-            max_parts=settings.max_parts,
-            header_budget_bytes=settings.header_budget_bytes,
-            header_seconds=settings.header_seconds,
-            bulk_data_threshold=settings.bulk_data_threshold,
-            overwrite=settings.duplicate_policy == "overwrite",
-        )
 
 
 class IngestSession:

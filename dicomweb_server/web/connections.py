@@ -39,7 +39,7 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from dicomweb_server.errors import CONNECTION_STATUS
-from dicomweb_server.settings import Settings
+from dicomweb_server.settings import HttpSettings
 
 log = logging.getLogger("dicomweb_server.web.connections")
 
@@ -49,7 +49,7 @@ _RESERVED_FDS = 64  # descriptors a worker keeps for its database pool, files an
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    """One worker's limits (defaults and meaning: ``Settings``, README)."""
+    """One worker's limits (defaults and meaning: ``HttpSettings``, README)."""
 
     header_timeout: float
     max_header_bytes: int
@@ -59,15 +59,15 @@ class ConnectionLimits:
     retry_after: int = 5  # seconds, in the 503 of a refused connection
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ConnectionLimits:
+    def from_settings(cls, settings: HttpSettings) -> ConnectionLimits:
         """The configured limits; the connection cap never above what the descriptor limit allows."""
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         cap = settings.max_connections
         if soft != resource.RLIM_INFINITY:
             cap = max(1, min(cap, soft - _RESERVED_FDS))
         return cls(
-            header_timeout=settings.http_header_timeout,
-            max_header_bytes=settings.http_header_max_bytes,
+            header_timeout=settings.header_timeout,
+            max_header_bytes=settings.header_max_bytes,
             body_min_rate=settings.body_min_rate,
             body_window=settings.body_rate_window,
             max_connections=cap,

@@ -507,7 +507,7 @@ async def snapshot(
 
 
 def disk(app: App) -> dict[str, list[Path]]:
-    root = app.settings.storage_path
+    root = app.settings.storage.path
     found: dict[str, list[Path]] = {}
     for p in root.rglob("*"):
         if p.is_file() and ".staging" not in p.parts:
@@ -597,7 +597,9 @@ async def test_two_tenants_with_the_same_uids_see_only_their_own_data(app: App) 
 
 @pytest.fixture
 async def limited(db: asyncpg.Pool, database_url: str, tmp_path: Path) -> AsyncIterator[App]:
-    settings = make_settings(database_url, tmp_path / "objects", rate_requests=5, rate_window_seconds=60)
+    settings = make_settings(
+        database_url, tmp_path / "objects", access=dict(rate_requests=5, rate_window_seconds=60)
+    )
     async with running_app(settings) as a:
         yield a
 
@@ -634,7 +636,7 @@ BYTE_BUDGET = SMALL * 3 // 2
 @pytest.fixture
 async def byte_limited(db: asyncpg.Pool, database_url: str, tmp_path: Path) -> AsyncIterator[App]:
     settings = make_settings(
-        database_url, tmp_path / "objects", rate_bytes=BYTE_BUDGET, rate_window_seconds=60
+        database_url, tmp_path / "objects", access=dict(rate_bytes=BYTE_BUDGET, rate_window_seconds=60)
     )
     async with running_app(settings) as a:
         yield a

@@ -23,9 +23,7 @@ async def with_idp(db: asyncpg.Pool, database_url: str, tmp_path: Path) -> Async
     settings = make_settings(
         database_url,
         tmp_path / "objects",
-        external_issuer=IDP,
-        external_jwks=str(jwks),
-        external_tenant_claim="hospital",
+        access=dict(external_issuer=IDP, external_jwks=str(jwks), external_tenant_claim="hospital"),
     )
     async with running_app(settings) as app:
         yield app

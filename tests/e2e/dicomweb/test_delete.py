@@ -18,7 +18,7 @@ async def store(app: App, files: list[bytes]) -> None:
 
 
 def object_files(app: App) -> set[str]:
-    root = app.settings.storage_path
+    root = app.settings.storage.path
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".staging" not in p.parts}
 
 

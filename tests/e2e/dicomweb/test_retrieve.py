@@ -188,7 +188,7 @@ async def test_study_metadata_comes_from_the_index_without_reading_objects(app: 
     study = generate_uid()
     files = [instance(study, generate_uid(), seed=i, InstanceNumber=i + 1) for i in range(4)]
     await store(app, files)
-    for path in app.settings.storage_path.rglob("*"):  # metadata must not need them
+    for path in app.settings.storage.path.rglob("*"):  # metadata must not need them
         if path.is_file():
             path.unlink()
     r = await app.client.get(f"{STUDIES}/{study}/metadata")

@@ -97,7 +97,7 @@ async def mixed_series(app: App) -> Series:
         STUDIES, content=multipart([*good, zeroed, to_damage]), headers={"Content-Type": content_type()}
     )
     assert r.status_code == 200, r.text
-    damaged = overwrite_pixels(stored_file(app.settings.storage_path, to_damage))
+    damaged = overwrite_pixels(stored_file(app.settings.storage.path, to_damage))
     return Series(
         study,
         series,
@@ -261,7 +261,7 @@ async def test_an_object_cut_short_in_storage_is_a_clean_410_for_its_instance(ap
     )
     assert r.status_code == 200
     for data in (native, jpeg):
-        path = stored_file(app.settings.storage_path, data)
+        path = stored_file(app.settings.storage.path, data)
         path.write_bytes(path.read_bytes()[: len(data) - 1000])
     base = f"{STUDIES}/{study}/series/{series}/instances/"
     for data in (native, jpeg):
@@ -300,7 +300,7 @@ async def test_a_series_stream_that_meets_a_damaged_object_is_aborted(
     r = await app.client.get(f"{STUDIES}/{study}/series/{series}", headers={"Accept": DICOM_MP})
     order = [sop_of(b) for _, b in split_multipart(r.content, r.headers["content-type"])]
     later = {sop_of(first): first, sop_of(second): second}[order[1]]
-    path = stored_file(app.settings.storage_path, later)
+    path = stored_file(app.settings.storage.path, later)
     path.write_bytes(path.read_bytes()[:1000])
     for accept in (DICOM_MP, f"{DICOM_MP}; transfer-syntax=*", "application/zip"):
         caplog.clear()

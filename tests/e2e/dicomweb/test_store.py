@@ -47,7 +47,7 @@ async def count_rows(db: asyncpg.Pool) -> tuple[int, int, int]:
 
 
 def objects(app: App) -> list[Path]:
-    root = app.settings.storage_path
+    root = app.settings.storage.path
     return [p for p in root.rglob("*") if p.is_file() and ".staging" not in p.parts]
 
 
@@ -259,7 +259,7 @@ async def test_same_uid_different_bytes_is_refused_with_0111(app: App, db: async
 async def test_overwrite_policy_replaces_the_instance(
     db: asyncpg.Pool, database_url: str, tmp_path: Path
 ) -> None:
-    settings = make_settings(database_url, tmp_path / "objects", duplicate_policy="overwrite")
+    settings = make_settings(database_url, tmp_path / "objects", ingest=dict(duplicate_policy="overwrite"))
     async with running_app(settings) as app:
         study, series, sop = generate_uid(), generate_uid(), generate_uid()
         first, second = instance(study, series, sop, seed=1), instance(study, series, sop, seed=2)
@@ -343,7 +343,7 @@ class TestLimits:
     async def test_declared_body_over_the_limit_is_413_before_reading(
         self, db: asyncpg.Pool, database_url: str, tmp_path: Path
     ) -> None:
-        settings = make_settings(database_url, tmp_path / "o", max_body_bytes=10_000)
+        settings = make_settings(database_url, tmp_path / "o", ingest=dict(max_body_bytes=10_000))
         async with running_app(settings) as app:
             body = multipart([instance(size=128)])
             r = await app.client.post(STUDIES, content=body, headers={"Content-Type": content_type()})
@@ -353,7 +353,7 @@ class TestLimits:
     async def test_streamed_body_over_the_limit_is_413(
         self, db: asyncpg.Pool, database_url: str, tmp_path: Path
     ) -> None:
-        settings = make_settings(database_url, tmp_path / "o", max_body_bytes=50_000)
+        settings = make_settings(database_url, tmp_path / "o", ingest=dict(max_body_bytes=50_000))
         async with running_app(settings) as app:
             body = multipart([instance(seed=i) for i in range(10)])
             sent = 0
@@ -370,7 +370,7 @@ class TestLimits:
             assert objects(app) == []
 
     async def test_too_many_parts_is_413(self, db: asyncpg.Pool, database_url: str, tmp_path: Path) -> None:
-        settings = make_settings(database_url, tmp_path / "o", max_parts=2)
+        settings = make_settings(database_url, tmp_path / "o", ingest=dict(max_parts=2))
         async with running_app(settings) as app:
             r = await app.client.post(
                 STUDIES,
@@ -384,7 +384,7 @@ class TestLimits:
     async def test_part_over_the_limit_is_413(
         self, db: asyncpg.Pool, database_url: str, tmp_path: Path
     ) -> None:
-        settings = make_settings(database_url, tmp_path / "o", max_part_bytes=20_000)
+        settings = make_settings(database_url, tmp_path / "o", ingest=dict(max_part_bytes=20_000))
         async with running_app(settings) as app:
             r = await app.client.post(
                 STUDIES,
@@ -397,7 +397,7 @@ class TestLimits:
     async def test_header_over_the_budget_is_a7xx(
         self, db: asyncpg.Pool, database_url: str, tmp_path: Path
     ) -> None:
-        settings = make_settings(database_url, tmp_path / "o", header_budget_bytes=4096)
+        settings = make_settings(database_url, tmp_path / "o", ingest=dict(header_budget_bytes=4096))
         async with running_app(settings) as app:
             big_header = instance(ImageComments="x" * 8000)  # header longer than the budget
             r = await app.client.post(
@@ -447,7 +447,7 @@ async def test_header_over_the_time_budget_is_a700(
     db: asyncpg.Pool, database_url: str, tmp_path: Path
 ) -> None:
     """A header of tiny elements costs CPU out of proportion to its bytes: the parse stops in time."""
-    settings = make_settings(database_url, tmp_path / "objects", header_seconds=0.05)
+    settings = make_settings(database_url, tmp_path / "objects", ingest=dict(header_seconds=0.05))
     async with running_app(settings) as app:
         slow = many_tiny_elements(300_000)  # 3 MB, well inside the byte budget, seconds of CPU
         r = await app.client.post(

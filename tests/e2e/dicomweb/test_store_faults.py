@@ -48,7 +48,7 @@ def files_under(root: Path) -> list[Path]:
 
 
 async def test_object_store_failure_is_503_and_nothing_is_indexed(app: App, db: asyncpg.Pool) -> None:
-    root = app.settings.storage_path
+    root = app.settings.storage.path
     app.state.store = FailingCommits(root, 2, StorageError("injected"))  # type: ignore[attr-defined]
     body = multipart([instance(seed=i) for i in range(3)])
     r = await app.client.post("/dicomweb/studies", content=body, headers={"Content-Type": content_type()})
@@ -59,7 +59,7 @@ async def test_object_store_failure_is_503_and_nothing_is_indexed(app: App, db: 
 
 
 async def test_out_of_space_fails_that_instance_with_a700(app: App, db: asyncpg.Pool) -> None:
-    root = app.settings.storage_path
+    root = app.settings.storage.path
     app.state.store = FailingCommits(root, 2, StorageFull("injected"))  # type: ignore[attr-defined]
     body = multipart([instance(seed=i) for i in range(3)])
     r = await app.client.post("/dicomweb/studies", content=body, headers={"Content-Type": content_type()})
@@ -77,6 +77,6 @@ async def test_database_unavailable_is_503_and_objects_are_removed(app: App) -> 
     )
     assert r.status_code == 503
     assert "database" in r.json()["message"]
-    assert files_under(app.settings.storage_path) == []
+    assert files_under(app.settings.storage.path) == []
     ready = await app.client.get("/readyz")
     assert ready.status_code == 503

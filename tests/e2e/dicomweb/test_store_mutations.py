@@ -288,7 +288,7 @@ async def test_the_reported_case_jpeg_lossy_without_its_last_8_bytes(app: App) -
 
 
 def objects(app: App) -> list[object]:
-    root = app.settings.storage_path
+    root = app.settings.storage.path
     return [p for p in root.rglob("*") if p.is_file() and ".staging" not in p.parts]
 
 

@@ -54,8 +54,7 @@ def app(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     settings = make_settings(
         database_url,
         tmp_path_factory.mktemp("schemathesis") / "objects",
-        rate_requests=10**9,
-        rate_bytes=2**62,
+        access=dict(rate_requests=10**9, rate_bytes=2**62),
     )
     app = create_app(settings)
     yield app

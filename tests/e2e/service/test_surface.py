@@ -244,6 +244,6 @@ def test_metrics_of_a_server_on_their_own_listener(
 
 
 def server_pool_size() -> int:
-    from dicomweb_server.settings import Settings
+    from dicomweb_server.settings import DatabaseSettings
 
-    return Settings().db_pool_size
+    return DatabaseSettings().pool_size

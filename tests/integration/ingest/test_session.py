@@ -12,8 +12,8 @@ from dicomweb_server.db import store as index
 from dicomweb_server.dicom import status
 from dicomweb_server.ingest.origin import STOW_RS, UPLOAD, Origin
 from dicomweb_server.ingest.outcome import Outcome, Stored
-from dicomweb_server.ingest.session import IngestSession, IngestSettings
-from dicomweb_server.settings import Settings
+from dicomweb_server.ingest.session import IngestSession
+from dicomweb_server.settings import IngestSettings
 from dicomweb_server.storage.base import new_key
 from dicomweb_server.storage.memory import MemoryStore
 from tests.conftest import TENANT
@@ -21,8 +21,8 @@ from tests.support.dicomfiles import instance
 
 STUDY, SERIES = "1.2.826.0.1.3680043.8.498.10", "1.2.826.0.1.3680043.8.498.11"
 CT = "1.2.840.10008.5.1.4.1.1.2"
-REJECT = IngestSettings.from_settings(Settings())
-OVERWRITE = IngestSettings.from_settings(Settings(duplicate_policy="overwrite"))
+REJECT = IngestSettings()
+OVERWRITE = IngestSettings(duplicate_policy="overwrite")
 
 
 async def ingest(

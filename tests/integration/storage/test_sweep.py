@@ -20,7 +20,7 @@ async def test_orphans_go_after_grace_referenced_objects_stay(
     backend: str, db: asyncpg.Pool, database_url: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     s3: S3Settings | None = request.getfixturevalue("s3") if backend == "s3" else None
-    settings = make_settings(database_url, tmp_path / "objects", s3=s3)
+    settings = make_settings(database_url, tmp_path / "objects", storage=dict(s3=s3))
     async with running_app(settings) as app:
         store = app.state.store  # type: ignore[attr-defined]
         r = await app.client.post(

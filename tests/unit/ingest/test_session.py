@@ -7,6 +7,9 @@ tests/integration/ingest/, against the suite's real PostgreSQL.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import pytest
 
 from dicomweb_server.dicom import part10 as dicom
@@ -19,20 +22,19 @@ from dicomweb_server.ingest.session import (
     STORAGE_FULL_COMMENT,
     STUDY_MISMATCH_COMMENT,
     IngestSession,
-    IngestSettings,
 )
-from dicomweb_server.settings import Settings
+from dicomweb_server.settings import IngestSettings
 from dicomweb_server.storage.base import new_key
 from dicomweb_server.storage.memory import MemoryStore
 from tests.support.dicomfiles import instance, nested
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 ORIGIN = Origin(STOW_RS, "test-client", peer="127.0.0.1:50000")
-SETTINGS = IngestSettings.from_settings(Settings())
+SETTINGS = IngestSettings()
 
 
-def session(store: MemoryStore, study: str | None = None, **limits: object) -> IngestSession:
-    settings = IngestSettings(**{**vars(SETTINGS), **limits})  # type: ignore[arg-type]
+def session(store: MemoryStore, study: str | None = None, **limits: Any) -> IngestSession:
+    settings = dataclasses.replace(SETTINGS, **limits)
     return IngestSession(ORIGIN, "default", study, settings, store, pool=None)
 
 

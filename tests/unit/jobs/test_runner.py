@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dicomweb_server.jobs.runner import Job, Parts, Runner, bind
-from dicomweb_server.settings import Settings
+from dicomweb_server.settings import Settings, StorageSettings
 from dicomweb_server.storage import FileStore
 
 
@@ -108,10 +108,10 @@ def test_processors_are_bound_to_the_parts_and_settings_can_turn_them_off(tmp_pa
 
     store = FileStore(tmp_path)
     keeper = StatisticsKeeper(None)
-    on = bind(JOBS, Parts(Settings(gc_interval_seconds=60), None, store, (keeper,)))
+    on = bind(JOBS, Parts(Settings(storage=StorageSettings(gc_interval_seconds=60)), None, store, (keeper,)))
     assert set(on) == {"ingest.sweep", "index.statistics"}
     assert on["ingest.sweep"].every == 60
-    off = bind(JOBS, Parts(Settings(gc_interval_seconds=0), None, store, (keeper,)))
+    off = bind(JOBS, Parts(Settings(storage=StorageSettings(gc_interval_seconds=0)), None, store, (keeper,)))
     assert set(off) == {"index.statistics"}
     with pytest.raises(LookupError):
         Parts(Settings(), None, store).get(StatisticsKeeper)
