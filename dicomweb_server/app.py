@@ -19,12 +19,14 @@ from dicomweb_server.access.audit import AuditTrail
 from dicomweb_server.access.ratelimit import Policy, RateLimiter
 from dicomweb_server.db import pool as db_pool
 from dicomweb_server.db.search import PageCache
+from dicomweb_server.dicom.resources import ROOT
 from dicomweb_server.ingest import jobs as ingest_jobs
 from dicomweb_server.ingest.jobs import StatisticsKeeper
 from dicomweb_server.jobs.runner import Job, Parts, Processor, Runner, bind
 from dicomweb_server.routes import ROUTES
 from dicomweb_server.settings import AccessSettings, Settings
-from dicomweb_server.storage import ObjectStore, open_store
+from dicomweb_server.storage import open_store
+from dicomweb_server.storage.base import ObjectStore
 from dicomweb_server.web.context import RequestContext
 from dicomweb_server.web.errors import EXCEPTION_HANDLERS
 
@@ -86,7 +88,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         stack.callback(metrics.worker_stopped)
         parts = await stack.enter_async_context(resources(settings))
         keys = auth.SigningKeys.load(access_settings.signing_keys)
-        tokens = auth.TokenSettings(issuer, issuer + "/dicomweb", access_settings.token_lifetime)
+        tokens = auth.TokenSettings(issuer, issuer + ROOT, access_settings.token_lifetime)
         limiter = await RateLimiter.open(access_settings.rate_limit_storage)
         stack.push_async_callback(limiter.close)
         trail = AuditTrail(parts.pool)

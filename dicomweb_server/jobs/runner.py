@@ -28,7 +28,7 @@ from typing import TypeVar
 
 from dicomweb_server.db.pool import Pool
 from dicomweb_server.settings import Settings
-from dicomweb_server.storage import ObjectStore
+from dicomweb_server.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
 

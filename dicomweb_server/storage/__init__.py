@@ -1,7 +1,8 @@
 """Object storage: one narrow interface (``base.py``) and its backends, chosen at start-up.
 
 ``files.py`` keeps objects on the local filesystem, ``s3.py`` in an S3 bucket and ``memory.py`` in
-memory (unit tests).  The names most callers need are re-exported here.
+memory (unit tests).  Callers import what they need from those modules; only the choice of
+backend, at start-up, lives here.
 """
 
 from __future__ import annotations
@@ -9,22 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from dicomweb_server.settings import S3Settings
-from dicomweb_server.storage.base import ObjectStore, ObjectWriter, StorageFull, StoredObject, new_key
+from dicomweb_server.storage.base import ObjectStore
 from dicomweb_server.storage.files import FileStore
-from dicomweb_server.storage.memory import MemoryStore
 from dicomweb_server.storage.s3 import S3Store
-
-__all__ = [
-    "FileStore",
-    "MemoryStore",
-    "ObjectStore",
-    "ObjectWriter",
-    "S3Store",
-    "StorageFull",
-    "StoredObject",
-    "new_key",
-    "open_store",
-]
 
 
 async def open_store(root: Path, s3: S3Settings | None) -> ObjectStore:

@@ -22,6 +22,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 from swagger_ui.utils import SWAGGER_UI_PY_ROOT
 
+from dicomweb_server.dicom.resources import ROOT
 from dicomweb_server.errors import NotFound
 from dicomweb_server.web.media import Offer, negotiate
 
@@ -51,8 +52,8 @@ def describe(base: str) -> dict[str, Any]:
         "service": NAME,
         "description": "DICOMweb (PS3.18): STOW-RS, QIDO-RS, WADO-RS, delete",
         "version": version(),
-        "dicomweb": f"{base}/dicomweb",
-        "capabilities": f"{base}/dicomweb (OPTIONS: PS3.18 §8.9 Retrieve Capabilities)",
+        "dicomweb": f"{base}{ROOT}",
+        "capabilities": f"{base}{ROOT} (OPTIONS: PS3.18 §8.9 Retrieve Capabilities)",
         "token_endpoint": f"{base}/oauth/token",
         "authorization_server_metadata": f"{base}/.well-known/oauth-authorization-server",
         "openapi": f"{base}/openapi.json",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -12,7 +13,7 @@ import pytest
 from pydicom.uid import generate_uid
 from starlette.routing import Route
 
-from dicomweb_server import metrics
+from dicomweb_server import app, metrics
 from dicomweb_server.routes import ROUTES
 from tests.conftest import App, free_port, start_server
 from tests.support.dicomfiles import content_type, instance, multipart
@@ -236,7 +237,13 @@ def test_metrics_of_a_server_on_their_own_listener(
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         assert sample(text, "dicomweb_stow_instances_stored_total") == 4  # the sum over the workers
         assert sample(text, "dicomweb_http_requests_total", method="POST", route=STUDIES, status="200") == 2
-        assert sample(text, "dicomweb_db_pool_max_connections") == workers * server_pool_size()
+        # The pool gauges are sampled by each worker's job runner (at start, then every few seconds):
+        # on a loaded machine a worker's first sample may still be on its way.
+        deadline = time.monotonic() + 2 * app.METRICS_EVERY
+        while sample(text, "dicomweb_db_pool_max_connections") != workers * server_pool_size():
+            assert time.monotonic() < deadline, text
+            time.sleep(0.2)
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         # not on the API port
         assert httpx.get(server.url + "/metrics").status_code == 404
     finally:

@@ -11,7 +11,7 @@ import pytest
 
 from dicomweb_server.jobs.runner import Job, Parts, Runner, bind
 from dicomweb_server.settings import Settings, StorageSettings
-from dicomweb_server.storage import FileStore
+from dicomweb_server.storage.files import FileStore
 
 
 class Flaky:
