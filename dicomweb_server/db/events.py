@@ -19,12 +19,19 @@ NewRow = tuple[str, str, str]
 Row = tuple[int, str, str, str, datetime]
 
 
+# One statement for any number of rows (a STOW request appends one per instance), ids in row order.
+_APPEND = (
+    "INSERT INTO event (tenant, kind, payload) SELECT u.tenant, u.kind, u.payload::jsonb "
+    "FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS u(tenant, kind, payload, n) "
+    "ORDER BY u.n"
+)
+
+
 async def append(conn: asyncpg.Connection, rows: Sequence[NewRow]) -> None:
     """Insert ``rows`` on ``conn``: inside its transaction when it has one (it should)."""
     if rows:
-        await conn.executemany(
-            "INSERT INTO event (tenant, kind, payload) VALUES ($1, $2, $3::jsonb)", list(rows)
-        )
+        tenants, kinds, payloads = zip(*rows, strict=True)
+        await conn.execute(_APPEND, list(tenants), list(kinds), list(payloads))
 
 
 async def read(conn: asyncpg.Connection, after: int, limit: int, kind: str | None = None) -> list[Row]:
