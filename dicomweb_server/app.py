@@ -76,8 +76,6 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     job runner, and close them in the reverse order (an ``AsyncExitStack``)."""
     settings: Settings = app.state.settings
     access_settings = settings.access
-    if not settings.database.url:
-        raise RuntimeError("DATABASE_URL is not set; `dicomweb-server serve` starts an embedded PostgreSQL")
     if access_settings.signing_keys is None or not access_settings.signing_keys.exists():
         raise RuntimeError("DICOMWEB_SIGNING_KEYS must name a key file (`dicomweb-server keys create`)")
     issuer = access_settings.issuer or settings.http.public_base_url

@@ -39,7 +39,7 @@ from dicomweb_server.access import auth
 from dicomweb_server.db import access as access_db
 from dicomweb_server.db.pool import Pool, connection
 from dicomweb_server.errors import DicomWebError
-from dicomweb_server.jobs.runner import Job, Runner
+from dicomweb_server.jobs.runner import Job
 from dicomweb_server.web.context import REQUEST_ID
 
 log = logging.getLogger(__name__)
@@ -267,12 +267,6 @@ class AuditTrail:
     def job(self) -> Job:
         """The writer as the runner runs it: woken by a queued row, gathering a batch first."""
         return Job(self.step, wakeup=self.wake, gather=GATHER_SECONDS)
-
-    async def run(self) -> None:
-        """The writer on its own runner, until cancelled (for tools and tests; the server's
-        lifespan runs ``job()`` on the process's runner)."""
-        async with Runner({"audit.flush": self.job()}):
-            await asyncio.Event().wait()
 
     async def close(self) -> None:
         """Flush (for up to ``CLOSE_SECONDS``); whatever cannot be written is counted as dropped and

@@ -8,7 +8,6 @@ PostgreSQL of the run.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import subprocess
@@ -22,6 +21,7 @@ import httpx
 import pytest
 
 from dicomweb_server.access.audit import AuditTrail
+from dicomweb_server.jobs.runner import Runner
 from dicomweb_server.logs import JsonFormatter
 from tests.conftest import CLIENT, TENANT, App, Server, bearer
 from tests.e2e.access.test_access import (
@@ -344,8 +344,7 @@ async def test_the_writer_retries_after_an_outage_without_new_requests(
     trail = AuditTrail(closed)
     ids = [f"outage-{i}-{uuid.uuid4().hex[:8]}" for i in range(3)]
     with caplog.at_level(logging.INFO, logger="dicomweb_server.access.audit"):
-        task = asyncio.create_task(trail.run())
-        try:
+        async with Runner({"audit.flush": trail.job()}):  # as the server's runner runs it
             for request_id in ids:
                 trail.record({"transaction": "store", "tenant": TENANT}, 200, request_id, None)
             await asyncio.sleep(0.5)  # the first attempt fails (and is logged); the writer waits 1 s
@@ -353,10 +352,6 @@ async def test_the_writer_retries_after_an_outage_without_new_requests(
             trail.pool = db  # the database is back; no request comes to wake the writer
             found = await rows_by_request(db, ids, wait=5)
             assert set(found) == set(ids)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["audit write failed; rows kept for a retry", "audit writes resumed"], messages
     assert (trail.written, trail.dropped, trail.reduced) == (3, 0, 0)
