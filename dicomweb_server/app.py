@@ -29,6 +29,7 @@ from dicomweb_server.storage import open_store
 from dicomweb_server.storage.base import ObjectStore
 from dicomweb_server.web.context import RequestContext
 from dicomweb_server.web.errors import EXCEPTION_HANDLERS
+from dicomweb_server.workflow import jobs as workflow_jobs
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ async def resources(
 JOBS: dict[str, Processor] = {
     **ingest_jobs.JOBS,
     **access_jobs.JOBS,
+    **workflow_jobs.JOBS,
     "metrics.sample": lambda parts: Job(
         partial(metrics.sample, parts.pool, parts.get(AuditTrail)), every=METRICS_EVERY, at_start=True
     ),

@@ -19,12 +19,21 @@ class DicomWebError(Exception):
 
     status = 500
 
-    def __init__(self, message: str, *, status: int | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+        fields: dict[str, object] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         if status is not None:
             self.status = status
         self.headers = headers or {}
+        # Extension members of an RFC 9457 problem (the /api routes' errors), e.g. what is missing.
+        self.fields = fields or {}
 
 
 class BadRequest(DicomWebError):
@@ -33,6 +42,22 @@ class BadRequest(DicomWebError):
 
 class NotFound(DicomWebError):
     status = 404
+
+
+class Conflict(DicomWebError):
+    """409: the resource is not in a state that allows the request (a lifecycle move refused)."""
+
+    status = 409
+
+
+class Gone(DicomWebError):
+    status = 410
+
+
+class Unprocessable(DicomWebError):
+    """422: well-formed but unusable (an Idempotency-Key reused with another body)."""
+
+    status = 422
 
 
 class NotAcceptable(DicomWebError):

@@ -25,6 +25,8 @@ from dicomweb_server.dicomweb import capabilities, delete, qido, stow, wado
 from dicomweb_server.errors import BadRequest, DicomWebError, StorageError
 from dicomweb_server.web import service
 from dicomweb_server.web.media import Offer, negotiate_request
+from dicomweb_server.workflow import studies
+from dicomweb_server.workflow.api import API as V1
 
 STUDY, SERIES, INSTANCE = (template(level) for level in Level)
 
@@ -86,6 +88,13 @@ API: list[tuple[str, list[str], Any, str]] = [
     (INSTANCE + "/frames/{frames}/thumbnail", ["GET"], partial(wado.rendered, thumbnail=True), "thumbnail"),
     (INSTANCE + "/bulkdata/{path:path}", ["GET"], wado.retrieve_bulkdata, "bulkdata"),
     *[(path, ["DELETE"], delete.delete, "delete") for path in RESOURCES],
+]
+
+
+# The workflow's /api/v1 routes (README, "Orders"): path, methods, handler, transaction (its scope).
+WORKFLOW: list[tuple[str, list[str], Any, str]] = [
+    (V1 + "/studies/{study}/commit", ["POST"], studies.commit, "orders-write"),
+    (V1 + "/studies/{study}/status", ["GET"], studies.status, "orders-read"),
 ]
 
 
@@ -156,7 +165,7 @@ def _routes() -> list[BaseRoute]:
         "/.well-known/oauth-authorization-server": {"GET": access.metadata},
         "/admin/audit": {"GET": access.guard(access.read_audit, "audit")},
     }
-    for path, methods, handler, transaction in API:
+    for path, methods, handler, transaction in (*API, *WORKFLOW):
         for method in methods:
             table.setdefault(path, {})[method] = access.guard(uids_checked(handler), transaction)
     routes: list[BaseRoute] = [

@@ -220,6 +220,45 @@ class DicomwebSettings:
         )
 
 
+FORCE_POLICIES = ("proceed", "hold", "fail")
+
+
+@dataclass(frozen=True)
+class WorkflowSettings:
+    """The study lifecycle's server-wide defaults; a tenant overrides each with
+    ``dicomweb-server tenants set`` (NULL in its row: this default)."""
+
+    quiet_seconds: float = 30.0  # since the last instance, before an unstable study is stable
+    force_seconds: float = 5400.0  # after the first instance: a study that never goes quiet ends
+    force_policy: str = "proceed"  # then: proceed (stable), hold (for review) or fail
+    auto_orders: bool = True  # every stable study becomes one order
+    max_attempts: int = 3  # analysis attempts before the order fails with reason "analysis"
+    lease_seconds: float = 300.0  # an analysis worker's lease, extended by each heartbeat
+    open_seconds: float = 900.0  # a request or association counts as open at most this long
+    event_retention_days: float = 30.0  # the change feed keeps events this long
+    queue_heartbeat_seconds: float = 30.0  # a background step whose process died runs again after this
+
+    @classmethod
+    def from_env(cls, e: Env) -> WorkflowSettings:
+        policy = e.get("DICOMWEB_FORCE_POLICY", "proceed")
+        if policy not in FORCE_POLICIES:
+            raise ValueError("DICOMWEB_FORCE_POLICY must be 'proceed', 'hold' or 'fail'")
+        auto = e.get("DICOMWEB_AUTO_ORDERS", "true").lower()
+        if auto not in ("true", "false", "1", "0"):
+            raise ValueError("DICOMWEB_AUTO_ORDERS must be true or false")
+        return cls(
+            quiet_seconds=_float(e, "DICOMWEB_QUIET_SECONDS", 30.0),
+            force_seconds=_float(e, "DICOMWEB_FORCE_SECONDS", 5400.0),
+            force_policy=policy,
+            auto_orders=auto in ("true", "1"),
+            max_attempts=_int(e, "DICOMWEB_MAX_ATTEMPTS", 3),
+            lease_seconds=_float(e, "DICOMWEB_LEASE_SECONDS", 300.0),
+            open_seconds=_float(e, "DICOMWEB_OPEN_SECONDS", 900.0),
+            event_retention_days=_float(e, "DICOMWEB_EVENT_RETENTION_DAYS", 30.0),
+            queue_heartbeat_seconds=_float(e, "DICOMWEB_QUEUE_HEARTBEAT_SECONDS", 30.0),
+        )
+
+
 @dataclass(frozen=True)
 class AccessSettings:
     """OAuth2 client credentials and RFC 9068 tokens, the default rate limits, and optionally one
@@ -291,6 +330,7 @@ class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
+    workflow: WorkflowSettings = field(default_factory=WorkflowSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @classmethod
@@ -313,5 +353,6 @@ class Settings:
             ingest=IngestSettings.from_env(e),
             dicomweb=DicomwebSettings.from_env(e),
             access=AccessSettings.from_env(e),
+            workflow=WorkflowSettings.from_env(e),
             metrics=MetricsSettings.from_env(e),
         )

@@ -100,7 +100,10 @@ def admin_sql(url: str, sql: str) -> None:
 async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     """A pool on an empty index."""
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-    await pool.execute("TRUNCATE study, series, instance, event RESTART IDENTITY CASCADE")
+    await pool.execute(
+        "TRUNCATE study, series, instance, event, event_retention, arrival, orders, order_study, "
+        "order_history, analysis_job, report, pgqueuer RESTART IDENTITY CASCADE"
+    )
     await ensure_clients(pool)
     yield pool
     await pool.close()

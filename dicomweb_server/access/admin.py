@@ -92,9 +92,7 @@ def tenants_command(args: argparse.Namespace, url: str) -> None:
             raise CommandError(
                 f"{args.tenant!r} is not a tenant id: lower-case letters, digits and '-', at most 63"
             )
-        created = _run(
-            url, lambda conn: access_db.create_tenant(conn, args.tenant, args.name or args.tenant)
-        )
+        created = _run(url, lambda conn: access_db.create_tenant(conn, args.tenant, args.name or args.tenant))
         print(json.dumps({"tenant": args.tenant, "created": created}))
     else:
         rows = _run(url, access_db.list_tenants)

@@ -47,6 +47,11 @@ SCOPE_OF = {
     "thumbnail": "dicomweb.read",
     "delete": "dicomweb.delete",
     "audit": "admin",
+    # /api/v1 (the Orders issue): reads, changes, the analysis workers', the change feed.
+    "orders-read": "orders.read",
+    "orders-write": "orders.write",
+    "analysis": "analysis",
+    "feed": "orders.read",
 }
 
 

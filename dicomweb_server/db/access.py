@@ -106,9 +106,7 @@ async def find_client(conn: Connection, client_id: str) -> ClientRecord | None:
 
 
 async def list_clients(conn: Connection, tenant: str | None = None) -> list[ClientRecord]:
-    rows = await conn.fetch(
-        _CLIENT + " WHERE $1::text IS NULL OR c.tenant = $1 ORDER BY c.client_id", tenant
-    )
+    rows = await conn.fetch(_CLIENT + " WHERE $1::text IS NULL OR c.tenant = $1 ORDER BY c.client_id", tenant)
     return [_client(r) for r in rows]
 
 
@@ -133,9 +131,7 @@ async def rotate_secret(conn: Connection, client_id: str, secret_hash: str, over
 
 
 async def set_client_disabled(conn: Connection, client_id: str, disabled: bool) -> bool:
-    status = await conn.execute(
-        "UPDATE client SET disabled = $2 WHERE client_id = $1", client_id, disabled
-    )
+    status = await conn.execute("UPDATE client SET disabled = $2 WHERE client_id = $1", client_id, disabled)
     return bool(status.endswith(" 1"))
 
 

@@ -63,7 +63,5 @@ async def delete(
 
 async def referenced_keys(conn: Connection, keys: Sequence[str]) -> set[str]:
     """The subset of ``keys`` that a committed instance row references."""
-    rows = await conn.fetch(
-        "SELECT object_key FROM instance WHERE object_key = ANY($1::text[])", list(keys)
-    )
+    rows = await conn.fetch("SELECT object_key FROM instance WHERE object_key = ANY($1::text[])", list(keys))
     return {row["object_key"] for row in rows}

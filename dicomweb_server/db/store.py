@@ -81,6 +81,7 @@ class BatchOutcome:
         default_factory=set
     )  # records whose instance is now indexed (new, same, replaced)
     failed: dict[str, Failure] = field(default_factory=dict)
+    inserted: set[str] = field(default_factory=set)  # records whose SOP Instance UID is new to the index
     unreferenced_keys: list[str] = field(default_factory=list)  # delete after commit
 
 
@@ -285,6 +286,7 @@ async def store_batch(
         for row in await conn.fetch(_INSERT_INSTANCES, tenant, *_columns(rows, _INSTANCE_COLS))
     }
     out.stored |= inserted
+    out.inserted = inserted
     replaced = await _resolve_duplicates(
         conn, tenant, [r for r in candidates if r.object_key not in inserted], series_pk, overwrite, out
     )

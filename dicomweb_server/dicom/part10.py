@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # Float, Double Float, Pixel Data
 PREAMBLE = 128
+
+
 @dataclass(frozen=True)
 class Failure:
     """One instance that was not stored: the PS3.18 FailureReason and a readable comment."""

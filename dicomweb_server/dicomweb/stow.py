@@ -73,7 +73,9 @@ async def store_instances(request: Request) -> Response:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
         raise PayloadTooLarge(f"Request body exceeds the limit of {settings.max_body_bytes} bytes")
-    session = IngestSession(origin, request.state.tenant, study, settings, state.store, state.pool)
+    session = IngestSession(
+        origin, request.state.tenant, study, settings, state.store, state.pool, state.settings.workflow
+    )
     async with session:
         await _feed(session, request.headers.get("content-type"), request.stream(), settings.max_body_bytes)
         outcome = await session.finish()
@@ -161,9 +163,7 @@ def store_response(
                     "00081155": {"vr": "UI", "Value": [h.sop_uid]},
                     "00081190": {
                         "vr": "UR",
-                        "Value": [
-                            base + resources.path(h.study_uid, h.series_uid, h.sop_uid)
-                        ],
+                        "Value": [base + resources.path(h.study_uid, h.series_uid, h.sop_uid)],
                     },
                 }
                 for h in stored

@@ -111,9 +111,7 @@ async def _each_rendered(
     return images
 
 
-async def _render(
-    store: ObjectStore, inst: StoredInstance, frame: int, params: render.RenderParams
-) -> bytes:
+async def _render(store: ObjectStore, inst: StoredInstance, frame: int, params: render.RenderParams) -> bytes:
     data = await read_checked(store, inst)
     try:
         return await asyncio.to_thread(render.render, data, frame, params)

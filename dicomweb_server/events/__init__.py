@@ -1,5 +1,43 @@
 """The transactional outbox: what changed, written in the change's own transaction (DESIGN.md)."""
 
-from dicomweb_server.events.outbox import INSTANCE_STORED, Event, InstanceStored, append, latest, read
+from dicomweb_server.events.outbox import (
+    INSTANCE_STORED,
+    KINDS,
+    ORDER_CREATED,
+    ORDER_STATUS_CHANGED,
+    QC_COMPLETED,
+    REPORT_READY,
+    STUDY_HELD,
+    STUDY_RECEIVED,
+    STUDY_STABLE,
+    STUDY_UPDATED,
+    Change,
+    Event,
+    InstanceStored,
+    NewEvent,
+    append,
+    feed,
+    latest,
+    read,
+)
 
-__all__ = ["INSTANCE_STORED", "Event", "InstanceStored", "append", "latest", "read"]
+__all__ = [
+    "INSTANCE_STORED",
+    "KINDS",
+    "ORDER_CREATED",
+    "ORDER_STATUS_CHANGED",
+    "QC_COMPLETED",
+    "REPORT_READY",
+    "STUDY_HELD",
+    "STUDY_RECEIVED",
+    "STUDY_STABLE",
+    "STUDY_UPDATED",
+    "Change",
+    "Event",
+    "InstanceStored",
+    "NewEvent",
+    "append",
+    "feed",
+    "latest",
+    "read",
+]

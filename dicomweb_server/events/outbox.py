@@ -1,25 +1,59 @@
-"""The event kinds, their payloads, and ``append`` / ``read`` over the outbox table.
+"""The event kinds, their payloads, and ``append`` / ``read`` / ``feed`` over the outbox table.
 
 An event row is written on the connection whose transaction makes the change (an instance
 row and its ``instance.stored`` row commit together, as Microsoft's change feed does in
-``UpdateInstanceStatus``), so no reader ever sees an event for a change that rolled back, and
-no change commits without its event.  Readers keep a cursor (the last id they handled): the
-statistics keeper now, webhooks and the study lifecycle later.  Nothing here keeps state.
+``UpdateInstanceStatus``; an order's status and its ``order.status_changed`` row likewise), so
+no reader ever sees an event for a change that rolled back, and no change commits without its
+event.  In-process readers (the statistics keeper) follow ids; the tenants' change feed
+(``GET /api/v1/events``) follows ``feed`` cursors, which a late commit can never slip behind.
+Nothing here keeps state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from dicomweb_server.db import events as sql
+from dicomweb_server.db.events import Cursor
 from dicomweb_server.db.pool import Connection
 
 INSTANCE_STORED = "instance.stored"  # an instance is in the store and the index (PS3.4 C-STORE success)
+STUDY_RECEIVED = "study.received"  # the first instance of a study arrived
+STUDY_UPDATED = "study.updated"  # more instances of a known study arrived (``late``: after processing began)
+STUDY_STABLE = "study.stable"  # quiet period passed, committed, or force-completed
+STUDY_HELD = "study.held"  # past the force-complete limit, held for review (tenant policy "hold")
+ORDER_CREATED = "order.created"
+ORDER_STATUS_CHANGED = "order.status_changed"
+QC_COMPLETED = "qc.completed"
+REPORT_READY = "report.ready"
+KINDS = (
+    INSTANCE_STORED,
+    STUDY_RECEIVED,
+    STUDY_UPDATED,
+    STUDY_STABLE,
+    STUDY_HELD,
+    ORDER_CREATED,
+    ORDER_STATUS_CHANGED,
+    QC_COMPLETED,
+    REPORT_READY,
+)
+
+
+class NewEvent(Protocol):
+    """What ``append`` writes: a tenant's event of one kind about one subject."""
+
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+    def payload(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -35,8 +69,25 @@ class InstanceStored:
 
     kind = INSTANCE_STORED
 
+    @property
+    def subject(self) -> str:
+        return self.study
+
     def payload(self) -> dict[str, str]:
         return {"study": self.study, "series": self.series, "instance": self.instance, "key": self.key}
+
+
+@dataclass(frozen=True)
+class Change:
+    """Any other event: its kind, subject (a Study Instance UID or an order id) and data."""
+
+    tenant: str
+    kind: str
+    subject: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def payload(self) -> dict[str, Any]:
+        return self.data
 
 
 @dataclass(frozen=True)
@@ -48,6 +99,8 @@ class Event:
     kind: str
     payload: dict[str, Any]
     created_at: datetime
+    subject: str | None = None
+    cursor: Cursor | None = None  # set by ``feed``: where a reader resumes after this event
 
     def instance_stored(self) -> InstanceStored:
         """The payload as the value it was appended from (for ``instance.stored`` rows)."""
@@ -57,17 +110,27 @@ class Event:
         return InstanceStored(self.tenant, p["study"], p["series"], p["instance"], p["key"])
 
 
-async def append(conn: Connection, events: Iterable[InstanceStored]) -> None:
+async def append(conn: Connection, events: Iterable[NewEvent]) -> None:
     """Append ``events`` on ``conn``, inside the caller's transaction (call it there)."""
-    rows = [(e.tenant, e.kind, orjson.dumps(e.payload()).decode()) for e in events]
+    rows = [(e.tenant, e.kind, e.subject, orjson.dumps(e.payload()).decode()) for e in events]
     await sql.append(conn, rows)
 
 
 async def read(conn: Connection, after: int, limit: int = 1000, kind: str | None = None) -> list[Event]:
     """The events after id ``after``, oldest first, at most ``limit``; only ``kind`` if given."""
     return [
-        Event(id, tenant, row_kind, orjson.loads(payload), at)
-        for id, tenant, row_kind, payload, at in await sql.read(conn, after, limit, kind)
+        Event(id, tenant, row_kind, orjson.loads(payload), at, subject)
+        for id, tenant, row_kind, subject, payload, at in await sql.read(conn, after, limit, kind)
+    ]
+
+
+async def feed(
+    conn: Connection, tenant: str, after: Cursor | None, kinds: tuple[str, ...] | None, limit: int
+) -> list[Event]:
+    """A tenant's events after ``after`` in commit-safe order (db/events.py ``feed``)."""
+    return [
+        Event(id, tenant, kind, orjson.loads(payload), at, subject, cursor)
+        for cursor, id, kind, subject, payload, at in await sql.feed(conn, tenant, after, kinds, limit)
     ]
 
 

@@ -21,21 +21,25 @@ import contextlib
 import functools
 import logging
 from dataclasses import replace
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
 from dicomweb_server import events
-from dicomweb_server.db.pool import Connection, Pool, in_transaction
+from dicomweb_server.db import arrival, orders
+from dicomweb_server.db.pool import Connection, Pool, connection, in_transaction
 from dicomweb_server.db.store import BatchOutcome, Record, store_batch
 from dicomweb_server.dicom import part10, status, structure
 from dicomweb_server.dicom.frames import FragmentScanner
 from dicomweb_server.dicom.part10 import Failure
 from dicomweb_server.errors import PayloadTooLarge, ServiceUnavailable, StorageError
-from dicomweb_server.events import InstanceStored
+from dicomweb_server.events import Change, InstanceStored, NewEvent
 from dicomweb_server.ingest.origin import Origin
 from dicomweb_server.ingest.outcome import Outcome, Stored
 from dicomweb_server.ingest.part import HEADER_PROBE, Durable, Part, frame_index, index_record
-from dicomweb_server.settings import IngestSettings
+from dicomweb_server.jobs import queue
+from dicomweb_server.lifecycle import SETTLE_STEP
+from dicomweb_server.settings import IngestSettings, WorkflowSettings
 from dicomweb_server.storage.base import ObjectStore, StorageFull, new_key
 
 log = logging.getLogger(__name__)
@@ -64,8 +68,16 @@ class IngestSession:
         settings: IngestSettings,
         store: ObjectStore,
         pool: Pool,
+        workflow: WorkflowSettings | None = None,
+        *,
+        receiving: bool = True,
     ):
         self.origin = origin
+        self.workflow = workflow or WorkflowSettings()
+        # Mark each study ``receiving`` in its arrival row while the session is open (off only
+        # for sessions that never reach the index: the unit tests against the memory store).
+        self.receiving = receiving
+        self.opened: list[str] = []  # studies this session marked receiving (db/arrival.py)
         self.tenant = tenant
         self.expected_study = expected_study  # the study in the request URL: others fail (0xA900)
         self.settings = settings
@@ -179,6 +191,8 @@ class IngestSession:
         if failure is not None:
             self._fail(part, failure)
             return
+        if self.receiving and described.study_uid not in self.opened:
+            await self._open(described.study_uid)
         part.desc = described
         part.key = new_key(self.tenant)
         self.keys.append(part.key)
@@ -193,6 +207,12 @@ class IngestSession:
             part.checker.deadline = None
             part.checker.feed(memoryview(prefix)[part.checker.seen :])
         await part.writer.write(bytes(prefix))
+
+    async def _open(self, study: str) -> None:
+        """The study is ``receiving`` while this session is open (the lifecycle's first status)."""
+        async with connection(self.pool) as conn:
+            await arrival.open_studies(conn, self.tenant, [study], self.workflow.open_seconds)
+        self.opened.append(study)
 
     def _out_of_scope(self, desc: part10.Description) -> Failure | None:
         if self.expected_study is None or desc.study_uid == self.expected_study:
@@ -250,6 +270,8 @@ class IngestSession:
             else:
                 durable.append(replace(d.record, sha256=d.commit.result()))
         indexed = await self._index(durable) if durable else BatchOutcome()
+        if not durable and self.opened:
+            await self._close()
         self.keys = []  # committed: from here on, only explicitly unreferenced objects are removed
         self.finished = True
         await self._delete(indexed.unreferenced_keys)
@@ -272,17 +294,64 @@ class IngestSession:
         async def work(conn: Connection) -> BatchOutcome:
             outcome = await store_batch(conn, self.tenant, records, overwrite=self.settings.overwrite)
             dropped = set(outcome.unreferenced_keys)
-            await events.append(
-                conn,
-                (
-                    InstanceStored(self.tenant, r.study_uid, r.series_uid, r.sop_uid, r.object_key)
-                    for r in records
-                    if r.object_key in outcome.stored and r.object_key not in dropped
-                ),
-            )
+            written: list[NewEvent] = [
+                InstanceStored(self.tenant, r.study_uid, r.series_uid, r.sop_uid, r.object_key)
+                for r in records
+                if r.object_key in outcome.stored and r.object_key not in dropped
+            ]
+            written += await self._arrive(conn, [r for r in records if r.object_key in outcome.inserted])
+            await events.append(conn, written)
             return outcome
 
         return await in_transaction(self.pool, work)
+
+    async def _arrive(self, conn: Connection, new: list[Record]) -> list[NewEvent]:
+        """Each study's arrival row, in the instances' transaction (db/arrival.py): counts, bytes,
+        digest, when it is due; its ``study.received``/``study.updated`` event; a study that was
+        stable goes back to unstable (and its orders not yet processing with it), or, once an
+        order of it is processing, counts the instances as late.  A study's first instances
+        queue its settle step, in this transaction."""
+        per_study: dict[str, list[Record]] = {}
+        for r in new:
+            per_study.setdefault(r.study_uid, []).append(r)
+        arrived = [
+            arrival.Arrived(s, len(rs), sum(r.size for r in rs), arrival.uid_digest([r.sop_uid for r in rs]))
+            for s, rs in per_study.items()
+        ]
+        o = self.origin
+        ae = f"{o.calling_ae}>{o.called_ae}" if o.calling_ae else None
+        recorded = await arrival.record(conn, self.tenant, arrived, self.opened, o.channel, ae, self.workflow)
+        out: list[NewEvent] = []
+        regressed = []
+        for rec in recorded:
+            if rec.received:
+                out.append(
+                    Change(self.tenant, events.STUDY_RECEIVED, rec.study_uid, {"instances": rec.added})
+                )
+            elif rec.added:
+                data = {"instances_added": rec.added, "late": bool(rec.late)}
+                out.append(Change(self.tenant, events.STUDY_UPDATED, rec.study_uid, data))
+            if rec.regressed:
+                regressed.append(rec.study_uid)
+            if (rec.received or rec.regressed) and rec.due_at is not None:
+                await queue.enqueue(
+                    conn,
+                    SETTLE_STEP,
+                    {"tenant": self.tenant, "study": rec.study_uid},
+                    key=f"{SETTLE_STEP}:{self.tenant}:{rec.study_uid}",
+                    after=max(0.0, (rec.due_at - datetime.now(UTC)).total_seconds()),
+                )
+        for m in await orders.regress(conn, self.tenant, regressed, actor=f"ingest:{o.channel}"):
+            moved = {"order_id": m.order_id, "from": m.source, "to": m.target, "reason": "late_instances"}
+            out.append(Change(self.tenant, events.ORDER_STATUS_CHANGED, m.order_id, moved))
+        return out
+
+    async def _close(self) -> None:
+        """This session stored nothing: its studies are no longer receiving because of it."""
+        with contextlib.suppress(ServiceUnavailable):
+            async with connection(self.pool) as conn:
+                await arrival.close_studies(conn, self.tenant, self.opened)
+        self.opened = []
 
     async def _discard(self) -> None:
         """The session failed: remove every object it wrote (none is referenced by the index)."""
@@ -294,6 +363,8 @@ class IngestSession:
                 await self.part.writer.abort()
         await self._delete(self.keys)
         self.keys = []
+        if self.opened:
+            await self._close()
 
     async def _delete(self, keys: list[str]) -> None:
         for key in keys:

@@ -8,11 +8,36 @@ with a 500 naming only the request id.  Handlers have no try/except of their own
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from dicomweb_server.errors import DicomWebError, ServiceUnavailable, StorageError
+
+API_PREFIX = "/api/"
+PROBLEM = "application/problem+json"
+
+
+def answer(
+    request: Request,
+    status: int,
+    message: str,
+    headers: dict[str, str],
+    fields: dict[str, object] | None = None,
+) -> Response:
+    """The error body: RFC 9457 ``application/problem+json`` on ``/api`` routes, else the server's
+    ``{"status", "message"}`` JSON (the DICOMweb routes' since the first release)."""
+    if request.url.path.startswith(API_PREFIX):
+        try:
+            title = HTTPStatus(status).phrase
+        except ValueError:
+            title = "Error"
+        body = {"type": "about:blank", "title": title, "status": status, "detail": message, **(fields or {})}
+        body["instance"] = request.url.path
+        return JSONResponse(body, status, headers, media_type=PROBLEM)
+    return JSONResponse({"status": status, "message": message}, status, headers)
 
 
 async def on_error(request: Request, exc: Exception) -> Response:
@@ -21,7 +46,7 @@ async def on_error(request: Request, exc: Exception) -> Response:
     headers = dict(exc.headers)
     if exc.status == 413 or (exc.status == 429 and request.method == "POST"):
         headers["Connection"] = "close"  # the rest of the body is not read
-    return JSONResponse({"status": exc.status, "message": exc.message}, exc.status, headers)
+    return answer(request, exc.status, exc.message, headers, exc.fields)
 
 
 async def on_storage_error(request: Request, exc: Exception) -> Response:
@@ -41,13 +66,13 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
         message = f"{request.method} is not allowed here; allowed: {headers.get('Allow', '')}"
     else:
         message = str(exc.detail)
-    return JSONResponse({"status": exc.status_code, "message": message}, exc.status_code, headers)
+    return answer(request, exc.status_code, message, headers)
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     """A bug: logged with its traceback by Starlette; the client gets JSON naming only its request id."""
     request_id = request.scope.get("state", {}).get("request_id", "")
-    return JSONResponse({"status": 500, "message": f"internal error (request id {request_id})"}, 500)
+    return answer(request, 500, f"internal error (request id {request_id})", {})
 
 
 EXCEPTION_HANDLERS = {

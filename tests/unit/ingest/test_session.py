@@ -35,7 +35,7 @@ SETTINGS = IngestSettings()
 
 def session(store: MemoryStore, study: str | None = None, **limits: Any) -> IngestSession:
     settings = dataclasses.replace(SETTINGS, **limits)
-    return IngestSession(ORIGIN, "default", study, settings, store, pool=None)
+    return IngestSession(ORIGIN, "default", study, settings, store, pool=None, receiving=False)
 
 
 async def ingest(s: IngestSession, *parts: bytes, chunk: int = 65536) -> Outcome:

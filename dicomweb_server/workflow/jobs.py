@@ -1,0 +1,74 @@
+"""The workflow's background work: its queued steps and the reconciler (DESIGN.md, jobs/).
+
+``STEPS`` are the durable steps, run by pgqueuer in whichever server process claims them
+(jobs/queue.py): each reads its domain row and does nothing if the row has moved on, so a step
+run twice (its process died after committing) changes nothing the second time.  ``JOBS`` are
+this context's processors for the per-process runner: the queue's consumer, and the
+reconciler, which queues again every step that is due and has no live queue entry: the rows
+are the truth, so emptying the queue loses nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+from dicomweb_server.db import arrival, orders
+from dicomweb_server.db.pool import connection, transaction
+from dicomweb_server.jobs import queue
+from dicomweb_server.jobs.runner import Job, Parts, Processor
+from dicomweb_server.lifecycle import SETTLE_STEP, Status
+from dicomweb_server.workflow import qc, stability
+
+# A queued step, given the long-lived parts and its payload.
+Step = Callable[[Parts, dict[str, Any]], Awaitable[None]]
+
+STEPS: dict[str, Step] = {
+    SETTLE_STEP: lambda parts, payload: stability.settle(parts.pool, parts.settings.workflow, payload),
+    stability.QC_STEP: lambda parts, payload: qc.run(parts.pool, parts.store, payload),
+}
+
+RECONCILE_EVERY = 5.0  # seconds between reconciler runs
+GRACE = 5.0  # a row due this long without its step running is queued again
+BATCH = 500
+
+
+async def reconcile(parts: Parts) -> None:
+    """Queue again what is due and has no live entry: overdue settle steps, orders left in
+    ``stable`` without their QC step."""
+    async with connection(parts.pool) as conn:
+        due = await arrival.overdue(conn, GRACE, BATCH)
+        stale = await orders.orders_in(conn, Status.STABLE, BATCH, GRACE)
+    wanted: dict[str, tuple[str, dict[str, str]]] = {}
+    for tenant, study in due:
+        wanted[f"{SETTLE_STEP}:{tenant}:{study}"] = (SETTLE_STEP, {"tenant": tenant, "study": study})
+    for tenant, order_id in stale:
+        wanted[f"{stability.QC_STEP}:{order_id}"] = (stability.QC_STEP, {"tenant": tenant, "order": order_id})
+    if not wanted:
+        return
+    async with transaction(parts.pool) as conn:
+        live = await queue.live_keys(conn, list(wanted))
+        for key, (kind, payload) in wanted.items():
+            if key not in live:
+                await queue.enqueue(conn, kind, payload, key=key)
+
+
+def consumer_job(parts: Parts) -> Job:
+    steps = {kind: partial(step, parts) for kind, step in STEPS.items()}
+    consumer = queue.Consumer(parts.pool, steps, parts.settings.workflow.queue_heartbeat_seconds)
+    return Job(_forever(consumer.run), at_start=True)
+
+
+def _forever(run: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[float | None]]:
+    async def step() -> float | None:
+        await run()
+        return 1.0  # it returned (shut down): start it again after a second
+
+    return step
+
+
+JOBS: dict[str, Processor] = {
+    "workflow.queue": consumer_job,
+    "workflow.reconcile": lambda parts: Job(partial(reconcile, parts), every=RECONCILE_EVERY),
+}

@@ -1,0 +1,114 @@
+"""The lifecycle's core against the real PostgreSQL and pgqueuer's tables, steps run directly:
+arrival rows in the ingest transaction, settle by quiet period and by commit, the automatic
+order, QC, late instances.  (The queue's own delivery of these steps is in tests/e2e/workflow.)"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from dicomweb_server import events
+from dicomweb_server.ingest.origin import STOW_RS, Origin
+from dicomweb_server.ingest.session import IngestSession
+from dicomweb_server.jobs.queue import Later
+from dicomweb_server.lifecycle import SETTLE_STEP
+from dicomweb_server.settings import IngestSettings, WorkflowSettings
+from dicomweb_server.storage.memory import MemoryStore
+from dicomweb_server.workflow import qc, stability
+from tests.conftest import TENANT
+from tests.support.dicomfiles import instance
+
+STUDY, SERIES = "1.2.826.0.1.3680043.8.498.20", "1.2.826.0.1.3680043.8.498.21"
+QUIET = WorkflowSettings(quiet_seconds=0.0)
+WAIT = WorkflowSettings(quiet_seconds=3600.0)
+
+
+async def ingest(store: MemoryStore, pool: asyncpg.Pool, workflow: WorkflowSettings, *sops: int) -> None:
+    origin = Origin(STOW_RS, "test-client")
+    async with IngestSession(origin, TENANT, None, IngestSettings(), store, pool, workflow) as s:
+        for n in sops:
+            s.begin_part()
+            await s.feed(instance(STUDY, SERIES, f"{SERIES}.{n}", seed=n))
+            await s.end_part()
+        await s.finish()
+
+
+async def kinds(pool: asyncpg.Pool) -> list[str]:
+    async with pool.acquire() as conn:
+        return [e.kind for e in await events.read(conn, 0, 1000) if e.kind != events.INSTANCE_STORED]
+
+
+async def order_status(pool: asyncpg.Pool) -> list[tuple[str, str | None]]:
+    rows = await pool.fetch("SELECT status, reason FROM orders WHERE tenant = $1 ORDER BY created_at", TENANT)
+    return [(r["status"], r["reason"]) for r in rows]
+
+
+async def test_quiet_period_then_order_then_qc_then_pending(db: asyncpg.Pool) -> None:
+    store = MemoryStore()
+    await ingest(store, db, QUIET, 1, 2)
+    row = await db.fetchrow("SELECT * FROM arrival WHERE tenant = $1 AND study_uid = $2", TENANT, STUDY)
+    assert row["instances"] == 2 and row["state"] == "unstable" and row["open_sessions"] == 0
+    assert row["channels"] == ["stow-rs"]
+    queued = await db.fetch("SELECT entrypoint, dedupe_key FROM pgqueuer")
+    assert [(q["entrypoint"], q["dedupe_key"]) for q in queued] == [
+        (SETTLE_STEP, f"{SETTLE_STEP}:{TENANT}:{STUDY}")
+    ]
+    await stability.settle(db, QUIET, {"tenant": TENANT, "study": STUDY})
+    assert await order_status(db) == [("stable", None)]
+    order_id = await db.fetchval("SELECT id::text FROM orders")
+    await qc.run(db, store, {"tenant": TENANT, "order": order_id})
+    assert await order_status(db) == [("pending", None)]
+    assert await kinds(db) == [
+        "study.received",
+        "study.stable",
+        "order.created",
+        "qc.completed",
+        "order.status_changed",
+        "order.status_changed",
+    ]
+    history = await db.fetch("SELECT status, actor FROM order_history ORDER BY pk")
+    assert [h["status"] for h in history] == ["stable", "qc_passed", "pending"]
+
+
+async def test_not_due_yet_asks_to_run_later(db: asyncpg.Pool) -> None:
+    await ingest(MemoryStore(), db, WAIT, 1)
+    try:
+        await stability.settle(db, WAIT, {"tenant": TENANT, "study": STUDY})
+    except Later as later:
+        assert 3500 < later.seconds <= 3600
+    else:
+        raise AssertionError("a study inside its quiet period was made stable")
+    assert await order_status(db) == []
+
+
+async def test_commit_counts_then_late_instances_regress_the_order(db: asyncpg.Pool) -> None:
+    store = MemoryStore()
+    await ingest(store, db, WAIT, 1, 2)
+    short = await stability.commit(db, WAIT, TENANT, STUDY, 3, 1, "client")
+    assert not short.stable and short.missing == {"instances": 1}
+    assert await order_status(db) == []
+    done = await stability.commit(db, WAIT, TENANT, STUDY, 2, 1, "client")
+    assert done.stable
+    assert await order_status(db) == [("stable", None)]
+    order_id = await db.fetchval("SELECT id::text FROM orders")
+    await qc.run(db, store, {"tenant": TENANT, "order": order_id})
+    assert await order_status(db) == [("pending", None)]
+    await ingest(store, db, WAIT, 3)  # a late instance before processing: back to unstable
+    assert await order_status(db) == [("unstable", None)]
+    assert await db.fetchval("SELECT state FROM arrival") == "unstable"
+    assert (await stability.commit(db, WAIT, TENANT, STUDY, None, None, "client")).stable
+    assert await order_status(db) == [("stable", None)]  # the same order goes on, through QC again
+    await qc.run(db, store, {"tenant": TENANT, "order": order_id})
+    assert await order_status(db) == [("pending", None)]
+
+
+async def test_qc_fails_when_an_object_is_gone(db: asyncpg.Pool) -> None:
+    store = MemoryStore()
+    await ingest(store, db, QUIET, 1)
+    await stability.settle(db, QUIET, {"tenant": TENANT, "study": STUDY})
+    key = await db.fetchval("SELECT object_key FROM instance")
+    await store.delete(key)
+    order_id = await db.fetchval("SELECT id::text FROM orders")
+    await qc.run(db, store, {"tenant": TENANT, "order": order_id})
+    assert await order_status(db) == [("failed", "qc")]
+    result = await db.fetchval("SELECT qc::text FROM orders")
+    assert "object missing" in result
