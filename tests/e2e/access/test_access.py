@@ -30,7 +30,7 @@ from dicomweb_server.access import guard as access
 from dicomweb_server.db import access as index
 from dicomweb_server.db.pool import connection
 from dicomweb_server.logs import JsonFormatter
-from dicomweb_server.routes import API, ROUTES
+from dicomweb_server.routes import API, ROUTES, WORKFLOW
 from tests.conftest import (
     ASGI_ISSUER,
     CLIENT,
@@ -71,7 +71,7 @@ OPEN = {
     ("/docs", "GET"),
 }
 # Every guarded (path template, method, transaction): the API table plus the audit reader.
-PROTECTED = [(path, method, tx) for path, methods, _, tx in API for method in methods] + [
+PROTECTED = [(path, method, tx) for path, methods, _, tx in (*API, *WORKFLOW) for method in methods] + [
     ("/admin/audit", "GET", "audit")
 ]
 # A cheap argon2id hash for tests that exercise the endpoint's logic rather than the hash cost
