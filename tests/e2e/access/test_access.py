@@ -475,7 +475,7 @@ async def test_scope_matrix_covers_every_route_and_every_scope(app: App) -> None
             covered.add((path, method))
     assert problems == []
     assert covered == {(path, method) for path, method, _ in PROTECTED}
-    assert len(covered) == len(API) + 1
+    assert len(covered) == len(API) + len(WORKFLOW) + 1
 
 
 # -- tenant isolation (OWASP API1, BOLA) --------------------------------------------------------
