@@ -91,4 +91,3 @@ async def test_prune_removes_old_events_in_batches_and_remembers_the_newest_curs
         # Nothing old is left: a further prune deletes none and keeps the cursor.
         assert await events.prune(conn, 30 * 86_400, 10) == 0
         assert await events.pruned(conn) == every[2].cursor
-
