@@ -52,7 +52,7 @@ def cursor_of(raw: str | None) -> Cursor | None:
     values = decode_cursor(raw, 2)
     if values is None:
         return None
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63 for v in values):
         raise BadRequest("cursor is not one this server handed out")
     return (values[0], values[1])
 

@@ -88,6 +88,7 @@ async def test_bad_parameters_are_400_problems(app: App) -> None:
         {"after": encode_cursor(1)},
         {"after": encode_cursor("a", 1)},
         {"after": encode_cursor(-1, 1)},
+        {"after": encode_cursor(1, 2**63)},
         {"types": "study.stable,study.nope"},
         {"types": "study.stable,"},
         {"limit": "0"},
