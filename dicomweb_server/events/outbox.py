@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import orjson
 
 from dicomweb_server.db import events as sql
-from dicomweb_server.db.events import Cursor
+from dicomweb_server.db.events import Cursor as Cursor  # (xid, id): re-exported for the feed
 from dicomweb_server.db.pool import Connection
 
 INSTANCE_STORED = "instance.stored"  # an instance is in the store and the index (PS3.4 C-STORE success)
@@ -132,6 +132,18 @@ async def feed(
         Event(id, tenant, kind, orjson.loads(payload), at, subject, cursor)
         for cursor, id, kind, subject, payload, at in await sql.feed(conn, tenant, after, kinds, limit)
     ]
+
+
+async def pruned(conn: Connection) -> Cursor | None:
+    """The newest feed cursor retention has removed (None: nothing removed yet): a reader
+    resuming from an older one has missed events, and the feed answers 410 with this one."""
+    return await sql.pruned(conn)
+
+
+async def prune(conn: Connection, older_than_seconds: float, batch: int) -> int:
+    """Delete up to ``batch`` events older than ``older_than_seconds`` in a transaction of its
+    own, remembering the newest cursor deleted; how many went (fewer than ``batch``: done)."""
+    return await sql.prune(conn, older_than_seconds, batch)
 
 
 async def latest(conn: Connection) -> int:

@@ -5,7 +5,9 @@
 run twice (its process died after committing) changes nothing the second time.  ``JOBS`` are
 this context's processors for the per-process runner: the queue's consumer, and the
 reconciler, which queues again every step that is due and has no live queue entry: the rows
-are the truth, so emptying the queue loses nothing.
+are the truth, so emptying the queue loses nothing; and the change feed's retention, which
+deletes events older than ``event_retention_days`` (the feed answers 410 for a cursor before
+them, workflow/feed.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+from dicomweb_server import events
 from dicomweb_server.db import arrival, orders
 from dicomweb_server.db.pool import connection, transaction
 from dicomweb_server.jobs import queue
@@ -54,6 +57,24 @@ async def reconcile(parts: Parts) -> None:
                 await queue.enqueue(conn, kind, payload, key=key)
 
 
+PRUNE_EVERY = 60.0  # seconds between runs of the change feed's retention
+PRUNE_BATCH = 10_000  # events deleted per transaction, so no one transaction holds many locks
+
+
+async def prune_events(parts: Parts, batch: int = PRUNE_BATCH) -> None:
+    """Delete the events older than the retention, a batch per transaction, until a batch comes
+    back short: a backlog (the server was down) is cleared in one run without one huge delete."""
+    older_than = parts.settings.workflow.event_retention_days * 86_400
+    async with connection(parts.pool) as conn:
+        while await events.prune(conn, older_than, batch) >= batch:
+            pass
+
+
+def prune_job(parts: Parts, every: float = PRUNE_EVERY, batch: int = PRUNE_BATCH) -> Job:
+    """The retention job; tests bind a shorter period and batch with ``partial``."""
+    return Job(partial(prune_events, parts, batch), every=every)
+
+
 def consumer_job(parts: Parts) -> Job:
     steps = {kind: partial(step, parts) for kind, step in STEPS.items()}
     consumer = queue.Consumer(parts.pool, steps, parts.settings.workflow.queue_heartbeat_seconds)
@@ -71,4 +92,5 @@ def _forever(run: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[float
 JOBS: dict[str, Processor] = {
     "workflow.queue": consumer_job,
     "workflow.reconcile": lambda parts: Job(partial(reconcile, parts), every=RECONCILE_EVERY),
+    "events.prune": prune_job,
 }
