@@ -26,7 +26,15 @@ from dicomweb_server.errors import BadRequest, NotFound
 from dicomweb_server.storage.base import ObjectStore
 from dicomweb_server.web.media import Offer, negotiate_request
 from dicomweb_server.workflow import report_csv
-from dicomweb_server.workflow.api import API, decode_cursor, encode_cursor, limit_of, page, parse_time
+from dicomweb_server.workflow.api import (
+    API,
+    decode_cursor,
+    encode_cursor,
+    limit_of,
+    page,
+    parse_time,
+    rfc3339,
+)
 
 PDF, JSON, CSV = "application/pdf", "application/json", "text/csv"
 FORMATS = [PDF, JSON, CSV]
@@ -42,7 +50,7 @@ def summary(report: dict[str, Any], base: str) -> dict[str, Any]:
     return {
         "id": report["id"],
         "order_id": report["order_id"],
-        "created_at": report["created_at"],
+        "created_at": rfc3339(report["created_at"]),
         "formats": FORMATS,
         "links": links,
         "instances": [
