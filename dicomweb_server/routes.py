@@ -25,7 +25,7 @@ from dicomweb_server.dicomweb import capabilities, delete, qido, stow, wado
 from dicomweb_server.errors import BadRequest, DicomWebError, StorageError
 from dicomweb_server.web import service
 from dicomweb_server.web.media import Offer, negotiate_request
-from dicomweb_server.workflow import feed, studies
+from dicomweb_server.workflow import feed, reports, studies
 from dicomweb_server.workflow.api import API as V1
 
 STUDY, SERIES, INSTANCE = (template(level) for level in Level)
@@ -96,6 +96,9 @@ WORKFLOW: list[tuple[str, list[str], Any, str]] = [
     (V1 + "/studies/{study}/commit", ["POST"], studies.commit, "orders-write"),
     (V1 + "/studies/{study}/status", ["GET"], studies.status, "orders-read"),
     (V1 + "/events", ["GET"], feed.list_events, "feed"),
+    (V1 + "/orders/{order}/reports", ["GET"], reports.order_reports, "orders-read"),
+    (V1 + "/orders/{order}/reports/{report}", ["GET"], reports.order_report, "orders-read"),
+    (V1 + "/reports", ["GET"], reports.all_reports, "orders-read"),
 ]
 
 

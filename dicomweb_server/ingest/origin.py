@@ -14,6 +14,7 @@ from dataclasses import dataclass
 STOW_RS = "stow-rs"  # PS3.18 §10.5 Store Transaction
 C_STORE = "c-store"  # PS3.4 Annex B Storage Service Class (DIMSE)
 UPLOAD = "upload"  # an object a client put in the store itself (presigned upload)
+REPORT = "report"  # our own analysis report, stored back into its study (workflow/delivery.py)
 
 
 @dataclass(frozen=True, slots=True)

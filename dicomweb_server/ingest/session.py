@@ -34,7 +34,7 @@ from dicomweb_server.dicom.frames import FragmentScanner
 from dicomweb_server.dicom.part10 import Failure
 from dicomweb_server.errors import PayloadTooLarge, ServiceUnavailable, StorageError
 from dicomweb_server.events import Change, InstanceStored, NewEvent
-from dicomweb_server.ingest.origin import Origin
+from dicomweb_server.ingest.origin import REPORT, Origin
 from dicomweb_server.ingest.outcome import Outcome, Stored
 from dicomweb_server.ingest.part import HEADER_PROBE, Durable, Part, frame_index, index_record
 from dicomweb_server.jobs import queue
@@ -76,7 +76,8 @@ class IngestSession:
         self.workflow = workflow or WorkflowSettings()
         # Mark each study ``receiving`` in its arrival row while the session is open (off only
         # for sessions that never reach the index: the unit tests against the memory store).
-        self.receiving = receiving
+        # Our own report (REPORT) neither opens nor counts as an arrival: it must not reopen its study.
+        self.receiving = receiving and origin.channel != REPORT
         self.opened: list[str] = []  # studies this session marked receiving (db/arrival.py)
         self.tenant = tenant
         self.expected_study = expected_study  # the study in the request URL: others fail (0xA900)
@@ -299,7 +300,8 @@ class IngestSession:
                 for r in records
                 if r.object_key in outcome.stored and r.object_key not in dropped
             ]
-            written += await self._arrive(conn, [r for r in records if r.object_key in outcome.inserted])
+            if self.origin.channel != REPORT:  # our own report must not reopen its study
+                written += await self._arrive(conn, [r for r in records if r.object_key in outcome.inserted])
             await events.append(conn, written)
             return outcome
 

@@ -17,12 +17,12 @@ from functools import partial
 from typing import Any
 
 from dicomweb_server import events
-from dicomweb_server.db import arrival, orders
+from dicomweb_server.db import arrival, orders, reports
 from dicomweb_server.db.pool import connection, transaction
 from dicomweb_server.jobs import queue
 from dicomweb_server.jobs.runner import Job, Parts, Processor
 from dicomweb_server.lifecycle import SETTLE_STEP, Status
-from dicomweb_server.workflow import qc, stability
+from dicomweb_server.workflow import delivery, qc, stability
 
 # A queued step, given the long-lived parts and its payload.
 Step = Callable[[Parts, dict[str, Any]], Awaitable[None]]
@@ -30,6 +30,9 @@ Step = Callable[[Parts, dict[str, Any]], Awaitable[None]]
 STEPS: dict[str, Step] = {
     SETTLE_STEP: lambda parts, payload: stability.settle(parts.pool, parts.settings.workflow, payload),
     stability.QC_STEP: lambda parts, payload: qc.run(parts.pool, parts.store, payload),
+    delivery.DELIVER_STEP: lambda parts, payload: delivery.deliver(
+        parts.pool, parts.store, parts.settings, payload
+    ),
 }
 
 RECONCILE_EVERY = 5.0  # seconds between reconciler runs
@@ -39,15 +42,22 @@ BATCH = 500
 
 async def reconcile(parts: Parts) -> None:
     """Queue again what is due and has no live entry: overdue settle steps, orders left in
-    ``stable`` without their QC step."""
+    ``stable`` without their QC step, reports whose order is still ``processing`` (their
+    delivery step was lost)."""
     async with connection(parts.pool) as conn:
         due = await arrival.overdue(conn, GRACE, BATCH)
         stale = await orders.orders_in(conn, Status.STABLE, BATCH, GRACE)
+        undelivered = await reports.undelivered(conn, GRACE, BATCH)
     wanted: dict[str, tuple[str, dict[str, str]]] = {}
     for tenant, study in due:
         wanted[f"{SETTLE_STEP}:{tenant}:{study}"] = (SETTLE_STEP, {"tenant": tenant, "study": study})
     for tenant, order_id in stale:
         wanted[f"{stability.QC_STEP}:{order_id}"] = (stability.QC_STEP, {"tenant": tenant, "order": order_id})
+    for tenant, report_id in undelivered:
+        wanted[delivery.deliver_key(report_id)] = (
+            delivery.DELIVER_STEP,
+            {"tenant": tenant, "report": report_id},
+        )
     if not wanted:
         return
     async with transaction(parts.pool) as conn:
