@@ -420,7 +420,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
         try:
             migrate(url)
             if args.command == "tenants":
-                admin.tenants_command(args, url)
+                admin.tenants_command(args, url, settings)
             else:
                 admin.clients_command(args, url, settings)
         finally:

@@ -25,7 +25,7 @@ from dicomweb_server.dicomweb import capabilities, delete, qido, stow, wado
 from dicomweb_server.errors import BadRequest, DicomWebError, StorageError
 from dicomweb_server.web import service
 from dicomweb_server.web.media import Offer, negotiate_request
-from dicomweb_server.workflow import feed, reports, studies
+from dicomweb_server.workflow import feed, orders, reports, studies
 from dicomweb_server.workflow.api import API as V1
 
 STUDY, SERIES, INSTANCE = (template(level) for level in Level)
@@ -99,6 +99,12 @@ WORKFLOW: list[tuple[str, list[str], Any, str]] = [
     (V1 + "/orders/{order}/reports", ["GET"], reports.order_reports, "orders-read"),
     (V1 + "/orders/{order}/reports/{report}", ["GET"], reports.order_report, "orders-read"),
     (V1 + "/reports", ["GET"], reports.all_reports, "orders-read"),
+    (V1 + "/orders", ["POST"], orders.create, "orders-write"),
+    (V1 + "/orders", ["GET"], orders.list_orders, "orders-read"),
+    (V1 + "/orders/{id}", ["GET"], orders.read, "orders-read"),
+    (V1 + "/orders/{id}/cancel", ["POST"], orders.cancel, "orders-write"),
+    (V1 + "/orders/{id}/retry", ["POST"], orders.retry, "orders-write"),
+    (V1 + "/orders/{id}/qc/override", ["POST"], orders.override_qc, "orders-write"),
 ]
 
 

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import math
 import os
 import re
 import secrets
@@ -22,7 +23,7 @@ from typing import Any
 from dicomweb_server.access import auth
 from dicomweb_server.db import access as access_db
 from dicomweb_server.db.pool import Connection, connection, create_pool
-from dicomweb_server.settings import INT32_MAX, INT64_MAX, Settings
+from dicomweb_server.settings import INT32_MAX, INT64_MAX, Settings, WorkflowSettings
 
 DEV_TENANT = "dev"
 DEV_CLIENT = "dev-client"
@@ -84,8 +85,23 @@ def _kids(keys: auth.SigningKeys) -> list[str]:
 # -- tenants and clients --------------------------------------------------------------------
 
 
-def tenants_command(args: argparse.Namespace, url: str) -> None:
-    if args.action == "create":
+def tenants_command(args: argparse.Namespace, url: str, settings: Settings) -> None:
+    if args.action in ("set", "show"):
+        if not args.tenant:
+            raise CommandError(
+                f"tenants {args.action} needs a tenant id (see `dicomweb-server tenants list`)"
+            )
+        if args.action == "set":
+            values = workflow_values(args)
+            if not _run(
+                url, lambda conn: access_db.set_tenant_workflow(conn, args.tenant, values, args.reset)
+            ):
+                raise CommandError(f"no tenant {args.tenant!r}")
+        overrides = _run(url, lambda conn: access_db.tenant_workflow(conn, args.tenant))
+        if overrides is None:
+            raise CommandError(f"no tenant {args.tenant!r}")
+        print(json.dumps(effective_workflow(args.tenant, overrides, settings.workflow), indent=2))
+    elif args.action == "create":
         if not args.tenant:
             raise CommandError("tenants create needs a tenant id, e.g. `tenants create st-mary`")
         if not auth.TENANT_ID.fullmatch(args.tenant):
@@ -97,6 +113,45 @@ def tenants_command(args: argparse.Namespace, url: str) -> None:
     else:
         rows = _run(url, access_db.list_tenants)
         print(json.dumps([{**r, "created_at": r["created_at"].isoformat()} for r in rows], indent=2))
+
+
+# The tenant table's CHECKs (alembic 0009), tested here first for a one-line error.
+_WORKFLOW_LIMITS: dict[str, tuple[str, Callable[[float], bool], str]] = {
+    "quiet_seconds": ("--quiet-seconds", lambda v: v >= 0, "at least 0"),
+    "force_seconds": ("--force-seconds", lambda v: v > 0, "more than 0"),
+    "max_attempts": ("--max-attempts", lambda v: 1 <= v <= 100, "from 1 to 100"),
+    "lease_seconds": ("--lease-seconds", lambda v: 5 <= v <= 86400, "from 5 to 86400"),
+}
+
+
+def workflow_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The overrides given to ``tenants set``, checked against the table's limits."""
+    values: dict[str, Any] = {}
+    for column, (option, ok, shown) in _WORKFLOW_LIMITS.items():
+        value = getattr(args, column)
+        if value is None:
+            continue
+        if not math.isfinite(value) or not ok(value):
+            raise CommandError(f"{option} must be {shown}, got {value}")
+        values[column] = value
+    if args.force_policy is not None:
+        values["force_policy"] = args.force_policy
+    if args.auto_orders is not None:
+        values["auto_orders"] = args.auto_orders
+    return values
+
+
+def effective_workflow(tenant: str, overrides: dict[str, Any], defaults: WorkflowSettings) -> dict[str, Any]:
+    """What the tenant's steps use: each setting's value and whether it is the tenant's override
+    or the server's default (DICOMWEB_* environment)."""
+    out = {}
+    for column in access_db.WORKFLOW_COLUMNS:
+        own = overrides[column]
+        out[column] = {
+            "value": getattr(defaults, column) if own is None else own,
+            "from": "server" if own is None else "tenant",
+        }
+    return {"tenant": tenant, "workflow": out}
 
 
 def _check_new_client(url: str, tenant: str, client_id: str) -> None:
@@ -214,14 +269,51 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "tenants",
         parents=[common],
-        help="tenants: create, list",
-        description="Every client, instance and audit row belongs to one tenant.",
+        help="tenants: create, list, set (workflow overrides), show (effective workflow settings)",
+        description="Every client, instance and audit row belongs to one tenant. A tenant's workflow "
+        "settings override the server's defaults (DICOMWEB_QUIET_SECONDS, ...) and apply at once.",
     )
-    p.add_argument("action", choices=["create", "list"], help="create a tenant, or list them all as JSON")
+    p.add_argument(
+        "action",
+        choices=["create", "list", "set", "show"],
+        help="create a tenant, list them all as JSON, set its workflow overrides, show its effective "
+        "workflow settings as JSON",
+    )
     p.add_argument(
         "tenant", nargs="?", help="create: the tenant id (lower-case letters, digits and '-', at most 63)"
     )
     p.add_argument("--name", help="create: a display name (default: the id)")
+    p.add_argument(
+        "--quiet-seconds", dest="quiet_seconds", type=float, help="set: seconds of quiet before stable (>= 0)"
+    )
+    p.add_argument(
+        "--force-seconds",
+        dest="force_seconds",
+        type=float,
+        help="set: seconds after the first instance when a study that never goes quiet ends (> 0)",
+    )
+    p.add_argument(
+        "--force-policy",
+        dest="force_policy",
+        choices=["proceed", "hold", "fail"],
+        help="set: what the force-complete limit does",
+    )
+    p.add_argument(
+        "--auto-orders",
+        dest="auto_orders",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="set: every stable study becomes an order (or not)",
+    )
+    p.add_argument("--max-attempts", dest="max_attempts", type=int, help="set: analysis attempts, 1 to 100")
+    p.add_argument(
+        "--lease-seconds", dest="lease_seconds", type=float, help="set: an analysis lease, 5 to 86400 s"
+    )
+    p.add_argument(
+        "--reset",
+        action="store_true",
+        help="set: every override not given goes back to the server's default",
+    )
     p = sub.add_parser(
         "clients",
         parents=[common],

@@ -46,6 +46,41 @@ async def list_tenants(conn: Connection) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
+# A tenant's workflow overrides (alembic 0009); NULL takes the server's default.  Names are
+# columns, fixed here: never taken from input.
+WORKFLOW_COLUMNS = (
+    "quiet_seconds",
+    "force_seconds",
+    "force_policy",
+    "auto_orders",
+    "max_attempts",
+    "lease_seconds",
+)
+
+
+async def tenant_workflow(conn: Connection, tenant: str) -> dict[str, Any] | None:
+    """The tenant's workflow overrides (None values: the server's default); None: no tenant."""
+    row = await conn.fetchrow(f"SELECT {', '.join(WORKFLOW_COLUMNS)} FROM tenant WHERE id = $1", tenant)
+    return None if row is None else dict(row)
+
+
+async def set_tenant_workflow(conn: Connection, tenant: str, values: dict[str, Any], reset: bool) -> bool:
+    """Set the given overrides (with ``reset``, every other one back to the default, NULL);
+    False when there is no such tenant.  The steps read the row each time: no restart needed."""
+    sets = []
+    args: list[Any] = [tenant]
+    for column in WORKFLOW_COLUMNS:
+        if column in values:
+            args.append(values[column])
+            sets.append(f"{column} = ${len(args)}")
+        elif reset:
+            sets.append(f"{column} = NULL")
+    if not sets:
+        return await tenant_workflow(conn, tenant) is not None
+    status = await conn.execute(f"UPDATE tenant SET {', '.join(sets)} WHERE id = $1", *args)
+    return bool(status.endswith(" 1"))
+
+
 async def create_client(
     conn: Connection,
     client_id: str,

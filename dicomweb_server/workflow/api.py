@@ -26,7 +26,8 @@ class JSONAnswer(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, default=_default)
+        # Every time through rfc3339 (orjson's own datetime output is "+00:00", not "Z").
+        return orjson.dumps(content, default=_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
 
 
 def _default(value: Any) -> Any:
