@@ -357,8 +357,8 @@ class IngestSession:
 
     async def _discard(self) -> None:
         """The session failed: remove every object it wrote (none is referenced by the index)."""
-        for d in self.done:
-            d.commit.cancel()
+        # Let started commits finish rather than cancel them: a commit running in a worker thread
+        # cannot be stopped, and would otherwise land its object after the delete below.
         await asyncio.gather(*(d.commit for d in self.done), return_exceptions=True)
         if self.part is not None and self.part.writer is not None:
             with contextlib.suppress(Exception):
