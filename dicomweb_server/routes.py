@@ -25,7 +25,7 @@ from dicomweb_server.dicomweb import capabilities, delete, qido, stow, wado
 from dicomweb_server.errors import BadRequest, DicomWebError, StorageError
 from dicomweb_server.web import service
 from dicomweb_server.web.media import Offer, negotiate_request
-from dicomweb_server.workflow import studies
+from dicomweb_server.workflow import studies, worker
 from dicomweb_server.workflow.api import API as V1
 
 STUDY, SERIES, INSTANCE = (template(level) for level in Level)
@@ -95,6 +95,10 @@ API: list[tuple[str, list[str], Any, str]] = [
 WORKFLOW: list[tuple[str, list[str], Any, str]] = [
     (V1 + "/studies/{study}/commit", ["POST"], studies.commit, "orders-write"),
     (V1 + "/studies/{study}/status", ["GET"], studies.status, "orders-read"),
+    (V1 + "/jobs/claim", ["POST"], worker.claim, "analysis"),
+    (V1 + "/jobs/{job}/heartbeat", ["POST"], worker.heartbeat, "analysis"),
+    (V1 + "/jobs/{job}/complete", ["POST"], worker.complete, "analysis"),
+    (V1 + "/jobs/{job}/fail", ["POST"], worker.fail, "analysis"),
 ]
 
 

@@ -14,12 +14,12 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
-from dicomweb_server.db import arrival, orders
+from dicomweb_server.db import analysis_jobs, arrival, orders
 from dicomweb_server.db.pool import connection, transaction
 from dicomweb_server.jobs import queue
 from dicomweb_server.jobs.runner import Job, Parts, Processor
 from dicomweb_server.lifecycle import SETTLE_STEP, Status
-from dicomweb_server.workflow import qc, stability
+from dicomweb_server.workflow import analysis, qc, stability
 
 # A queued step, given the long-lived parts and its payload.
 Step = Callable[[Parts, dict[str, Any]], Awaitable[None]]
@@ -27,6 +27,9 @@ Step = Callable[[Parts, dict[str, Any]], Awaitable[None]]
 STEPS: dict[str, Step] = {
     SETTLE_STEP: lambda parts, payload: stability.settle(parts.pool, parts.settings.workflow, payload),
     stability.QC_STEP: lambda parts, payload: qc.run(parts.pool, parts.store, payload),
+    analysis.EXPIRE_STEP: lambda parts, payload: analysis.expire(
+        parts.pool, parts.settings.workflow, payload
+    ),
 }
 
 RECONCILE_EVERY = 5.0  # seconds between reconciler runs
@@ -36,15 +39,18 @@ BATCH = 500
 
 async def reconcile(parts: Parts) -> None:
     """Queue again what is due and has no live entry: overdue settle steps, orders left in
-    ``stable`` without their QC step."""
+    ``stable`` without their QC step, analysis claims whose lease ran out unseen."""
     async with connection(parts.pool) as conn:
         due = await arrival.overdue(conn, GRACE, BATCH)
         stale = await orders.orders_in(conn, Status.STABLE, BATCH, GRACE)
+        lapsed = await analysis_jobs.lapsed(conn, GRACE, BATCH)
     wanted: dict[str, tuple[str, dict[str, str]]] = {}
     for tenant, study in due:
         wanted[f"{SETTLE_STEP}:{tenant}:{study}"] = (SETTLE_STEP, {"tenant": tenant, "study": study})
     for tenant, order_id in stale:
         wanted[f"{stability.QC_STEP}:{order_id}"] = (stability.QC_STEP, {"tenant": tenant, "order": order_id})
+    for tenant, job_id in lapsed:
+        wanted[f"{analysis.EXPIRE_STEP}:{job_id}"] = (analysis.EXPIRE_STEP, {"tenant": tenant, "job": job_id})
     if not wanted:
         return
     async with transaction(parts.pool) as conn:
