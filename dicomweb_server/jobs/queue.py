@@ -101,8 +101,8 @@ class Consumer:
         try:
             await manager.run(
                 dequeue_timeout=timedelta(seconds=5),
-                batch_size=self.concurrency,
-                max_concurrent_tasks=self.concurrency,
+                batch_size=max(1, self.concurrency // 2),
+                max_concurrent_tasks=self.concurrency,  # pgqueuer: at least twice the batch
                 heartbeat_timeout=self.heartbeat,
                 log_aggregation_interval=timedelta(seconds=60),
             )

@@ -30,7 +30,7 @@ from dicomweb_server.access import guard as access
 from dicomweb_server.db import access as index
 from dicomweb_server.db.pool import connection
 from dicomweb_server.logs import JsonFormatter
-from dicomweb_server.routes import API, ROUTES
+from dicomweb_server.routes import API, ROUTES, WORKFLOW
 from tests.conftest import (
     ASGI_ISSUER,
     CLIENT,
@@ -71,7 +71,7 @@ OPEN = {
     ("/docs", "GET"),
 }
 # Every guarded (path template, method, transaction): the API table plus the audit reader.
-PROTECTED = [(path, method, tx) for path, methods, _, tx in API for method in methods] + [
+PROTECTED = [(path, method, tx) for path, methods, _, tx in (*API, *WORKFLOW) for method in methods] + [
     ("/admin/audit", "GET", "audit")
 ]
 # A cheap argon2id hash for tests that exercise the endpoint's logic rather than the hash cost
@@ -475,7 +475,7 @@ async def test_scope_matrix_covers_every_route_and_every_scope(app: App) -> None
             covered.add((path, method))
     assert problems == []
     assert covered == {(path, method) for path, method, _ in PROTECTED}
-    assert len(covered) == len(API) + 1
+    assert len(covered) == len(API) + len(WORKFLOW) + 1
 
 
 # -- tenant isolation (OWASP API1, BOLA) --------------------------------------------------------
