@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,7 +25,7 @@ from dicomweb_server.db.reports import StoredObject
 from dicomweb_server.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from dicomweb_server.storage.base import ObjectStore, new_key
 from dicomweb_server.workflow import analysis
-from dicomweb_server.workflow.api import JSONAnswer, actor, json_body
+from dicomweb_server.workflow.api import JSONAnswer, actor, json_body, rfc3339
 
 MAX_REPORT_BYTES = 512 * 1024 * 1024  # a completion's whole body
 MAX_FIELD_BYTES = 16 * 1024 * 1024  # a part sent without a filename (the JSON, say)
@@ -71,7 +71,7 @@ async def claim(request: Request) -> Response:
             "order_id": got.order_id,
             "priority": got.priority,
             "attempt": got.attempt,
-            "lease_expires_at": got.lease_expires_at,
+            "lease_expires_at": rfc3339(got.lease_expires_at),
             "studies": _studies(request, got.studies),
             "access_token": _token(request, got.tenant, got.studies, got.lease_expires_at),
             "token_type": "Bearer",
@@ -87,7 +87,11 @@ async def heartbeat(request: Request) -> Response:
         state.pool, state.settings.workflow, job_id, request.state.client_id
     )
     return JSONAnswer(
-        {"id": job_id, "lease_expires_at": until, "access_token": _token(request, job.tenant, studies, until)}
+        {
+            "id": job_id,
+            "lease_expires_at": rfc3339(until),
+            "access_token": _token(request, job.tenant, studies, until),
+        }
     )
 
 
@@ -122,9 +126,10 @@ async def complete(request: Request) -> Response:
     job = await analysis.open_job(state.pool, job_id, request.state.client_id)
     if job.state == "completed" and job.result is not None:
         return JSONAnswer(job.result)  # before the body is read: nothing is stored twice
-    parts = await _form(request)
+    form = await _read_form(request)
     stored: list[StoredObject] = []
     try:
+        parts = await _parts(form)
         for name in ("pdf", "json", "csv"):
             if parts.get(name) is not None:
                 stored.append(await _store(state.store, job.tenant, parts[name]))
@@ -135,13 +140,15 @@ async def complete(request: Request) -> Response:
     except BaseException:
         await _discard(state.store, stored)
         raise
+    finally:
+        await form.close()  # the spooled upload files
     if not kept:  # a concurrent completion won: its answer, ours discarded
         await _discard(state.store, stored)
     return JSONAnswer(answer)
 
 
-async def _form(request: Request) -> dict[str, Any]:
-    """The completion's parts, checked: a PDF, a JSON object, optionally a CSV."""
+async def _read_form(request: Request) -> FormData:
+    """The completion's form, its body capped as it streams in (RFC 7578)."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "multipart/form-data":
         raise UnsupportedMediaType("A completion is multipart/form-data with pdf, json and csv parts")
@@ -153,6 +160,11 @@ async def _form(request: Request) -> dict[str, Any]:
         form = await capped.form(max_files=3, max_fields=3, max_part_size=MAX_FIELD_BYTES)
     except HTTPException as exc:
         raise BadRequest(f"The form cannot be read: {exc.detail}") from None
+    return form
+
+
+async def _parts(form: FormData) -> dict[str, Any]:
+    """The completion's parts, checked: a PDF, a JSON object, optionally a CSV."""
     unknown = set(form.keys()) - {"pdf", "json", "csv"}
     if unknown:
         raise BadRequest(f"Unknown part(s): {', '.join(sorted(unknown))}")
