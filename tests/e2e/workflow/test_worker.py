@@ -354,3 +354,20 @@ async def test_two_workers_racing_for_200_jobs(server: App) -> None:
     a, b = await asyncio.gather(work("a"), work("b"))
     assert len(a) + len(b) == 200 and set(a) | set(b) == set(ids) and not set(a) & set(b)
     assert await server.state.pool.fetchval("SELECT count(DISTINCT order_id) FROM analysis_job") == 200  # type: ignore[attr-defined]
+
+
+async def test_reconciler_queues_the_expiry_of_a_lapsed_claim_without_its_step(server: App) -> None:
+    from dicomweb_server.jobs.runner import Parts
+    from dicomweb_server.workflow import jobs
+
+    state: Any = server.state
+    await make_pending(server, 1)
+    job = (await claim(server)).json()
+    key = f"job.expire:{job['id']}"
+    await state.pool.execute("DELETE FROM pgqueuer WHERE dedupe_key = $1", key)  # the step is lost
+    await state.pool.execute("UPDATE analysis_job SET lease_expires_at = now() - interval '1 minute'")
+    await jobs.reconcile(Parts(server.settings, state.pool, state.store))
+    deadline = time.monotonic() + 20
+    while await state.pool.fetchval("SELECT state FROM analysis_job") != "expired":
+        assert time.monotonic() < deadline, "the reconciler's expiry step never ran"
+        await asyncio.sleep(0.1)
