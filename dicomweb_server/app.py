@@ -107,6 +107,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             ),
             pool=parts.pool,
         )
+        # The analysis claims' job tokens, minted for the workflow without it importing access.
+        state.mint_job_token = partial(auth.mint_job_token, keys, tokens)
         jobs = bind(JOBS, Parts(settings, parts.pool, parts.store, (trail, keeper)))
         await stack.enter_async_context(Runner(jobs))
         yield

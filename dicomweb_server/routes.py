@@ -25,7 +25,7 @@ from dicomweb_server.dicomweb import capabilities, delete, qido, stow, wado
 from dicomweb_server.errors import BadRequest, DicomWebError, StorageError
 from dicomweb_server.web import service
 from dicomweb_server.web.media import Offer, negotiate_request
-from dicomweb_server.workflow import feed, orders, reports, studies
+from dicomweb_server.workflow import feed, orders, reports, studies, worker
 from dicomweb_server.workflow.api import API as V1
 
 STUDY, SERIES, INSTANCE = (template(level) for level in Level)
@@ -105,6 +105,10 @@ WORKFLOW: list[tuple[str, list[str], Any, str]] = [
     (V1 + "/orders/{id}/cancel", ["POST"], orders.cancel, "orders-write"),
     (V1 + "/orders/{id}/retry", ["POST"], orders.retry, "orders-write"),
     (V1 + "/orders/{id}/qc/override", ["POST"], orders.override_qc, "orders-write"),
+    (V1 + "/jobs/claim", ["POST"], worker.claim, "analysis"),
+    (V1 + "/jobs/{job}/heartbeat", ["POST"], worker.heartbeat, "analysis"),
+    (V1 + "/jobs/{job}/complete", ["POST"], worker.complete, "analysis"),
+    (V1 + "/jobs/{job}/fail", ["POST"], worker.fail, "analysis"),
 ]
 
 

@@ -34,6 +34,7 @@ TENANT = "default"
 CLIENT = "test-client"
 OTHER_TENANT = "other"
 OTHER_CLIENT = "other-client"
+ANALYSIS_CLIENT = "test-analysis"  # the analysis service's client (tenant auth.ANALYSIS_TENANT)
 
 
 def token_for(
@@ -61,6 +62,12 @@ async def ensure_clients(pool: asyncpg.Pool) -> None:
             if await index.find_client(conn, client) is None:
                 hashed = auth.hash_secret("unused")
                 await index.create_client(conn, client, tenant, client, auth.SCOPES, hashed)
+        await index.create_tenant(conn, auth.ANALYSIS_TENANT, "analysis")
+        if await index.find_client(conn, ANALYSIS_CLIENT) is None:
+            hashed = auth.hash_secret("unused")
+            await index.create_client(
+                conn, ANALYSIS_CLIENT, auth.ANALYSIS_TENANT, ANALYSIS_CLIENT, [auth.ANALYSIS_SCOPE], hashed
+            )
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import secrets
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from dicomweb_server.settings import INT32_MAX, INT64_MAX, Settings, WorkflowSet
 
 DEV_TENANT = "dev"
 DEV_CLIENT = "dev-client"
+DEV_ANALYSIS_CLIENT = "dev-analysis"
 # The database's own checks (alembic 0005), tested here first so that a mistake is one line
 CLIENT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -104,6 +106,11 @@ def tenants_command(args: argparse.Namespace, url: str, settings: Settings) -> N
     elif args.action == "create":
         if not args.tenant:
             raise CommandError("tenants create needs a tenant id, e.g. `tenants create st-mary`")
+        if args.tenant == auth.ANALYSIS_TENANT:
+            raise CommandError(
+                f"{auth.ANALYSIS_TENANT!r} is reserved for the analysis service "
+                "(`dicomweb-server clients create --analysis` creates it)"
+            )
         if not auth.TENANT_ID.fullmatch(args.tenant):
             raise CommandError(
                 f"{args.tenant!r} is not a tenant id: lower-case letters, digits and '-', at most 63"
@@ -174,6 +181,8 @@ def clients_command(args: argparse.Namespace, url: str, settings: Settings) -> N
     if args.action in ("rotate-secret", "disable", "enable") and not args.client_id:
         raise CommandError(f"clients {args.action} needs a client id (see `dicomweb-server clients list`)")
     if args.action == "create":
+        if getattr(args, "analysis", False):
+            _analysis_client(args, url)
         scopes = args.scopes.split(",") if args.scopes else ["dicomweb.read", "dicomweb.write"]
         unknown = set(scopes) - set(auth.SCOPES)
         if unknown:
@@ -182,6 +191,13 @@ def clients_command(args: argparse.Namespace, url: str, settings: Settings) -> N
             )
         if not args.tenant:
             raise CommandError("clients create needs --tenant (see `dicomweb-server tenants list`)")
+        if args.tenant == auth.ANALYSIS_TENANT and scopes != [auth.ANALYSIS_SCOPE]:
+            raise CommandError("clients of the analysis tenant have the analysis scope only: use --analysis")
+        if auth.ANALYSIS_SCOPE in scopes and args.tenant != auth.ANALYSIS_TENANT:
+            raise CommandError(
+                "a hospital's client cannot hold the analysis scope: the analysis service's clients "
+                "are made with `clients create --analysis`"
+            )
         for option, value, high in (
             ("--rate-requests", args.rate_requests, INT32_MAX),
             ("--rate-bytes", args.rate_bytes, INT64_MAX),
@@ -247,6 +263,17 @@ def clients_command(args: argparse.Namespace, url: str, settings: Settings) -> N
         if not done:
             raise CommandError(f"no client {args.client_id}")
         print(json.dumps({"client_id": args.client_id, "disabled": args.action == "disable"}))
+
+
+def _analysis_client(args: argparse.Namespace, url: str) -> None:
+    """``clients create --analysis``: the reserved tenant (made if missing) and a client there
+    with the ``analysis`` scope only (issue #12 §3)."""
+    if args.tenant and args.tenant != auth.ANALYSIS_TENANT:
+        raise CommandError("--analysis makes a client of the analysis tenant: leave out --tenant")
+    if args.scopes and args.scopes != auth.ANALYSIS_SCOPE:
+        raise CommandError("an analysis client has the analysis scope only: leave out --scopes")
+    _run(url, lambda conn: access_db.create_tenant(conn, auth.ANALYSIS_TENANT, "Analysis service"))
+    args.tenant, args.scopes = auth.ANALYSIS_TENANT, auth.ANALYSIS_SCOPE
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -334,6 +361,12 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "'.', '_' and '-', at most 64",
     )
     p.add_argument("--tenant", help="create: the client's tenant (required); list: only this tenant's")
+    p.add_argument(
+        "--analysis",
+        action="store_true",
+        help="create: a client of the analysis service (tenant 'analysis', made if missing; scope "
+        "analysis only)",
+    )
     p.add_argument("--name", help="create: a display name (default: the client id)")
     p.add_argument(
         "--scopes",
@@ -359,6 +392,11 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 class DevClient:
     client_id: str
     client_secret: str
+    analysis: DevClient | None = None  # the development analysis client, beside the dev client
+
+
+def dev_analysis_path(settings: Settings) -> Path:
+    return settings.data_dir / "dev-analysis.json"
 
 
 def dev_keys_path(settings: Settings) -> Path:
@@ -371,33 +409,53 @@ def dev_secret_path(settings: Settings) -> Path:
 
 def bootstrap_dev(settings: Settings, url: str) -> tuple[Path, DevClient]:
     """On a loopback address with no key file configured: a local key file, a ``dev`` tenant and
-    a client with every scope, its secret kept (mode 0600) under the data folder so that the
+    a client with every hospital scope, and a ``dev-analysis`` client of the analysis tenant
+    (``DevClient.analysis``), their secrets kept (mode 0600) under the data folder so that the
     printed walk-through keeps working.  Never used on any other address."""
     path = settings.access.signing_keys or dev_keys_path(settings)
     auth.SigningKeys.load_or_generate(path)
-    secret_file = dev_secret_path(settings)
+    hospital = sorted(auth.allowed_scopes(DEV_TENANT, auth.SCOPES))
 
     async def ensure(conn: Connection) -> DevClient:
         await access_db.create_tenant(conn, DEV_TENANT, "Development tenant (make run)")
-        record = await access_db.find_client(conn, DEV_CLIENT)
-        if record is not None and secret_file.exists():
-            saved = json.loads(secret_file.read_text())
-            if auth.secret_matches(saved["client_secret"], record.secret_hashes):
-                return DevClient(DEV_CLIENT, saved["client_secret"])
-        secret = auth.new_secret()
-        if record is None:
-            await access_db.create_client(
-                conn, DEV_CLIENT, DEV_TENANT, "make run", auth.SCOPES, auth.hash_secret(secret)
-            )
-        else:
-            await access_db.rotate_secret(conn, DEV_CLIENT, auth.hash_secret(secret), 0)
-        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump({"client_id": DEV_CLIENT, "client_secret": secret}, out)
-        return DevClient(DEV_CLIENT, secret)
+        await access_db.create_tenant(conn, auth.ANALYSIS_TENANT, "Analysis service")
+        dev = await _dev_client(conn, DEV_CLIENT, DEV_TENANT, hospital, dev_secret_path(settings))
+        analysis = await _dev_client(
+            conn,
+            DEV_ANALYSIS_CLIENT,
+            auth.ANALYSIS_TENANT,
+            [auth.ANALYSIS_SCOPE],
+            dev_analysis_path(settings),
+        )
+        return DevClient(dev.client_id, dev.client_secret, analysis)
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return path, _run(url, ensure)
+
+
+async def _dev_client(
+    conn: Connection, client_id: str, tenant: str, scopes: list[str], secret_file: Path
+) -> DevClient:
+    """One development client, its secret in ``secret_file`` (kept while it still matches)."""
+    record = await access_db.find_client(conn, client_id)
+    saved = await asyncio.to_thread(_saved_secret, secret_file)
+    if record is not None and saved is not None and auth.secret_matches(saved, record.secret_hashes):
+        return DevClient(client_id, saved)
+    secret = auth.new_secret()
+    if record is None:
+        await access_db.create_client(conn, client_id, tenant, "make run", scopes, auth.hash_secret(secret))
+    else:
+        await access_db.rotate_secret(conn, client_id, auth.hash_secret(secret), 0)
+    fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"client_id": client_id, "client_secret": secret}, out)
+    return DevClient(client_id, secret)
+
+
+def _saved_secret(secret_file: Path) -> str | None:
+    if not secret_file.exists():
+        return None
+    return str(json.loads(secret_file.read_text())["client_secret"])
 
 
 def refuse_insecure(host: str, settings: Settings, url: str) -> None:
@@ -412,9 +470,10 @@ def refuse_insecure(host: str, settings: Settings, url: str) -> None:
         )
     if keys.resolve() == dev_keys_path(settings).resolve():
         raise CommandError(f"refusing to listen on {host} with the development signing keys")
-    dev = _run(url, lambda conn: access_db.find_client(conn, DEV_CLIENT))
-    if dev is not None and not dev.disabled:
-        raise CommandError(
-            f"refusing to listen on {host} while the development client is enabled "
-            f"(`dicomweb-server clients disable {DEV_CLIENT}`)"
-        )
+    for name in (DEV_CLIENT, DEV_ANALYSIS_CLIENT):
+        dev = _run(url, partial(access_db.find_client, client_id=name))
+        if dev is not None and not dev.disabled:
+            raise CommandError(
+                f"refusing to listen on {host} while the development client {name} is enabled "
+                f"(`dicomweb-server clients disable {name}`)"
+            )

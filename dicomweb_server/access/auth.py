@@ -17,7 +17,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,10 @@ EXTERNAL_MAX_LIFETIME = 24 * 3600
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 TOKEN_TYPES = ("at+jwt", "application/at+jwt")  # RFC 9068 §4
 _REFUSED_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
+# The reserved tenant of the one analysis service (issue #12 §3): only its clients may hold the
+# ``analysis`` scope, and they read a hospital's studies only through a job token.
+ANALYSIS_TENANT = "analysis"
+ANALYSIS_SCOPE = "analysis"
 _HASHER = PasswordHasher()  # argon2id, the library's defaults (RFC 9106 second recommendation)
 
 
@@ -65,6 +69,15 @@ class Principal:
     token_id: str
     expires: int
     external: bool = False  # issued by the configured external identity provider
+    # A job token (issue #12 §3): only the DICOMweb reads inside these studies; None: any.
+    studies: frozenset[str] | None = None
+
+
+def allowed_scopes(tenant: str, scopes: Iterable[str]) -> frozenset[str]:
+    """The scopes a client of ``tenant`` may hold: ``analysis`` only in ANALYSIS_TENANT, so a
+    hospital's client never acts as the analysis service whatever its row says."""
+    held = frozenset(scopes)
+    return held if tenant == ANALYSIS_TENANT else held - {ANALYSIS_SCOPE}
 
 
 # -- secrets ----------------------------------------------------------------------------
@@ -187,12 +200,25 @@ class TokenSettings:
     lifetime: int = 3600
 
 
-def issue(keys: SigningKeys, cfg: TokenSettings, client_id: str, tenant: str, scopes: Iterable[str]) -> str:
-    """An RFC 9068 access token."""
+def issue(
+    keys: SigningKeys,
+    cfg: TokenSettings,
+    client_id: str,
+    tenant: str,
+    scopes: Iterable[str],
+    *,
+    studies: Sequence[str] | None = None,
+    expires_at: int | None = None,
+) -> str:
+    """An RFC 9068 access token.
+
+    ``studies``: a job token, limited to those studies (a private ``studies`` claim);
+    ``expires_at``: an earlier expiry than the configured lifetime (never a later one)."""
     now = int(time.time())
+    exp = now + cfg.lifetime if expires_at is None else max(now + 1, min(expires_at, now + cfg.lifetime))
     key = keys.signing
     header = {"alg": "ES256", "typ": "at+jwt", "kid": key.kid}
-    claims = {
+    claims: dict[str, Any] = {
         "iss": cfg.issuer,
         "aud": cfg.audience,
         "sub": client_id,
@@ -201,9 +227,11 @@ def issue(keys: SigningKeys, cfg: TokenSettings, client_id: str, tenant: str, sc
         "scope": " ".join(sorted(set(scopes))),
         "iat": now,
         "nbf": now,
-        "exp": now + cfg.lifetime,
+        "exp": exp,
         "jti": uuid.uuid4().hex,
     }
+    if studies is not None:
+        claims["studies"] = sorted(set(studies))
     return canonical_es256(jwt.encode(header, claims, key, algorithms=ALGORITHMS))
 
 
@@ -346,6 +374,7 @@ class Verifier:
             token_id=claims["jti"],
             expires=int(claims["exp"]),
             external=external,
+            studies=None if external else _studies(claims),
         )
         return principal, str(header["kid"])
 
@@ -377,3 +406,30 @@ class Verifier:
             raise InvalidToken("the token lives longer than tokens are issued for")
         if not all(isinstance(claims[n], str) and claims[n] for n in ("client_id", "tenant", "jti")):
             raise InvalidToken("malformed claims")
+
+
+def _studies(claims: dict[str, Any]) -> frozenset[str] | None:
+    """A job token's studies (our own tokens only); a malformed claim is no token at all."""
+    if "studies" not in claims:
+        return None
+    value = claims["studies"]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise InvalidToken("the studies claim is not a list of UIDs")
+    return frozenset(value)
+
+
+JOB_SCOPES = ("dicomweb.read",)
+
+
+def mint_job_token(
+    keys: SigningKeys,
+    cfg: TokenSettings,
+    client_id: str,
+    tenant: str,
+    studies: Sequence[str],
+    expires_at: int,
+) -> str:
+    """A job token for an analysis worker's claim (issue #12 §3): its analysis client, the order's
+    tenant, read-only and only inside the job's studies, expiring with the lease.  The app hands
+    it to the workflow as ``app.state.mint_job_token`` (workflow never imports access)."""
+    return issue(keys, cfg, client_id, tenant, JOB_SCOPES, studies=studies, expires_at=expires_at)

@@ -181,18 +181,12 @@ def guard(handler: Handler, transaction: str) -> Handler:
             principal = access.verifier.verify(token)
         except auth.InvalidToken as exc:
             raise Unauthorized(f"The access token is not valid ({exc})", "invalid_token") from None
-        if principal.external:  # the identity provider's client: its tenant must be ours and enabled
-            if not await access.tenant_enabled(principal.tenant):
-                raise Unauthorized("The tenant of this token is disabled or unknown", "invalid_token")
-            client = None
-        else:
-            client = await access.client(principal.client_id)
-            if client is None or client.disabled or client.tenant != principal.tenant:
-                raise Unauthorized("The client of this token is disabled or unknown", "invalid_token")
+        client = await _client_of(access, principal)
         request.state.client_id = principal.client_id
         request.state.tenant = principal.tenant
         if scope not in principal.scopes:
             raise Forbidden(scope)
+        _check_confinement(principal, transaction, request)
         policy = access.policy(client) if client is not None else access.default_policy
         counting = access.limiter.hit_request(principal.client_id, policy)
         if request.method == "GET" and access.limiter.remote:
@@ -209,6 +203,56 @@ def guard(handler: Handler, transaction: str) -> Handler:
 
     endpoint.__name__ = getattr(handler, "__name__", transaction)
     return endpoint
+
+
+async def _client_of(access: Access, principal: auth.Principal) -> ClientRecord | None:
+    """The token's client, checked: enabled and of the token's tenant (a job token's client is
+    the analysis client, in ANALYSIS_TENANT, and its tenant the order's, which must be enabled)."""
+    if principal.external:  # the identity provider's client: its tenant must be ours and enabled
+        if not await access.tenant_enabled(principal.tenant):
+            raise Unauthorized("The tenant of this token is disabled or unknown", "invalid_token")
+        return None
+    client = await access.client(principal.client_id)
+    home = auth.ANALYSIS_TENANT if principal.studies is not None else principal.tenant
+    if client is None or client.disabled or client.tenant != home:
+        raise Unauthorized("The client of this token is disabled or unknown", "invalid_token")
+    if principal.studies is not None and not await access.tenant_enabled(principal.tenant):
+        raise Unauthorized("The tenant of this token is disabled or unknown", "invalid_token")
+    return client
+
+
+# What a job token may do: the DICOMweb reads below /studies/{study} (issue #12 §3).
+JOB_TRANSACTIONS = frozenset(
+    {
+        "retrieve",
+        "metadata",
+        "frames",
+        "bulkdata",
+        "rendered",
+        "thumbnail",
+        "search-series",
+        "search-instances",
+    }
+)
+
+
+class Confined(DicomWebError):
+    status = 403
+
+
+def _check_confinement(principal: auth.Principal, transaction: str, request: Request) -> None:
+    """The ``analysis`` scope only from ANALYSIS_TENANT's own clients; a job token only inside
+    its studies; the analysis client's own token nothing but the analysis routes."""
+    analysis = SCOPE_OF[transaction] == auth.ANALYSIS_SCOPE
+    if principal.studies is not None:
+        study = request.path_params.get("study")
+        if analysis or transaction not in JOB_TRANSACTIONS or study not in principal.studies:
+            raise Confined("A job token reads only the studies of its job")
+    elif principal.tenant == auth.ANALYSIS_TENANT and not principal.external:
+        if not analysis:
+            raise Confined("The analysis client reads studies only with a job's token")
+    elif analysis or principal.tenant == auth.ANALYSIS_TENANT:
+        raise Confined("The analysis scope is only for the analysis service's clients")
 
 
 async def _while_counting(handling: Awaitable[Response], counting: Awaitable[Decision]) -> Response:
@@ -306,8 +350,9 @@ async def token(request: Request) -> Response:
         if record is None:
             return None
         known.append(record)
+        scopes = auth.allowed_scopes(record.tenant, record.scopes)  # never analysis outside its tenant
         return token_endpoint.Client(
-            record.client_id, record.tenant, record.scopes, record.secret_hashes, record.disabled
+            record.client_id, record.tenant, scopes, record.secret_hashes, record.disabled
         )
 
     server = token_endpoint.TokenServer(access.keys, access.tokens, find_client)

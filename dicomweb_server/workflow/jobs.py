@@ -17,12 +17,12 @@ from functools import partial
 from typing import Any
 
 from dicomweb_server import events
-from dicomweb_server.db import arrival, orders, reports
+from dicomweb_server.db import analysis_jobs, arrival, orders, reports
 from dicomweb_server.db.pool import connection, transaction
 from dicomweb_server.jobs import queue
 from dicomweb_server.jobs.runner import Job, Parts, Processor
 from dicomweb_server.lifecycle import SETTLE_STEP, Status
-from dicomweb_server.workflow import delivery, qc, stability
+from dicomweb_server.workflow import analysis, delivery, qc, stability
 
 # A queued step, given the long-lived parts and its payload.
 Step = Callable[[Parts, dict[str, Any]], Awaitable[None]]
@@ -32,6 +32,9 @@ STEPS: dict[str, Step] = {
     stability.QC_STEP: lambda parts, payload: qc.run(parts.pool, parts.store, payload),
     delivery.DELIVER_STEP: lambda parts, payload: delivery.deliver(
         parts.pool, parts.store, parts.settings, payload
+    ),
+    analysis.EXPIRE_STEP: lambda parts, payload: analysis.expire(
+        parts.pool, parts.settings.workflow, payload
     ),
 }
 
@@ -43,11 +46,12 @@ BATCH = 500
 async def reconcile(parts: Parts) -> None:
     """Queue again what is due and has no live entry: overdue settle steps, orders left in
     ``stable`` without their QC step, reports whose order is still ``processing`` (their
-    delivery step was lost)."""
+    delivery step was lost), analysis claims whose lease ran out unseen."""
     async with connection(parts.pool) as conn:
         due = await arrival.overdue(conn, GRACE, BATCH)
         stale = await orders.orders_in(conn, Status.STABLE, BATCH, GRACE)
         undelivered = await reports.undelivered(conn, GRACE, BATCH)
+        lapsed = await analysis_jobs.lapsed(conn, GRACE, BATCH)
     wanted: dict[str, tuple[str, dict[str, str]]] = {}
     for tenant, study in due:
         wanted[f"{SETTLE_STEP}:{tenant}:{study}"] = (SETTLE_STEP, {"tenant": tenant, "study": study})
@@ -58,6 +62,8 @@ async def reconcile(parts: Parts) -> None:
             delivery.DELIVER_STEP,
             {"tenant": tenant, "report": report_id},
         )
+    for tenant, job_id in lapsed:
+        wanted[f"{analysis.EXPIRE_STEP}:{job_id}"] = (analysis.EXPIRE_STEP, {"tenant": tenant, "job": job_id})
     if not wanted:
         return
     async with transaction(parts.pool) as conn:

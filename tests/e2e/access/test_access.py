@@ -32,6 +32,7 @@ from dicomweb_server.db.pool import connection
 from dicomweb_server.logs import JsonFormatter
 from dicomweb_server.routes import API, ROUTES, WORKFLOW
 from tests.conftest import (
+    ANALYSIS_CLIENT,
     ASGI_ISSUER,
     CLIENT,
     KEYS,
@@ -448,6 +449,13 @@ async def test_every_protected_route_refuses_tokens_in_the_query_and_two_authori
     assert problems == []
 
 
+def _token(transaction: str, scopes: tuple[str, ...]) -> str:
+    """The analysis routes' callers are the analysis service's clients (their own tenant)."""
+    if access.SCOPE_OF[transaction] == auth.ANALYSIS_SCOPE:
+        return token_for(client_id=ANALYSIS_CLIENT, tenant=auth.ANALYSIS_TENANT, scopes=scopes)
+    return token_for(scopes=scopes)
+
+
 async def test_scope_matrix_covers_every_route_and_every_scope(app: App) -> None:
     """403 insufficient_scope exactly when the route's scope is missing; never 401/403 otherwise."""
     uids = random_uids()
@@ -459,7 +467,7 @@ async def test_scope_matrix_covers_every_route_and_every_scope(app: App) -> None
             needed = access.SCOPE_OF[tx]
             url = concrete(path, *uids)
             for scopes in scope_sets:
-                r = await call(anon, method, url, bearer(token_for(scopes=scopes)))
+                r = await call(anon, method, url, bearer(_token(tx, scopes)))
                 label = f"{method} {path} with {scopes or 'no scope'}"
                 if needed in scopes:
                     if r.status_code in (401, 403) or r.status_code >= 500:
