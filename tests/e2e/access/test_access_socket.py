@@ -255,4 +255,4 @@ def test_serve_refuses_a_public_address_while_the_development_client_is_enabled(
     dev_client_enabled: None, database_url: str, tmp_path: Path
 ) -> None:
     output = _refused(_insecure_env(database_url, tmp_path / "data", KEYS_FILE))
-    assert "refusing to listen on 0.0.0.0 while the development client is enabled" in output
+    assert "refusing to listen on 0.0.0.0 while the development client dev-client is enabled" in output
