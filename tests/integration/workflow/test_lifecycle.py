@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncpg
 
 from dicomweb_server import events
+from dicomweb_server.db import orders
 from dicomweb_server.ingest.origin import STOW_RS, Origin
 from dicomweb_server.ingest.session import IngestSession
 from dicomweb_server.jobs.queue import Later
-from dicomweb_server.lifecycle import SETTLE_STEP
+from dicomweb_server.lifecycle import SETTLE_STEP, Action
 from dicomweb_server.settings import IngestSettings, WorkflowSettings
 from dicomweb_server.storage.memory import MemoryStore
 from dicomweb_server.workflow import qc, stability
@@ -112,3 +113,33 @@ async def test_qc_fails_when_an_object_is_gone(db: asyncpg.Pool) -> None:
     assert await order_status(db) == [("failed", "qc")]
     result = await db.fetchval("SELECT qc::text FROM orders")
     assert "object missing" in result
+
+
+async def test_a_study_sent_again_whole_is_a_duplicate_not_a_second_analysis(db: asyncpg.Pool) -> None:
+    """The same SOP Instance UIDs again (here after the first copy was deleted, under another Study
+    Instance UID): the order-independent digest matches an order already processing, so the new
+    order says it is a duplicate of it and is not analysed; retry is the explicit reprocessing."""
+    store = MemoryStore()
+    await ingest(store, db, QUIET, 2, 1)
+    await stability.settle(db, QUIET, {"tenant": TENANT, "study": STUDY})
+    first = await db.fetchval("SELECT id::text FROM orders")
+    await qc.run(db, store, {"tenant": TENANT, "order": first})
+    async with db.acquire() as conn, conn.transaction():
+        assert await orders.transition(conn, TENANT, first, Action.CLAIM, "test") is not None
+    await db.execute("DELETE FROM study WHERE study_uid = $1", STUDY)
+    again = "1.2.826.0.1.3680043.8.498.29"
+    origin = Origin(STOW_RS, "test-client")
+    async with IngestSession(origin, TENANT, None, IngestSettings(), store, db, QUIET) as s:
+        for n in (1, 2):  # the other order of arrival: the digest does not care
+            s.begin_part()
+            await s.feed(instance(again, SERIES + ".9", f"{SERIES}.{n}", seed=n))
+            await s.end_part()
+        await s.finish()
+    await stability.settle(db, QUIET, {"tenant": TENANT, "study": again})
+    rows = await db.fetch("SELECT status, reason, duplicate_of::text AS dup FROM orders ORDER BY created_at")
+    assert [(r["status"], r["reason"], r["dup"]) for r in rows] == [
+        ("processing", None, None),
+        ("failed", "duplicate", first),
+    ]
+    queued = await db.fetch("SELECT dedupe_key FROM pgqueuer WHERE entrypoint = 'order.qc'")
+    assert [q["dedupe_key"] for q in queued] == [f"order.qc:{first}"]  # none for the duplicate
