@@ -4,6 +4,8 @@ order, QC, late instances.  (The queue's own delivery of these steps is in tests
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 
 from dicomweb_server import events
@@ -143,3 +145,35 @@ async def test_a_study_sent_again_whole_is_a_duplicate_not_a_second_analysis(db:
     ]
     queued = await db.fetch("SELECT dedupe_key FROM pgqueuer WHERE entrypoint = 'order.qc'")
     assert [q["dedupe_key"] for q in queued] == [f"order.qc:{first}"]  # none for the duplicate
+
+
+async def test_the_force_complete_limit_ends_a_study_by_the_tenant_policy(db: asyncpg.Pool) -> None:
+    """A study that never goes quiet (quiet period an hour, limit a moment after the first
+    instance) is ended by the force-complete policy: proceed, hold for review, or fail."""
+    store = MemoryStore()
+    results = {}
+    for policy in ("proceed", "hold", "fail"):
+        await db.execute(
+            "TRUNCATE arrival, orders, order_study, order_history, study, series, instance CASCADE"
+        )
+        forced = WorkflowSettings(quiet_seconds=3600.0, force_seconds=0.01, force_policy=policy)
+        await ingest(store, db, forced, 1)
+        await asyncio.sleep(0.05)
+        await stability.settle(db, forced, {"tenant": TENANT, "study": STUDY})
+        arrival = await db.fetchrow("SELECT state, stable_by FROM arrival")
+        results[policy] = (arrival["state"], arrival["stable_by"], await order_status(db))
+    assert results == {
+        "proceed": ("stable", "force", [("stable", None)]),
+        "hold": ("held", "force", []),
+        "fail": ("stable", "force", [("failed", "qc")]),
+    }
+    # A held study waits for a person: a commit releases it, and it becomes an order.
+    await db.execute("TRUNCATE arrival, orders, order_study, order_history, study, series, instance CASCADE")
+    held = WorkflowSettings(quiet_seconds=3600.0, force_seconds=0.01, force_policy="hold")
+    await ingest(store, db, held, 1)
+    await asyncio.sleep(0.05)
+    await stability.settle(db, held, {"tenant": TENANT, "study": STUDY})
+    assert await db.fetchval("SELECT state FROM arrival") == "held"
+    assert (await stability.commit(db, held, TENANT, STUDY, None, None, "client")).stable
+    assert await db.fetchrow("SELECT state, stable_by FROM arrival") == ("stable", "commit")
+    assert await order_status(db) == [("stable", None)]
