@@ -177,3 +177,37 @@ async def test_the_force_complete_limit_ends_a_study_by_the_tenant_policy(db: as
     assert (await stability.commit(db, held, TENANT, STUDY, None, None, "client")).stable
     assert await db.fetchrow("SELECT state, stable_by FROM arrival") == ("stable", "commit")
     assert await order_status(db) == [("stable", None)]
+
+
+async def test_an_open_session_keeps_its_study_receiving(db: asyncpg.Pool) -> None:
+    """No study is stable while a request (or association) carrying it is open, even past its
+    quiet period; the session's end clears the mark in the transaction that indexes it."""
+    store = MemoryStore()
+    await ingest(store, db, QUIET, 1)
+    origin = Origin(STOW_RS, "test-client")
+    async with IngestSession(origin, TENANT, None, IngestSettings(), store, db, QUIET) as s:
+        s.begin_part()
+        await s.feed(instance(STUDY, SERIES, f"{SERIES}.2", seed=2))
+        await s.end_part()
+        assert await db.fetchval("SELECT open_sessions FROM arrival") == 1
+        try:
+            await stability.settle(db, QUIET, {"tenant": TENANT, "study": STUDY})
+        except Later as later:
+            assert later.seconds == stability.RECEIVING_RECHECK
+        else:
+            raise AssertionError("a study was made stable while a session carrying it was open")
+        await s.finish()
+    assert await db.fetchrow("SELECT open_sessions, instances FROM arrival") == (0, 2)
+    await stability.settle(db, QUIET, {"tenant": TENANT, "study": STUDY})
+    assert await order_status(db) == [("stable", None)]
+
+
+async def test_a_failed_session_leaves_no_receiving_mark(db: asyncpg.Pool) -> None:
+    origin = Origin(STOW_RS, "test-client")
+    async with IngestSession(origin, TENANT, None, IngestSettings(), MemoryStore(), db, QUIET) as s:
+        s.begin_part()
+        data = instance(STUDY, SERIES, f"{SERIES}.1", seed=1)
+        await s.feed(data[: len(data) // 2])  # cut short: 0xC000, nothing stored
+        await s.end_part()
+        await s.finish()
+    assert await db.fetchval("SELECT count(*) FROM arrival") == 0
