@@ -81,7 +81,17 @@ async def tenant_settings(conn: Connection, tenant: str, defaults: WorkflowSetti
 
 async def open_studies(conn: Connection, tenant: str, studies: Sequence[str], seconds: float) -> None:
     """A request or association starts carrying ``studies``: they are ``receiving`` until it ends
-    (``record(closing=...)``) or, if its process dies, for at most ``seconds``."""
+    (``record(closing=...)``) or, if its process dies, for at most ``seconds``.
+
+    Committed without waiting for the WAL flush (``synchronous_commit = off``): the mark matters
+    only while its session lives, and a crash that loses it ends the session too; so it costs no
+    disk flush on the request path."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL synchronous_commit TO OFF")
+        await _open(conn, tenant, studies, seconds)
+
+
+async def _open(conn: Connection, tenant: str, studies: Sequence[str], seconds: float) -> None:
     await conn.execute(
         "INSERT INTO arrival AS a (tenant, study_uid, open_sessions, open_until) "
         "SELECT $1, s, 1, now() + make_interval(secs => $3) FROM unnest($2::text[]) AS s ORDER BY s "
@@ -94,7 +104,14 @@ async def open_studies(conn: Connection, tenant: str, studies: Sequence[str], se
 
 
 async def close_studies(conn: Connection, tenant: str, studies: Sequence[str]) -> None:
-    """A session that stored nothing ends (it failed or was cancelled): no longer receiving."""
+    """A session that stored nothing ends (it failed or was cancelled): no longer receiving
+    (not flushed either: if lost, ``open_until`` ends the mark)."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL synchronous_commit TO OFF")
+        await _close(conn, tenant, studies)
+
+
+async def _close(conn: Connection, tenant: str, studies: Sequence[str]) -> None:
     await conn.execute(
         "UPDATE arrival SET open_sessions = greatest(0, open_sessions - 1) "
         "WHERE tenant = $1 AND study_uid = ANY($2::text[])",
