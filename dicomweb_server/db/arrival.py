@@ -300,6 +300,26 @@ async def counts(conn: Connection, tenant: str, study: str, lock: bool = False) 
     return None if row is None else dict(row)
 
 
+async def forget(conn: Connection, tenant: str, study: str, sop_uids: Sequence[str], size: int) -> None:
+    """Deleted instances leave the study's arrival row (counts, bytes, digest), in the delete's
+    transaction; a study deleted whole loses its row (a copy sent later arrives afresh)."""
+    await conn.execute(
+        "UPDATE arrival SET instances = greatest(0, instances - $3), bytes = greatest(0, bytes - $4), "
+        "digest = digest # $5::text::bit(128) WHERE tenant = $1 AND study_uid = $2",
+        tenant,
+        study,
+        len(sop_uids),
+        size,
+        _bits(uid_digest(sop_uids)),
+    )
+    await conn.execute(
+        "DELETE FROM arrival a WHERE a.tenant = $1 AND a.study_uid = $2 AND a.open_sessions = 0 "
+        "AND NOT EXISTS (SELECT 1 FROM study s WHERE s.tenant = a.tenant AND s.study_uid = a.study_uid)",
+        tenant,
+        study,
+    )
+
+
 async def expect(
     conn: Connection, tenant: str, study: str, instances: int | None, series: int | None
 ) -> None:

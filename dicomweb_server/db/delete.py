@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from dicomweb_server.db import arrival
 from dicomweb_server.db.pool import Connection, require_transaction
 from dicomweb_server.db.retrieve import resource_scope
 
@@ -32,7 +33,8 @@ async def delete(
         return None
     rows = await conn.fetch(
         f"DELETE FROM instance i USING study st, series se WHERE st.pk = i.study_pk "
-        f"AND se.pk = i.series_pk AND st.tenant = $1 AND {scope} RETURNING i.object_key, i.series_pk",
+        f"AND se.pk = i.series_pk AND st.tenant = $1 AND {scope} "
+        "RETURNING i.object_key, i.series_pk, i.sop_uid, i.size",
         tenant,
         *args,
     )
@@ -58,6 +60,9 @@ async def delete(
         len(rows),
     )
     await conn.execute("DELETE FROM study WHERE pk = $1 AND num_instances <= 0", study_pk)
+    await arrival.forget(
+        conn, tenant, study_uid, [row["sop_uid"] for row in rows], sum(row["size"] for row in rows)
+    )
     return [row["object_key"] for row in rows]
 
 

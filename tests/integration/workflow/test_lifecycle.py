@@ -9,7 +9,7 @@ import asyncio
 import asyncpg
 
 from dicomweb_server import events
-from dicomweb_server.db import orders
+from dicomweb_server.db import arrival, delete, orders
 from dicomweb_server.ingest.origin import STOW_RS, Origin
 from dicomweb_server.ingest.session import IngestSession
 from dicomweb_server.jobs.queue import Later
@@ -210,4 +210,18 @@ async def test_a_failed_session_leaves_no_receiving_mark(db: asyncpg.Pool) -> No
         await s.feed(data[: len(data) // 2])  # cut short: 0xC000, nothing stored
         await s.end_part()
         await s.finish()
+    assert await db.fetchval("SELECT count(*) FROM arrival") == 0
+
+
+async def test_deletes_leave_the_arrival_row(db: asyncpg.Pool) -> None:
+    """DELETE of an instance takes it out of its study's counts and digest; of the whole study,
+    the row goes (a copy sent later arrives afresh)."""
+    await ingest(MemoryStore(), db, WAIT, 1, 2)
+    async with db.acquire() as conn, conn.transaction():
+        assert await delete.delete(conn, TENANT, STUDY, SERIES, f"{SERIES}.2")
+    row = await db.fetchrow("SELECT instances, digest::text AS digest FROM arrival")
+    assert row["instances"] == 1
+    assert int(row["digest"], 2) == arrival.uid_digest([f"{SERIES}.1"])
+    async with db.acquire() as conn, conn.transaction():
+        assert await delete.delete(conn, TENANT, STUDY)
     assert await db.fetchval("SELECT count(*) FROM arrival") == 0
