@@ -36,3 +36,16 @@ def start_worker(analysis_client: tuple[str, str], tmp_path: Path) -> Iterator[S
     yield start
     for process in started:
         process.kill()
+
+
+@pytest.fixture(autouse=True)
+def _stop_servers_of_the_test() -> Iterator[None]:
+    """Every server process a test started is killed when it ends, passed or failed: a server
+    left running keeps consuming the shared database's queue, and would run the next test's
+    steps against its own objects folder (QC failing there)."""
+    from tests.conftest import _STARTED
+
+    before = len(_STARTED)
+    yield
+    for server in _STARTED[before:]:
+        server.stop("kill")

@@ -69,7 +69,9 @@ def wait_study_order(server: Server, study: str, wanted: str, seconds: float = 3
         orders = study_status(server, study)["orders"]
         if len(orders) == 1 and orders[0]["status"] == wanted:
             return str(orders[0]["id"])
-        assert time.monotonic() < deadline, f"study {study}: orders {orders}, not one {wanted}"
+        if time.monotonic() > deadline:
+            detail = [order(server, o["id"]) for o in orders]
+            raise AssertionError(f"study {study}: orders {detail}, not one {wanted}")
         time.sleep(0.1)
 
 
