@@ -206,7 +206,7 @@ def _stop_leftover_servers() -> Iterator[None]:
 
 
 def start_server(
-    database_url: str, data: Path, workers: int = 1, port: int | None = None, **env: str
+    database_url: str, data: Path, workers: int = 1, *, port: int | None = None, **env: str
 ) -> Server:
     """``dicomweb-server serve`` on ``port`` (default: a free one; the same port again restarts
     a server at its URL, so its clients and its tokens' issuer stay valid)."""

@@ -12,6 +12,7 @@ process died is taken again within seconds."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from pathlib import Path
@@ -165,3 +166,31 @@ async def test_killed_after_complete_before_delivery(
 
 
 ENCAPSULATED = "1.2.840.10008.5.1.4.1.1.104.1"
+
+
+async def test_killed_with_the_job_claimed_and_its_worker_running(
+    database_url: str, db: asyncpg.Pool, tmp_path: Path, start_worker: StartWorker
+) -> None:
+    """The worker keeps working (heart-beating every second) while the server is killed and
+    restarted at its URL.  Whether its heartbeat reaches the new server within the 5 s lease
+    (attempt 1 completes) or not (the lease runs out, its late heartbeat is refused, it claims
+    the order again as attempt 2), the order completes once."""
+    data = tmp_path / "s"
+    server = start_server(database_url, data, DICOMWEB_QUIET_SECONDS="0.5", **ENV)
+    study = generate_uid()
+    store(server, study, 2)
+    order_id = wait_study_order(server, study, "pending")
+    worker = start_worker(server.url, "--count", "1", "--work-seconds", "6")
+    deadline = time.monotonic() + 20
+    while await db.fetchval("SELECT count(*) FROM analysis_job") == 0:
+        assert time.monotonic() < deadline, "the worker never claimed the order"
+        await asyncio.sleep(0.05)
+    server = restart(server, database_url, data)
+    done = worker.next_line(60)
+    assert done["order_id"] == order_id
+    await check_once(db, server, done, changes=4 if done["attempt"] == 1 else 6)
+    jobs = await db.fetch("SELECT attempt, state FROM analysis_job ORDER BY attempt")
+    expected = [(1, "completed")] if done["attempt"] == 1 else [(1, "expired"), (2, "completed")]
+    assert [(r["attempt"], r["state"]) for r in jobs] == expected
+    assert worker.wait() == 0
+    server.stop()
