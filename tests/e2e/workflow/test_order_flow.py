@@ -179,3 +179,30 @@ def test_a_group_order_has_one_report_and_a_pdf_in_each_study(
     for study in studies:
         assert [o["id"] for o in study_status(server, study)["orders"]] == [order_id]
     server.stop()
+
+
+def test_a_report_over_the_header_budget_fails_its_delivery(
+    tmp_path: Any, database_url: str, db: Any, start_worker: StartWorker
+) -> None:
+    """A PDF larger than the header budget (DICOMWEB_HEADER_BUDGET_BYTES, here 1 MiB) cannot
+    become an Encapsulated PDF instance (its document is in the header: A700); the order fails
+    with reason ``delivery`` and says why, instead of the step failing again and again."""
+    server = start_server(
+        database_url,
+        tmp_path / "s",
+        DICOMWEB_QUIET_SECONDS="0.5",
+        DICOMWEB_HEADER_BUDGET_BYTES="1048576",
+        **QUICK,
+    )
+    study = generate_uid()
+    store(server, study, 1)
+    order_id = wait_study_order(server, study, "pending")
+    worker = start_worker(server.url, "--count", "1", "--pdf-pad", str(2 << 20))
+    done = worker.next_line()
+    failed = wait_order(server, order_id, "failed")
+    assert failed["reason"] == "delivery"
+    assert "header budget" in str(failed["history"][-1])
+    assert encapsulated_pdfs(server, study) == []
+    pdf = get(server, f"/api/v1/orders/{order_id}/reports/{done['report_id']}", "application/pdf")
+    assert pdf.content == base64.b64decode(done["pdf"])  # the report itself is kept
+    server.stop()
