@@ -157,8 +157,11 @@ async def test_killed_after_complete_before_delivery(
     worker = start_worker(server.url, "--count", "1", "--pdf-pad", str(8 * 1024 * 1024))
     done = worker.next_line()
     server.stop("kill")  # as soon as the completion is acknowledged
-    assert await db.fetchval("SELECT status FROM orders") == "processing"
-    assert await db.fetchval("SELECT count(*) FROM instance WHERE sop_class_uid = $1", ENCAPSULATED) == 0
+    assert await db.fetchval("SELECT status FROM orders") == "processing"  # not delivered yet
+    # The kill lands before the report's instance is stored, or after it and before the move;
+    # either way the step runs again after the restart, and a re-sent instance adds nothing.
+    stored = "SELECT count(*) FROM instance WHERE sop_class_uid = $1"
+    assert await db.fetchval(stored, ENCAPSULATED) in (0, 1)
     server = restart(server, database_url, data)
     wait_order(server, order_id, "delivered")
     await check_once(db, server, done)
