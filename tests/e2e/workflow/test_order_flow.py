@@ -85,6 +85,17 @@ def commit(server: Server, study: str, instances: int) -> None:
     assert r.status_code == 200, r.text
 
 
+def group_order(server: Server, studies: list[str]) -> str:
+    """``POST /api/v1/orders`` over the (committed) studies; its id once it is pending."""
+    r = httpx.post(
+        server.url + "/api/v1/orders", json={"studies": studies}, headers=server.headers, timeout=30
+    )
+    assert r.status_code == 201, r.text
+    order_id = str(r.json()["id"])
+    wait_order(server, order_id, "pending")
+    return order_id
+
+
 def encapsulated_pdfs(server: Server, study: str) -> list[bytes]:
     """The PDFs of the study's Encapsulated PDF instances: found by QIDO-RS, read by WADO-RS,
     parsed by pydicom, without the pad byte (EncapsulatedDocumentLength, PS3.3 C.24.2.1)."""
@@ -161,12 +172,7 @@ def test_a_group_order_has_one_report_and_a_pdf_in_each_study(
     for study in studies:
         store(server, study, 1)
         commit(server, study, 1)
-    r = httpx.post(
-        server.url + "/api/v1/orders", json={"studies": studies}, headers=server.headers, timeout=30
-    )
-    assert r.status_code == 201, r.text
-    order_id = r.json()["id"]
-    wait_order(server, order_id, "pending")
+    order_id = group_order(server, studies)
     worker = start_worker(server.url, "--count", "1")
     done = worker.next_line()
     assert (
