@@ -205,8 +205,12 @@ def _stop_leftover_servers() -> Iterator[None]:
             server.stop("kill")
 
 
-def start_server(database_url: str, data: Path, workers: int = 1, **env: str) -> Server:
-    port = free_port()
+def start_server(
+    database_url: str, data: Path, workers: int = 1, *, port: int | None = None, **env: str
+) -> Server:
+    """``dicomweb-server serve`` on ``port`` (default: a free one; the same port again restarts
+    a server at its URL, so its clients and its tokens' issuer stay valid)."""
+    port = port or free_port()
     full = {
         **os.environ,
         "DATABASE_URL": database_url,

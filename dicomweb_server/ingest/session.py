@@ -169,6 +169,7 @@ class IngestSession:
         """Describe a part from its prefix; on success open its object and write the prefix."""
         assert part.prefix is not None
         budget = self.settings.header_budget_bytes
+        whole = complete  # the part has ended: waiting for more bytes is no longer possible
         complete = complete and len(part.prefix) <= budget
         describe = functools.partial(
             part10.describe,
@@ -183,7 +184,7 @@ class IngestSession:
         big = len(part.prefix) > INLINE_PARSE
         described = await asyncio.to_thread(describe) if big else describe()
         if isinstance(described, Failure):
-            if described is part10.OVER_BUDGET and not complete and part.parse_at < budget:
+            if described is part10.OVER_BUDGET and not whole and part.parse_at < budget:
                 part.parse_at = min(budget, part.parse_at * 16)  # the header goes on: wait for more
                 return
             self._fail(part, described)

@@ -153,6 +153,19 @@ async def test_a_header_over_the_budget_fails_with_a700() -> None:
     assert reasons(outcome) == [(status.REFUSED_OUT_OF_RESOURCES, dicom.OVER_BUDGET_COMMENT)]
 
 
+@pytest.mark.parametrize("whole", [False, True])
+async def test_a_header_over_the_budget_in_one_chunk_fails_with_a700(whole: bool) -> None:
+    """A part fed whole (the report delivery feeds its Encapsulated PDF in one call) whose header
+    is over a budget the probe had not reached yet fails with A700; it hit an assertion in
+    ``end_part`` (found by tests/e2e/workflow/test_order_crash.py with a 16 MiB report)."""
+    store = MemoryStore()
+    data = instance(STUDY, ImageComments="x" * (2 << 20))
+    chunk = len(data) if whole else 65536
+    outcome = await ingest(session(store, header_budget_bytes=1 << 20), data, chunk=chunk)
+    assert reasons(outcome) == [(status.REFUSED_OUT_OF_RESOURCES, dicom.OVER_BUDGET_COMMENT)]
+    assert store.data == {}
+
+
 async def test_a_header_past_the_first_probe_is_waited_for() -> None:
     """A header longer than the first probe (16 KiB) is parsed again with more bytes, not failed."""
     store = MemoryStore()
