@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dicomweb_server import events
@@ -81,8 +81,13 @@ async def store_in_study(ctx: Context) -> Delivered:
         data = await asyncio.to_thread(encapsulated.build, source)
         origin = Origin(REPORT, client_id=ACTOR)
         settings = ctx.settings
+        # The document is in the data set's "header" (there is no Pixel Data after it): our own
+        # instance, already in memory, may be as large as the PDF the worker was allowed to send.
+        ingest = replace(
+            settings.ingest, header_budget_bytes=max(settings.ingest.header_budget_bytes, len(data))
+        )
         async with IngestSession(
-            origin, ctx.tenant, study, settings.ingest, ctx.store, ctx.pool, settings.workflow
+            origin, ctx.tenant, study, ingest, ctx.store, ctx.pool, settings.workflow
         ) as session:
             session.begin_part()
             await session.feed(data)
