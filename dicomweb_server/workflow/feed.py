@@ -31,7 +31,7 @@ from dicomweb_server import events
 from dicomweb_server.db.pool import Pool, connection
 from dicomweb_server.errors import BadRequest, Gone
 from dicomweb_server.events import Cursor, Event
-from dicomweb_server.workflow.api import API, decode_cursor, encode_cursor, limit_of, page, rfc3339
+from dicomweb_server.workflow.api import API, decode_cursor, encode_cursor, limit_of, page, query, rfc3339
 
 MAX_WAIT = 30.0  # seconds a long poll may be asked to wait
 POLL_EVERY = 0.1  # seconds between looks at the outbox while a long poll waits
@@ -136,7 +136,7 @@ def cloud_event(event: Event, tenant: str) -> dict[str, Any]:
 
 async def list_events(request: Request) -> Response:
     """``GET /api/v1/events?after=&types=&limit=&wait=``: the caller's tenant's change feed."""
-    params = request.query_params
+    params = query(request, {"after", "types", "limit", "wait"})
     tenant = request.state.tenant
     found = await read(
         request.app.state.pool,
