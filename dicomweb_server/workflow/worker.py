@@ -168,6 +168,10 @@ async def _parts(form: FormData) -> dict[str, Any]:
     unknown = set(form.keys()) - {"pdf", "json", "csv"}
     if unknown:
         raise BadRequest(f"Unknown part(s): {', '.join(sorted(unknown))}")
+    names = [name for name, _ in form.multi_items()]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # which of two PDFs is the report cannot be guessed
+        raise BadRequest(f"Part(s) sent more than once: {', '.join(repeated)}")
     pdf, doc, csv = form.get("pdf"), form.get("json"), form.get("csv")
     if pdf is None or doc is None:
         raise BadRequest("The pdf and json parts are required")
@@ -181,7 +185,23 @@ async def _parts(form: FormData) -> dict[str, Any]:
         value = None
     if len(raw) > MAX_FIELD_BYTES or not isinstance(value, dict):
         raise BadRequest(f"The json part must be a JSON object of at most {MAX_FIELD_BYTES} bytes")
-    return {"pdf": pdf, "json": raw, "csv": csv.encode() if isinstance(csv, str) else csv}
+    text: bytes | None = None
+    if isinstance(csv, UploadFile):
+        text = await csv.read(MAX_FIELD_BYTES + 1)
+    elif csv is not None:
+        text = csv.encode()
+    if text is not None and (len(text) > MAX_FIELD_BYTES or not _utf8(text)):
+        raise BadRequest(f"The csv part must be UTF-8 text of at most {MAX_FIELD_BYTES} bytes")
+    return {"pdf": pdf, "json": raw, "csv": text}
+
+
+def _utf8(data: bytes) -> bool:
+    """The CSV is served as ``text/csv; charset=utf-8`` (RFC 7111): it must be UTF-8."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _capped(request: Request) -> Any:
