@@ -1,0 +1,162 @@
+"""/api/v1 as a hostile or clumsy client uses it (issue #12, the attack on the new surface): each
+input that once gave a 500, a silent guess or an orphaned long poll now gets a clear RFC 9457
+problem.  Every test here failed before its fix."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+
+import tests.e2e.workflow.test_worker as worker_tests
+from dicomweb_server.storage.base import new_key
+from tests.conftest import App, Server
+from tests.e2e.workflow.test_orders import store
+
+S1 = "1.2.826.0.1.3680043.8.498.6901"
+PROBLEM = "application/problem+json"
+SPEC = Path(__file__).resolve().parents[3] / "openapi" / "openapi.json"
+
+
+def cursor(*values: object) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
+
+
+def problem(r: httpx.Response, status: int, words: str) -> None:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+    assert words in r.json()["detail"], r.json()
+
+
+@pytest.fixture
+async def server(db: asyncpg.Pool, database_url: str, tmp_path: Path) -> AsyncIterator[App]:
+    async for a in worker_tests.start(database_url, tmp_path, max_attempts=2):
+        yield a
+
+
+async def test_nul_in_a_json_string_is_400_not_500(server: App) -> None:
+    """PostgreSQL text cannot hold U+0000: it was a 500 from the database."""
+    await store(server, S1)
+    for body in ({"studies": [S1], "external_id": "a\u0000b"}, {"studies": [S1], "note": "\u0000"}):
+        problem(await server.client.post("/api/v1/orders", json=body), 400, "U+0000")
+    r = await server.client.post(
+        "/api/v1/jobs/claim", json={"worker": "w\u0000"}, headers=worker_tests.worker_headers()
+    )
+    problem(r, 400, "U+0000")
+    assert await server.state.pool.fetchval("SELECT count(*) FROM orders WHERE source = 'api'") == 0  # type: ignore[attr-defined]
+
+
+async def test_nul_in_a_query_parameter_is_400(server: App) -> None:
+    for name in ("study_uid", "patient_id", "external_id"):
+        problem(await server.client.get(f"/api/v1/orders?{name}=a%00"), 400, "U+0000")
+    problem(await server.client.get("/api/v1/events?types=%00"), 400, "U+0000")
+
+
+async def test_times_whose_utc_value_is_out_of_range_are_400(server: App) -> None:
+    """``9999-12-31T23:59:59-14:00`` parses but is past year 9999 in UTC: it overflowed later."""
+    for at in ("9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00%2B14:00"):
+        problem(await server.client.get(f"/api/v1/orders?created_after={at}"), 400, "years 1 to 9999")
+        problem(await server.client.get(f"/api/v1/reports?created_after={at}"), 400, "years 1 to 9999")
+    far = cursor("0001-01-01T00:00:00+14:00", "7d7c2f5e-1c1e-4c57-9d64-0a8f3b1e2a10")
+    problem(await server.client.get(f"/api/v1/orders?cursor={far}"), 400, "cursor")
+    problem(await server.client.get(f"/api/v1/reports?cursor={far}"), 400, "cursor")
+
+
+async def test_limit_takes_ascii_digits_only(server: App) -> None:
+    """``"²".isdigit()`` is true and ``int("²")`` raises: that was a 500."""
+    for raw in ("%C2%B2", "%D9%A1", "00001"):
+        problem(await server.client.get(f"/api/v1/orders?limit={raw}"), 400, "limit")
+    assert (await server.client.get("/api/v1/orders?limit=0010")).status_code == 200
+
+
+async def test_repeated_and_unknown_query_parameters_are_400(server: App) -> None:
+    """Which of two values was meant cannot be guessed (the last one silently won)."""
+    for url in (
+        "/api/v1/orders?status=pending&status=delivered",
+        "/api/v1/orders?limit=1&limit=2",
+        "/api/v1/events?after=x&after=y",
+        "/api/v1/reports?limit=1&limit=1",
+    ):
+        problem(await server.client.get(url), 400, "more than once")
+    order = "7d7c2f5e-1c1e-4c57-9d64-0a8f3b1e2a10"
+    for url in (
+        "/api/v1/events?foo=1",
+        "/api/v1/reports?foo=1",
+        f"/api/v1/orders/{order}/reports?foo=1",
+        f"/api/v1/orders/{order}/reports/{order}?foo=1",
+    ):
+        problem(await server.client.get(url), 400, "Unknown query parameter")
+
+
+async def test_a_reports_cursor_names_a_report_id(server: App) -> None:
+    """A cursor whose id is not a UUID was taken as no id at all and a page answered."""
+    bad = cursor("2026-01-01T00:00:00Z", "nope")
+    problem(await server.client.get(f"/api/v1/reports?cursor={bad}"), 400, "cursor")
+
+
+async def test_an_order_report_with_a_non_ascii_accept_is_a_documented_400(server: App) -> None:
+    order = "7d7c2f5e-1c1e-4c57-9d64-0a8f3b1e2a10"
+    r = await server.client.get(f"/api/v1/orders/{order}/reports/{order}?accept=%E2%98%83")
+    problem(r, 400, "ASCII")
+    spec = json.loads(SPEC.read_text())
+    assert "400" in spec["paths"]["/api/v1/orders/{order}/reports/{report}"]["get"]["responses"]
+
+
+async def test_a_completion_with_a_part_twice_or_a_non_utf8_csv_is_400_and_stores_nothing(
+    server: App,
+) -> None:
+    (order_id,) = await worker_tests.make_pending(server, 1)
+    claimed = await worker_tests.claim(server)
+    assert claimed.status_code == 200, (claimed.status_code, claimed.text)
+    job = claimed.json()
+    url, headers = f"/api/v1/jobs/{job['id']}/complete", worker_tests.worker_headers()
+    pdf = ("report.pdf", worker_tests.PDF, "application/pdf")
+    doc = ("result.json", b"{}", "application/json")
+    twice = [("pdf", pdf), ("pdf", ("other.pdf", b"%PDF-1.4 other", "application/pdf")), ("json", doc)]
+    problem(await server.client.post(url, files=twice, headers=headers), 400, "more than once: pdf")
+    binary = {"pdf": pdf, "json": doc, "csv": ("r.csv", b"\xff\xfe\x00", "text/csv")}
+    problem(await server.client.post(url, files=binary, headers=headers), 400, "UTF-8")
+    pool = server.state.pool  # type: ignore[attr-defined]
+    assert await pool.fetchval("SELECT count(*) FROM report WHERE order_id = $1::uuid", order_id) == 0
+    r = await server.client.post(url, files=worker_tests.report_files(), headers=headers)
+    assert r.status_code == 200, r.text
+
+
+def test_object_keys_do_not_follow_a_seeded_random_module() -> None:
+    """Hypothesis (and any library) may seed ``random``: keys drawn from it repeated."""
+    random.seed(7)
+    first = new_key("t")
+    random.seed(7)
+    assert new_key("t") != first
+
+
+def test_a_long_poll_whose_client_left_ends_at_once(live_server: Server) -> None:
+    """The poll kept querying the outbox for its whole 30 s and logged a 200 nobody received."""
+    far = cursor(2**62, 0)
+    token = live_server.headers["Authorization"]
+    address = urlsplit(live_server.url)
+    with socket.create_connection((address.hostname, address.port)) as s:
+        head = f"GET /api/v1/events?wait=30&after={far} HTTP/1.1\r\nHost: x\r\nAuthorization: {token}"
+        s.sendall(f"{head}\r\n\r\n".encode())
+        time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [
+            json.loads(line) for line in live_server.log.read_text().splitlines() if line.startswith("{")
+        ]
+        polls = [line for line in lines if line.get("route") == "/api/v1/events"]
+        if polls:
+            assert polls[0]["status"] == 499 and polls[0]["ms"] < 10_000, polls
+            return
+        time.sleep(0.2)
+    raise AssertionError("the abandoned long poll was still running after 10 s")
