@@ -33,9 +33,9 @@ MAX_WORKER_NAME = 200
 CHUNK = 1024 * 1024
 
 
-def _token(request: Request, tenant: str, studies: list[str], until: datetime) -> str:
+def _token(request: Request, job_id: str, tenant: str, studies: list[str], until: datetime) -> str:
     mint = request.app.state.mint_job_token
-    return str(mint(request.state.client_id, tenant, studies, int(until.timestamp())))
+    return str(mint(request.state.client_id, tenant, studies, int(until.timestamp()), job=job_id))
 
 
 def _studies(request: Request, studies: list[str]) -> list[dict[str, str]]:
@@ -73,7 +73,7 @@ async def claim(request: Request) -> Response:
             "attempt": got.attempt,
             "lease_expires_at": rfc3339(got.lease_expires_at),
             "studies": _studies(request, got.studies),
-            "access_token": _token(request, got.tenant, got.studies, got.lease_expires_at),
+            "access_token": _token(request, got.job_id, got.tenant, got.studies, got.lease_expires_at),
             "token_type": "Bearer",
         }
     )
@@ -90,7 +90,7 @@ async def heartbeat(request: Request) -> Response:
         {
             "id": job_id,
             "lease_expires_at": rfc3339(until),
-            "access_token": _token(request, job.tenant, studies, until),
+            "access_token": _token(request, job_id, job.tenant, studies, until),
         }
     )
 
