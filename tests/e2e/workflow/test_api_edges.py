@@ -4,6 +4,7 @@ problem.  Every test here failed before its fix."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import random
@@ -26,6 +27,11 @@ from tests.e2e.workflow.test_orders import store
 S1 = "1.2.826.0.1.3680043.8.498.6901"
 PROBLEM = "application/problem+json"
 SPEC = Path(__file__).resolve().parents[3] / "openapi" / "openapi.json"
+
+
+# Claims wait a little: the pending order's row may still be locked by the queued QC step (which
+# finds it already moved on), and a claim skips locked rows (FOR UPDATE SKIP LOCKED) until its
+# next look; with wait=0 it answered 204 now and then.
 
 
 def cursor(*values: object) -> str:
@@ -116,7 +122,7 @@ async def test_a_completion_with_a_part_twice_or_a_non_utf8_csv_is_400_and_store
     server: App,
 ) -> None:
     (order_id,) = await worker_tests.make_pending(server, 1)
-    claimed = await worker_tests.claim(server)
+    claimed = await worker_tests.claim(server, wait=5)
     assert claimed.status_code == 200, (claimed.status_code, claimed.text)
     job = claimed.json()
     url, headers = f"/api/v1/jobs/{job['id']}/complete", worker_tests.worker_headers()
@@ -160,3 +166,18 @@ def test_a_long_poll_whose_client_left_ends_at_once(live_server: Server) -> None
             return
         time.sleep(0.2)
     raise AssertionError("the abandoned long poll was still running after 10 s")
+
+
+async def test_a_job_token_stops_reading_when_its_job_ends(server: App) -> None:
+    """It read its study until ``exp`` plus the 30 s clock leeway, after a cancel, a completion
+    or a lapsed lease alike; now only while its job holds the lease (checked about once a second)."""
+    (order_id,) = await worker_tests.make_pending(server, 2)
+    job = (await worker_tests.claim(server, wait=5)).json()
+    study = job["studies"][0]["url"].removeprefix("http://testserver")
+    as_job = {"Authorization": f"Bearer {job['access_token']}"}
+    assert (await server.client.get(study + "/metadata", headers=as_job)).status_code == 200
+    r = await server.client.post(f"/api/v1/orders/{order_id}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "failed", r.text
+    await asyncio.sleep(1.1)  # the guard's cached answer for this job
+    refused = await server.client.get(study + "/metadata", headers=as_job)  # DICOMweb's own error body
+    assert refused.status_code == 401 and "no longer holds its lease" in refused.text, refused.text
