@@ -74,9 +74,12 @@ def parse_request(body: dict[str, Any]) -> ordering.NewOrder:
 def idempotency_key(request: Request) -> str | None:
     """The ``Idempotency-Key`` header (draft-ietf-httpapi-idempotency-key-header): 1 to 255
     printable ASCII characters."""
-    key = request.headers.get("idempotency-key")
-    if key is None:
+    keys = request.headers.getlist("idempotency-key")
+    if not keys:
         return None
+    if len(keys) > 1:  # the first or the second: a replay could not be told from a new order
+        raise BadRequest("Idempotency-Key must be sent once")
+    key = keys[0]
     if not 1 <= len(key) <= MAX_KEY or not all(" " <= c <= "~" for c in key):
         raise BadRequest(f"Idempotency-Key must be 1 to {MAX_KEY} printable ASCII characters")
     return key

@@ -181,3 +181,13 @@ async def test_a_job_token_stops_reading_when_its_job_ends(server: App) -> None:
     await asyncio.sleep(1.1)  # the guard's cached answer for this job
     refused = await server.client.get(study + "/metadata", headers=as_job)  # DICOMweb's own error body
     assert refused.status_code == 401 and "no longer holds its lease" in refused.text, refused.text
+
+
+async def test_two_idempotency_keys_are_400_and_create_nothing(server: App) -> None:
+    """The second header was ignored: a retry sending the keys the other way round made a second order."""
+    await store(server, S1)
+    headers = [("Idempotency-Key", "a-1"), ("Idempotency-Key", "b-2"), ("Content-Type", "application/json")]
+    r = await server.client.post("/api/v1/orders", content=orjson.dumps({"studies": [S1]}), headers=headers)
+    problem(r, 400, "Idempotency-Key must be sent once")
+    pool = server.state.pool  # type: ignore[attr-defined]
+    assert await pool.fetchval("SELECT count(*) FROM orders WHERE source = 'api'") == 0
