@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message
 
@@ -61,9 +61,17 @@ async def claim(request: Request) -> Response:
         raise BadRequest(f"wait must be a number of seconds from 0 to {analysis.MAX_WAIT:g}")
     state = request.app.state
     got = await analysis.claim(
-        state.pool, state.settings.workflow, worker, request.state.client_id, actor(request), float(wait)
+        state.pool,
+        state.settings.workflow,
+        worker,
+        request.state.client_id,
+        actor(request),
+        float(wait),
+        request.is_disconnected,
     )
     if got is None:
+        if await request.is_disconnected():
+            raise ClientDisconnect  # the worker left during its long poll: nothing was claimed
         return Response(status_code=204)
     return JSONAnswer(
         {

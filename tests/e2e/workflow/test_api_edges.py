@@ -20,8 +20,9 @@ import orjson
 import pytest
 
 import tests.e2e.workflow.test_worker as worker_tests
+from dicomweb_server.access import auth
 from dicomweb_server.storage.base import new_key
-from tests.conftest import App, Server
+from tests.conftest import ANALYSIS_CLIENT, App, Server, token_for
 from tests.e2e.workflow.test_orders import store
 
 S1 = "1.2.826.0.1.3680043.8.498.6901"
@@ -146,26 +147,44 @@ def test_object_keys_do_not_follow_a_seeded_random_module() -> None:
     assert new_key("t") != first
 
 
-def test_a_long_poll_whose_client_left_ends_at_once(live_server: Server) -> None:
-    """The poll kept querying the outbox for its whole 30 s and logged a 200 nobody received."""
-    far = cursor(2**62, 0)
-    token = live_server.headers["Authorization"]
-    address = urlsplit(live_server.url)
+def abandon(server: Server, request: bytes, route: str) -> None:
+    """Send ``request``, hang up after half a second, and expect the server to give up on it
+    within 10 s: logged as closed by the client (499), not as a success nobody received."""
+    address = urlsplit(server.url)
     with socket.create_connection((address.hostname, address.port)) as s:
-        head = f"GET /api/v1/events?wait=30&after={far} HTTP/1.1\r\nHost: x\r\nAuthorization: {token}"
-        s.sendall(f"{head}\r\n\r\n".encode())
+        s.sendall(request)
         time.sleep(0.5)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        lines = [
-            json.loads(line) for line in live_server.log.read_text().splitlines() if line.startswith("{")
-        ]
-        polls = [line for line in lines if line.get("route") == "/api/v1/events"]
+        lines = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith("{")]
+        polls = [line for line in lines if line.get("route") == route]
         if polls:
             assert polls[0]["status"] == 499 and polls[0]["ms"] < 10_000, polls
             return
         time.sleep(0.2)
-    raise AssertionError("the abandoned long poll was still running after 10 s")
+    raise AssertionError(f"the abandoned long poll of {route} was still running after 10 s")
+
+
+def test_a_long_poll_whose_client_left_ends_at_once(live_server: Server) -> None:
+    """The poll kept querying the outbox for its whole 30 s and logged a 200 nobody received."""
+    token = live_server.headers["Authorization"]
+    head = (
+        f"GET /api/v1/events?wait=30&after={cursor(2**62, 0)} HTTP/1.1\r\nHost: x\r\nAuthorization: {token}"
+    )
+    abandon(live_server, f"{head}\r\n\r\n".encode(), "/api/v1/events")
+
+
+async def test_a_worker_that_left_its_long_poll_claims_nothing(live_server: Server, db: asyncpg.Pool) -> None:
+    """The claim went on looking, and took an order that appeared for nobody to work on: it sat
+    in processing until the lease ran out, and cost an attempt."""
+    token = token_for(live_server.url, ANALYSIS_CLIENT, auth.ANALYSIS_TENANT, (auth.ANALYSIS_SCOPE,))
+    body = b'{"worker": "gone", "wait": 30}'
+    head = (
+        f"POST /api/v1/jobs/claim HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    abandon(live_server, head.encode() + body, "/api/v1/jobs/claim")
+    assert await db.fetchval("SELECT count(*) FROM analysis_job") == 0
 
 
 async def test_a_job_token_stops_reading_when_its_job_ends(server: App) -> None:
