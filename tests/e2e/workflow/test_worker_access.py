@@ -101,7 +101,9 @@ def test_cli_refuses_the_analysis_scope_for_a_hospital(database_url: str, tmp_pa
             _args(tenant=auth.ANALYSIS_TENANT, scopes="dicomweb.read"), database_url, settings
         )
     with pytest.raises(admin.CommandError, match="reserved"):
-        admin.tenants_command(argparse.Namespace(action="create", tenant="analysis", name=None), database_url)
+        admin.tenants_command(
+            argparse.Namespace(action="create", tenant="analysis", name=None), database_url, settings
+        )
 
 
 def test_cli_creates_an_analysis_client(
