@@ -71,6 +71,8 @@ class Principal:
     external: bool = False  # issued by the configured external identity provider
     # A job token (issue #12 §3): only the DICOMweb reads inside these studies; None: any.
     studies: frozenset[str] | None = None
+    # The analysis job a job token was minted for: it reads only while that job holds its lease.
+    job: str | None = None
 
 
 def allowed_scopes(tenant: str, scopes: Iterable[str]) -> frozenset[str]:
@@ -209,10 +211,12 @@ def issue(
     *,
     studies: Sequence[str] | None = None,
     expires_at: int | None = None,
+    job: str | None = None,
 ) -> str:
     """An RFC 9068 access token.
 
     ``studies``: a job token, limited to those studies (a private ``studies`` claim);
+    ``job``: the analysis job it serves (a private ``job`` claim, checked live by the guard);
     ``expires_at``: an earlier expiry than the configured lifetime (never a later one)."""
     now = int(time.time())
     exp = now + cfg.lifetime if expires_at is None else max(now + 1, min(expires_at, now + cfg.lifetime))
@@ -232,6 +236,8 @@ def issue(
     }
     if studies is not None:
         claims["studies"] = sorted(set(studies))
+    if job is not None:
+        claims["job"] = job
     return canonical_es256(jwt.encode(header, claims, key, algorithms=ALGORITHMS))
 
 
@@ -375,6 +381,7 @@ class Verifier:
             expires=int(claims["exp"]),
             external=external,
             studies=None if external else _studies(claims),
+            job=None if external else _job(claims),
         )
         return principal, str(header["kid"])
 
@@ -408,6 +415,14 @@ class Verifier:
             raise InvalidToken("malformed claims")
 
 
+def _job(claims: dict[str, Any]) -> str | None:
+    """A job token's job id (our own tokens only); a malformed claim is no token at all."""
+    value = claims.get("job")
+    if value is not None and (not isinstance(value, str) or not value or "studies" not in claims):
+        raise InvalidToken("the job claim is not a job id of a job token")
+    return value
+
+
 def _studies(claims: dict[str, Any]) -> frozenset[str] | None:
     """A job token's studies (our own tokens only); a malformed claim is no token at all."""
     if "studies" not in claims:
@@ -428,8 +443,11 @@ def mint_job_token(
     tenant: str,
     studies: Sequence[str],
     expires_at: int,
+    job: str | None = None,
 ) -> str:
     """A job token for an analysis worker's claim (issue #12 §3): its analysis client, the order's
-    tenant, read-only and only inside the job's studies, expiring with the lease.  The app hands
-    it to the workflow as ``app.state.mint_job_token`` (workflow never imports access)."""
-    return issue(keys, cfg, client_id, tenant, JOB_SCOPES, studies=studies, expires_at=expires_at)
+    tenant, read-only and only inside the job's studies, expiring with the lease.  With ``job``
+    it also stops working as soon as that job no longer holds its lease (completed, failed,
+    cancelled, expired; the guard checks it), not only at ``exp`` plus the clock leeway.  The app
+    hands it to the workflow as ``app.state.mint_job_token`` (workflow never imports access)."""
+    return issue(keys, cfg, client_id, tenant, JOB_SCOPES, studies=studies, expires_at=expires_at, job=job)

@@ -26,6 +26,7 @@ from dicomweb_server.access.ratelimit import Decision, Policy, RateLimiter
 from dicomweb_server.access.ratelimit import headers as rate_headers
 from dicomweb_server.cache import MISSING, TTLCache
 from dicomweb_server.db import access as access_db
+from dicomweb_server.db import analysis_jobs
 from dicomweb_server.db.access import ClientRecord
 from dicomweb_server.db.pool import Pool, connection
 from dicomweb_server.errors import DicomWebError, PayloadTooLarge
@@ -113,6 +114,7 @@ class Access:
     pool: Pool
     _clients: TTLCache[str, ClientRecord | None] = field(default_factory=TTLCache)
     _tenants: TTLCache[str, bool] = field(default_factory=TTLCache)
+    _jobs: TTLCache[str, bool] = field(default_factory=TTLCache)
 
     async def client(self, client_id: str) -> ClientRecord | None:
         """A client record, cached for a few seconds (a disabled client is refused within that)."""
@@ -133,6 +135,17 @@ class Access:
         self._tenants.put(tenant, enabled)
         return enabled
 
+    async def job_holds_lease(self, job_id: str) -> bool:
+        """Whether a job token's job still holds its lease, cached for JOB_CACHE_SECONDS (a
+        worker reading many frames asks the database about once a second, not per frame)."""
+        cached = self._jobs.get(job_id, JOB_CACHE_SECONDS)
+        if cached is not MISSING:
+            return cached
+        async with connection(self.pool) as conn:
+            live = await analysis_jobs.holds_lease(conn, job_id)
+        self._jobs.put(job_id, live)
+        return live
+
     async def find_client(self, client_id: str) -> ClientRecord | None:
         """A client record as the database has it now (the token endpoint checks its secret)."""
         async with connection(self.pool) as conn:
@@ -148,6 +161,7 @@ class Access:
 
 
 CLIENT_CACHE_SECONDS = 5.0
+JOB_CACHE_SECONDS = 1.0
 TOKEN_FORM_FIELDS = 20
 TOKEN_FORM_FIELD_BYTES = 4096
 
@@ -218,6 +232,8 @@ async def _client_of(access: Access, principal: auth.Principal) -> ClientRecord 
         raise Unauthorized("The client of this token is disabled or unknown", "invalid_token")
     if principal.studies is not None and not await access.tenant_enabled(principal.tenant):
         raise Unauthorized("The tenant of this token is disabled or unknown", "invalid_token")
+    if principal.job is not None and not await access.job_holds_lease(principal.job):
+        raise Unauthorized("The job of this token no longer holds its lease", "invalid_token")
     return client
 
 

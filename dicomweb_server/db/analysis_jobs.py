@@ -65,6 +65,20 @@ async def find(conn: Connection, job_id: str, *, lock: bool = False) -> Job | No
     return Job(**fields)
 
 
+async def holds_lease(conn: Connection, job_id: str) -> bool:
+    """Whether the job is active with its lease still running (a job token reads only then)."""
+    uid = _uuid(job_id)
+    if uid is None:
+        return False
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM analysis_job WHERE id = $1 AND state = 'active' "
+            "AND lease_expires_at > now())",
+            uid,
+        )
+    )
+
+
 async def next_pending(conn: Connection) -> tuple[str, str, str] | None:
     """(order id, tenant, priority) of the next pending order, locked; skips locked ones."""
     require_transaction(conn)

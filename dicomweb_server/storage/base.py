@@ -9,8 +9,8 @@ filesystem), ``s3.py`` (aiobotocore) and ``memory.py`` (for unit tests).
 
 from __future__ import annotations
 
-import random
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -31,11 +31,13 @@ def new_key(tenant: str, now: float | None = None) -> str:
 
     Objects written in the same minute share a directory, so one directory fsync
     covers a whole request; the date prefix also tells an operator an object's age.
-    The random part comes from a per-process generator seeded by the OS: keys must
-    be unique, not secret (they never leave the server), and a unique index backs it.
+    The random part comes from the OS (``secrets``), not the ``random`` module's shared
+    generator: anything in the process may seed that one (a test framework does, before
+    each example), and then two objects would get one key.  Keys must be unique, not
+    secret (they never leave the server), and a unique index backs it.
     """
     stamp = time.strftime("%Y%m%d/%H%M", time.gmtime(now))
-    key = f"{tenant}/{stamp}/{random.getrandbits(128):032x}"
+    key = f"{tenant}/{stamp}/{secrets.randbits(128):032x}"
     check_key(key)
     return key
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -49,11 +50,25 @@ class Claimed:
 
 
 async def claim(
-    pool: Pool, workflow: WorkflowSettings, worker: str, client_id: str, actor: str, wait: float
+    pool: Pool,
+    workflow: WorkflowSettings,
+    worker: str,
+    client_id: str,
+    actor: str,
+    wait: float,
+    gone: Callable[[], Awaitable[bool]] | None = None,
 ) -> Claimed | None:
-    """The next pending order, claimed; waiting up to ``wait`` seconds for one (a long poll)."""
+    """The next pending order, claimed; waiting up to ``wait`` seconds for one (a long poll).
+
+    ``gone`` is asked before each look after the first: a worker that went away during its
+    long poll must not be handed an order (it would sit in processing, held by nobody, until
+    its lease ran out, and cost an attempt)."""
     deadline = time.monotonic() + min(max(wait, 0.0), MAX_WAIT)
+    first = True
     while True:
+        if not first and gone is not None and await gone():
+            return None
+        first = False
         claimed = await _claim_one(pool, workflow, worker, client_id, actor)
         left = deadline - time.monotonic()
         if claimed is not None or left <= 0:

@@ -44,6 +44,8 @@ def rfc3339(at: datetime | None) -> str | None:
 
 
 def parse_time(name: str, value: str | None) -> datetime | None:
+    """An RFC 3339 time with its zone, as UTC.  Converted here, so a time whose UTC value is
+    outside years 1 to 9999 (``0001-01-01T00:00:00+14:00``) is a 400, not an overflow later."""
     if value is None or value == "":
         return None
     try:
@@ -52,7 +54,42 @@ def parse_time(name: str, value: str | None) -> datetime | None:
         raise BadRequest(f"{name} must be an RFC 3339 time, e.g. 2026-12-04T10:00:00Z") from None
     if at.tzinfo is None:
         raise BadRequest(f"{name} must carry a time zone (Z or +hh:mm)")
-    return at
+    try:
+        return at.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise BadRequest(f"{name} is outside the years 1 to 9999 in UTC") from None
+
+
+def no_nul(value: Any, where: str = "The body") -> None:
+    """PostgreSQL text and jsonb cannot hold U+0000: a string with one is refused here (400)
+    rather than failing in the database (a 500).  Walks the parsed JSON without recursion."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise BadRequest(f"{where} holds U+0000 (NUL), which no text may contain")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def query(request: Request, allowed: set[str]) -> dict[str, str]:
+    """The query parameters, each at most once: an unknown or repeated one is a 400 (which of
+    two ``limit`` values was meant cannot be guessed), and so is one holding U+0000."""
+    items = request.query_params.multi_items()
+    names = [name for name, _ in items]
+    unknown = set(names) - allowed
+    if unknown:
+        raise BadRequest(f"Unknown query parameter(s): {', '.join(sorted(unknown))}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise BadRequest(f"Query parameter(s) given more than once: {', '.join(repeated)}")
+    values = dict(items)
+    no_nul(list(values.values()), "A query parameter")
+    return values
 
 
 async def json_body(request: Request, required: bool = True) -> dict[str, Any]:
@@ -75,6 +112,7 @@ async def json_body(request: Request, required: bool = True) -> dict[str, Any]:
         raise BadRequest(f"The body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise BadRequest("The body must be a JSON object")
+    no_nul(value)
     return value
 
 
@@ -82,7 +120,8 @@ def limit_of(request: Request) -> int:
     raw = request.query_params.get("limit")
     if raw is None:
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    # ASCII digits only: str.isdigit() is also true of "²", which int() refuses.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or not 1 <= int(raw) <= MAX_LIMIT:
         raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}")
     return int(raw)
 

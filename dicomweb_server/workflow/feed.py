@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from dicomweb_server import events
 from dicomweb_server.db.pool import Pool, connection
 from dicomweb_server.errors import BadRequest, Gone
 from dicomweb_server.events import Cursor, Event
-from dicomweb_server.workflow.api import API, decode_cursor, encode_cursor, limit_of, page, rfc3339
+from dicomweb_server.workflow.api import API, decode_cursor, encode_cursor, limit_of, page, query, rfc3339
 
 MAX_WAIT = 30.0  # seconds a long poll may be asked to wait
 POLL_EVERY = 0.1  # seconds between looks at the outbox while a long poll waits
@@ -83,14 +84,23 @@ def wait_of(raw: str | None) -> float:
 
 
 async def read(
-    pool: Pool, tenant: str, after: Cursor | None, kinds: tuple[str, ...] | None, limit: int, wait: float
-) -> Page:
+    pool: Pool,
+    tenant: str,
+    after: Cursor | None,
+    kinds: tuple[str, ...] | None,
+    limit: int,
+    wait: float,
+    gone: Callable[[], Awaitable[bool]] | None = None,
+) -> Page | None:
     """The tenant's events after ``after``: at once if there are any, else as soon as one is
     there, else an empty page after ``wait`` seconds.  410 (``Gone``) when ``after`` is older
     than what retention has removed, checked on each look so a prune during the wait is seen.
 
     The long poll looks at the outbox every ``POLL_EVERY`` seconds on a connection taken for
-    that look only, so waiting readers hold no pooled connection between looks.
+    that look only, so waiting readers hold no pooled connection between looks.  ``gone`` is
+    asked between looks: a reader that went away ends the poll (None) instead of leaving it
+    to query the outbox for the rest of its wait, unseen (a client retrying with a short
+    timeout would otherwise pile such orphans up).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
@@ -107,6 +117,8 @@ async def read(
         left = deadline - loop.time()
         if found or left <= 0:
             break
+        if gone is not None and await gone():
+            return None
         await asyncio.sleep(min(POLL_EVERY, left))
     if found:
         last = found[-1].cursor
@@ -136,7 +148,7 @@ def cloud_event(event: Event, tenant: str) -> dict[str, Any]:
 
 async def list_events(request: Request) -> Response:
     """``GET /api/v1/events?after=&types=&limit=&wait=``: the caller's tenant's change feed."""
-    params = request.query_params
+    params = query(request, {"after", "types", "limit", "wait"})
     tenant = request.state.tenant
     found = await read(
         request.app.state.pool,
@@ -145,5 +157,8 @@ async def list_events(request: Request) -> Response:
         types_of(params.get("types")),
         limit_of(request),
         wait_of(params.get("wait")),
+        request.is_disconnected,
     )
+    if found is None:
+        raise ClientDisconnect  # nobody to answer: logged as closed by the client, not as a 200
     return page([cloud_event(e, tenant) for e in found.events], encode_cursor(*found.next_cursor))

@@ -29,6 +29,7 @@ from dicomweb_server.workflow.api import (
     limit_of,
     page,
     parse_time,
+    query,
 )
 
 MAX_STUDIES = 100
@@ -73,9 +74,12 @@ def parse_request(body: dict[str, Any]) -> ordering.NewOrder:
 def idempotency_key(request: Request) -> str | None:
     """The ``Idempotency-Key`` header (draft-ietf-httpapi-idempotency-key-header): 1 to 255
     printable ASCII characters."""
-    key = request.headers.get("idempotency-key")
-    if key is None:
+    keys = request.headers.getlist("idempotency-key")
+    if not keys:
         return None
+    if len(keys) > 1:  # the first or the second: a replay could not be told from a new order
+        raise BadRequest("Idempotency-Key must be sent once")
+    key = keys[0]
     if not 1 <= len(key) <= MAX_KEY or not all(" " <= c <= "~" for c in key):
         raise BadRequest(f"Idempotency-Key must be 1 to {MAX_KEY} printable ASCII characters")
     return key
@@ -96,16 +100,19 @@ async def create(request: Request) -> Response:
 
 
 def _filters(request: Request) -> orders_db.Filters:
-    params = request.query_params
-    unknown = set(params) - _FILTERS - {"limit", "cursor"}
-    if unknown:
-        raise BadRequest(f"Unknown query parameter(s): {', '.join(sorted(unknown))}")
+    params = query(request, _FILTERS | {"limit", "cursor"})
     status = params.get("status")
     if status is not None and status not in set(Status):
         raise BadRequest(f"status must be one of: {', '.join(Status)}")
+    study_uid = params.get("study_uid")
+    if study_uid is not None and not is_valid_uid(study_uid):
+        raise BadRequest("study_uid must be a valid UID (PS3.5 §9.1)")
+    for name in ("patient_id", "external_id"):
+        if len(params.get(name) or "") > MAX_EXTERNAL_ID:  # Patient ID is LO: 64 characters
+            raise BadRequest(f"{name} is at most {MAX_EXTERNAL_ID} characters")
     return orders_db.Filters(
         status=status,
-        study_uid=params.get("study_uid"),
+        study_uid=study_uid,
         patient_id=params.get("patient_id"),
         external_id=params.get("external_id"),
         created_after=parse_time("created_after", params.get("created_after")),

@@ -14,6 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
+from uuid import UUID
 
 import orjson
 from starlette.requests import Request
@@ -33,6 +34,7 @@ from dicomweb_server.workflow.api import (
     limit_of,
     page,
     parse_time,
+    query,
     rfc3339,
 )
 
@@ -62,6 +64,7 @@ def summary(report: dict[str, Any], base: str) -> dict[str, Any]:
 
 async def order_reports(request: Request) -> Response:
     """``GET /api/v1/orders/{order}/reports``: every report of one order, oldest first."""
+    query(request, set())
     order_id, tenant = request.path_params["order"], request.state.tenant
     async with connection(request.app.state.pool) as conn:
         if await orders_db.status_of(conn, tenant, order_id) is None:
@@ -83,6 +86,7 @@ async def _read(store: ObjectStore, key: str) -> bytes:
 
 async def order_report(request: Request) -> Response:
     """``GET /api/v1/orders/{order}/reports/{report}``: the PDF, the JSON or the CSV, by Accept."""
+    query(request, {"accept"})
     order_id, report_id = request.path_params["order"], request.path_params["report"]
     kind = negotiate_request(request, OFFERS).offer.media_type
     state = request.app.state
@@ -103,18 +107,28 @@ async def order_report(request: Request) -> Response:
     return Response(text.encode(), media_type=CSV + "; charset=utf-8", headers=headers)
 
 
+def _after(raw: str | None) -> tuple[datetime, str] | None:
+    """The listing's cursor: a time and a report id, as handed out (400 otherwise)."""
+    cursor = decode_cursor(raw, 2)
+    if cursor is None:
+        return None
+    at, report_id = cursor
+    try:
+        when = parse_time("cursor", at) if isinstance(at, str) else None
+        if when is not None and isinstance(report_id, str):
+            return (when, str(UUID(report_id)))
+    except (BadRequest, ValueError):
+        pass
+    raise BadRequest("cursor is not one this server handed out")
+
+
 async def all_reports(request: Request) -> Response:
     """``GET /api/v1/reports?created_after=&cursor=&limit=``: the tenant's reports, oldest
     first, keyset-paged on (created_at, id) for batch download."""
+    params = query(request, {"created_after", "cursor", "limit"})
     limit = limit_of(request)
-    created_after = parse_time("created_after", request.query_params.get("created_after"))
-    cursor = decode_cursor(request.query_params.get("cursor"), 2)
-    after: tuple[datetime, str] | None = None
-    if cursor is not None:
-        at = parse_time("cursor", cursor[0]) if isinstance(cursor[0], str) else None
-        if at is None or not isinstance(cursor[1], str):
-            raise BadRequest("cursor is not one this server handed out")
-        after = (at, cursor[1])
+    created_after = parse_time("created_after", params.get("created_after"))
+    after = _after(params.get("cursor"))
     async with connection(request.app.state.pool) as conn:
         found = await reports_db.page(conn, request.state.tenant, after, created_after, limit + 1)
     more = len(found) > limit

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message
 
@@ -33,9 +33,9 @@ MAX_WORKER_NAME = 200
 CHUNK = 1024 * 1024
 
 
-def _token(request: Request, tenant: str, studies: list[str], until: datetime) -> str:
+def _token(request: Request, job_id: str, tenant: str, studies: list[str], until: datetime) -> str:
     mint = request.app.state.mint_job_token
-    return str(mint(request.state.client_id, tenant, studies, int(until.timestamp())))
+    return str(mint(request.state.client_id, tenant, studies, int(until.timestamp()), job=job_id))
 
 
 def _studies(request: Request, studies: list[str]) -> list[dict[str, str]]:
@@ -61,9 +61,17 @@ async def claim(request: Request) -> Response:
         raise BadRequest(f"wait must be a number of seconds from 0 to {analysis.MAX_WAIT:g}")
     state = request.app.state
     got = await analysis.claim(
-        state.pool, state.settings.workflow, worker, request.state.client_id, actor(request), float(wait)
+        state.pool,
+        state.settings.workflow,
+        worker,
+        request.state.client_id,
+        actor(request),
+        float(wait),
+        request.is_disconnected,
     )
     if got is None:
+        if await request.is_disconnected():
+            raise ClientDisconnect  # the worker left during its long poll: nothing was claimed
         return Response(status_code=204)
     return JSONAnswer(
         {
@@ -73,7 +81,7 @@ async def claim(request: Request) -> Response:
             "attempt": got.attempt,
             "lease_expires_at": rfc3339(got.lease_expires_at),
             "studies": _studies(request, got.studies),
-            "access_token": _token(request, got.tenant, got.studies, got.lease_expires_at),
+            "access_token": _token(request, got.job_id, got.tenant, got.studies, got.lease_expires_at),
             "token_type": "Bearer",
         }
     )
@@ -90,7 +98,7 @@ async def heartbeat(request: Request) -> Response:
         {
             "id": job_id,
             "lease_expires_at": rfc3339(until),
-            "access_token": _token(request, job.tenant, studies, until),
+            "access_token": _token(request, job_id, job.tenant, studies, until),
         }
     )
 
@@ -168,6 +176,10 @@ async def _parts(form: FormData) -> dict[str, Any]:
     unknown = set(form.keys()) - {"pdf", "json", "csv"}
     if unknown:
         raise BadRequest(f"Unknown part(s): {', '.join(sorted(unknown))}")
+    names = [name for name, _ in form.multi_items()]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # which of two PDFs is the report cannot be guessed
+        raise BadRequest(f"Part(s) sent more than once: {', '.join(repeated)}")
     pdf, doc, csv = form.get("pdf"), form.get("json"), form.get("csv")
     if pdf is None or doc is None:
         raise BadRequest("The pdf and json parts are required")
@@ -181,7 +193,23 @@ async def _parts(form: FormData) -> dict[str, Any]:
         value = None
     if len(raw) > MAX_FIELD_BYTES or not isinstance(value, dict):
         raise BadRequest(f"The json part must be a JSON object of at most {MAX_FIELD_BYTES} bytes")
-    return {"pdf": pdf, "json": raw, "csv": csv.encode() if isinstance(csv, str) else csv}
+    text: bytes | None = None
+    if isinstance(csv, UploadFile):
+        text = await csv.read(MAX_FIELD_BYTES + 1)
+    elif csv is not None:
+        text = csv.encode()
+    if text is not None and (len(text) > MAX_FIELD_BYTES or not _utf8(text)):
+        raise BadRequest(f"The csv part must be UTF-8 text of at most {MAX_FIELD_BYTES} bytes")
+    return {"pdf": pdf, "json": raw, "csv": text}
+
+
+def _utf8(data: bytes) -> bool:
+    """The CSV is served as ``text/csv; charset=utf-8`` (RFC 7111): it must be UTF-8."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _capped(request: Request) -> Any:
