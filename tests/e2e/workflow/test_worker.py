@@ -86,7 +86,9 @@ async def make_pending(a: App, *studies: int) -> list[str]:
     return ids
 
 
-async def claim(a: App, worker: str = "w1", client: str = ANALYSIS_CLIENT, wait: float = 0) -> httpx.Response:
+async def claim(a: App, worker: str = "w1", client: str = ANALYSIS_CLIENT, wait: float = 2) -> httpx.Response:
+    # A short wait by default: the app's own QC step (queued with the order) may still hold the
+    # order's row for a moment after make_pending ran QC itself, and a claim skips locked rows.
     return await a.client.post(
         "/api/v1/jobs/claim", json={"worker": worker, "wait": wait}, headers=worker_headers(client)
     )
@@ -175,6 +177,10 @@ async def test_claim_heartbeat_complete(server: App) -> None:
     )
     assert len(queued) == 1
 
+    for _ in range(100):  # the app's delivery step stores the Encapsulated PDF: let it finish
+        if (await order(server, order_id))[0] == "delivered":
+            break
+        await asyncio.sleep(0.1)
     objects = [o async for o in state.store.objects()]
     again = await server.client.post(
         f"/api/v1/jobs/{job['id']}/complete", files=report_files(), headers=worker_headers()
@@ -258,7 +264,7 @@ async def test_retryable_failure_fails_the_order_at_the_attempt_limit(server: Ap
         )
         assert r.status_code == 200
     assert await order(server, order_id) == ("failed", "analysis", 2)
-    assert (await claim(server)).status_code == 204
+    assert (await claim(server, wait=0.5)).status_code == 204
 
 
 async def test_lease_expiry_releases_then_fails_at_the_limit(
