@@ -205,26 +205,26 @@ async def _detail(request: Request, order_id: str) -> JSONAnswer:
 
 
 async def read(request: Request) -> Response:
-    """``GET /api/v1/orders/{id}``: the order with its studies, history, QC result and reports."""
-    return await _detail(request, request.path_params["id"])
+    """``GET /api/v1/orders/{order}``: the order with its studies, history, QC result and reports."""
+    return await _detail(request, request.path_params["order"])
 
 
 async def cancel(request: Request) -> Response:
-    """``POST /api/v1/orders/{id}/cancel``: failed (cancelled); a live claim is withdrawn."""
-    order_id = request.path_params["id"]
+    """``POST /api/v1/orders/{order}/cancel``: failed (cancelled); a live claim is withdrawn."""
+    order_id = request.path_params["order"]
     await ordering.act(request.app.state.pool, request.state.tenant, order_id, Action.CANCEL, actor(request))
     return await _detail(request, order_id)
 
 
 async def retry(request: Request) -> Response:
-    """``POST /api/v1/orders/{id}/retry``: a failed order goes back to the step that failed."""
-    order_id = request.path_params["id"]
+    """``POST /api/v1/orders/{order}/retry``: a failed order goes back to the step that failed."""
+    order_id = request.path_params["order"]
     await ordering.act(request.app.state.pool, request.state.tenant, order_id, Action.RETRY, actor(request))
     return await _detail(request, order_id)
 
 
 async def override_qc(request: Request) -> Response:
-    """``POST /api/v1/orders/{id}/qc/override`` ``{"reason"}``: an operator accepts a failed QC."""
+    """``POST /api/v1/orders/{order}/qc/override`` ``{"reason"}``: an operator accepts a failed QC."""
     body = await json_body(request)
     unknown = set(body) - {"reason"}
     if unknown:
@@ -232,7 +232,7 @@ async def override_qc(request: Request) -> Response:
     reason = _text(body, "reason", MAX_NOTE)
     if reason is None or not reason.strip():
         raise BadRequest("reason is required: why the failed QC is accepted")
-    order_id = request.path_params["id"]
+    order_id = request.path_params["order"]
     await ordering.act(
         request.app.state.pool, request.state.tenant, order_id, Action.QC_OVERRIDE, actor(request), reason
     )

@@ -3,7 +3,7 @@ worker process (tests/support/analysis_worker.py) that only speaks HTTP (issue #
 
 Stored by STOW-RS, one study becomes stable by its quiet period and another by commit; each
 becomes an order, passes QC, is claimed and completed by the worker; the report then reads back
-as the PDF the worker sent (byte for byte), its JSON and a CSV (GET /api/v1/orders/{id}/reports/
+as the PDF the worker sent (byte for byte), its JSON and a CSV (GET /api/v1/orders/{order}/reports/
 {report} by Accept), and as an Encapsulated PDF instance (PS3.3 A.45.1) that QIDO-RS finds in
 the study and WADO-RS returns.  A group order over two studies gets one report and one
 Encapsulated PDF in each study."""
