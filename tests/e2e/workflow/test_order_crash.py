@@ -92,6 +92,14 @@ async def check_once(
     assert await db.fetchval("SELECT count(*) FROM orders") == 1
 
 
+def pending_order(database_url: str, data: Path) -> tuple[Server, str, str]:
+    """A server, and a study of two instances stored there and settled into a pending order."""
+    server = start_server(database_url, data, DICOMWEB_QUIET_SECONDS="0.5", **ENV)
+    study = generate_uid()
+    store(server, study, 2)
+    return server, study, wait_study_order(server, study, "pending")
+
+
 async def test_killed_before_the_study_is_stable(
     database_url: str, db: asyncpg.Pool, tmp_path: Path, start_worker: StartWorker
 ) -> None:
@@ -112,10 +120,7 @@ async def test_killed_with_the_order_pending(
     database_url: str, db: asyncpg.Pool, tmp_path: Path, start_worker: StartWorker
 ) -> None:
     data = tmp_path / "s"
-    server = start_server(database_url, data, DICOMWEB_QUIET_SECONDS="0.5", **ENV)
-    study = generate_uid()
-    store(server, study, 2)
-    wait_study_order(server, study, "pending")
+    server, _study, _ = pending_order(database_url, data)
     server = restart(server, database_url, data)
     worker = start_worker(server.url, "--count", "1")
     done = worker.next_line()
@@ -128,10 +133,7 @@ async def test_killed_with_the_job_claimed_and_its_worker_dead(
     database_url: str, db: asyncpg.Pool, tmp_path: Path, start_worker: StartWorker
 ) -> None:
     data = tmp_path / "s"
-    server = start_server(database_url, data, DICOMWEB_QUIET_SECONDS="0.5", **ENV)
-    study = generate_uid()
-    store(server, study, 2)
-    order_id = wait_study_order(server, study, "pending")
+    server, _study, order_id = pending_order(database_url, data)
     assert start_worker(server.url, "--die-after", "claim").wait() == DIED
     assert await db.fetchval("SELECT status FROM orders") == "processing"
     server = restart(server, database_url, data)
@@ -208,10 +210,7 @@ async def test_killed_after_complete_before_delivery(
     database_url: str, db: asyncpg.Pool, tmp_path: Path, start_worker: StartWorker, hold: str
 ) -> None:
     data = tmp_path / "s"
-    server = start_server(database_url, data, DICOMWEB_QUIET_SECONDS="0.5", **ENV)
-    study = generate_uid()
-    store(server, study, 2)
-    order_id = wait_study_order(server, study, "pending")
+    server, study, order_id = pending_order(database_url, data)
     done = await complete_then_kill(server, db, start_worker, hold, study)
     stored = "SELECT count(*) FROM instance WHERE sop_class_uid = $1"
     assert await db.fetchval(stored, ENCAPSULATED) == (0 if hold == "before_storing" else 1)
@@ -229,10 +228,7 @@ async def test_killed_with_the_job_claimed_and_its_worker_running(
     (attempt 1 completes) or not (the lease runs out, its late heartbeat is refused, it claims
     the order again as attempt 2), the order completes once."""
     data = tmp_path / "s"
-    server = start_server(database_url, data, DICOMWEB_QUIET_SECONDS="0.5", **ENV)
-    study = generate_uid()
-    store(server, study, 2)
-    order_id = wait_study_order(server, study, "pending")
+    server, _study, order_id = pending_order(database_url, data)
     worker = start_worker(server.url, "--count", "1", "--work-seconds", "6")
     deadline = time.monotonic() + 20
     while await db.fetchval("SELECT count(*) FROM analysis_job") == 0:
