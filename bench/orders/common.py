@@ -12,6 +12,7 @@ import io
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,8 +142,10 @@ class FeedFollower:
         types: str | None,
         limit: int = 1000,
         wait: float = 10.0,
+        match: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
         self.client, self.cursor, self.types, self.limit, self.wait = client, cursor, types, limit, wait
+        self.match = match  # only the events it accepts are noted in ``seen``
         self.seen: dict[str, float] = {}
         self.ids: list[tuple[int, float]] = []  # (event id, seen at)
         self.read = 0
@@ -170,7 +173,8 @@ class FeedFollower:
             page = answer.json()
             for item in page["items"]:
                 self.read += 1
-                self.seen.setdefault(item.get("subject") or item["id"], now)
+                if self.match is None or self.match(item):
+                    self.seen.setdefault(item.get("subject") or item["id"], now)
                 self.ids.append((int(item["id"]), now))
             self.cursor = page["next_cursor"] or self.cursor
 
@@ -184,6 +188,15 @@ class FeedFollower:
                 return False
             await asyncio.sleep(0.002)
         return True
+
+    async def wait_count(self, want: int, seconds: float) -> float | None:
+        """Wait until ``want`` events were noted; the perf_counter of the last one (None: timed out)."""
+        deadline = time.monotonic() + seconds
+        while len(self.seen) < want:
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.002)
+        return max(self.seen.values())
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from bench.harness.sampling import ProcessSampler
 from bench.harness.servers import ours_executable
 from bench.harness.stow_client import STOW_HEADERS
 from bench.harness.target import Endpoint
@@ -91,6 +92,31 @@ async def wait_count(
         await asyncio.sleep(every)
 
 
+MOVED = "order.status_changed"
+FORM_BOUNDARY = "bench-orders-5d1c0e"
+
+
+def completion_form(pdf: bytes, result: bytes) -> tuple[bytes, str]:
+    """The completion's multipart/form-data body (RFC 7578), built once: the harness's CPU is the
+    server's too on this machine, so the workers do not encode 100 KB per request."""
+    parts = []
+    for name, filename, kind, data in (
+        ("pdf", "report.pdf", "application/pdf", pdf),
+        ("json", "result.json", "application/json", result),
+    ):
+        head = (
+            f'--{FORM_BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            f"Content-Type: {kind}\r\n\r\n"
+        )
+        parts.append(head.encode() + data + b"\r\n")
+    body = b"".join(parts) + f"--{FORM_BOUNDARY}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={FORM_BOUNDARY}"
+
+
+def _delivered(event: dict[str, Any]) -> bool:
+    return bool(event.get("data", {}).get("to") == "delivered")
+
+
 async def claim_throughput(endpoint: Endpoint, n: int, bare_rows: int) -> OrdersDetail:
     """Measurement 1: ``n`` pending orders, 8 workers claiming and completing them, orders/s from
     the first claim to the last order seen ``delivered``; then the bare loop."""
@@ -113,34 +139,48 @@ async def claim_throughput(endpoint: Endpoint, n: int, bare_rows: int) -> Orders
         detail.notes.append(
             f"prepared {n} pending orders (STOW + commit + QC) in {time.perf_counter() - t0:.1f} s"
         )
-        pdf = report_pdf(PDF_BYTES)
+        print(f"[{endpoint.target}] orders-claim: {detail.notes[-1]}; measuring", flush=True)
+        form, form_type = completion_form(report_pdf(PDF_BYTES), RESULT_JSON)
         done: list[float] = []
+        claims: list[float] = []
+        completes: list[float] = []
         errors: list[str] = []
         async with api_client(endpoint, WORKERS, analysis_headers(endpoint)) as worker_api:
 
             async def worker(k: int) -> None:
                 while len(done) < n:
+                    t0 = time.perf_counter()
                     claim = await worker_api.post("/jobs/claim", json={"worker": f"bench-{k}", "wait": 5})
+                    t1 = time.perf_counter()
                     if claim.status_code == 204:
                         return
                     if claim.status_code != 200:
                         errors.append(f"claim: HTTP {claim.status_code}: {claim.text[:200]}")
                         return
                     job = claim.json()["id"]
-                    files = {
-                        "pdf": ("report.pdf", pdf, "application/pdf"),
-                        "json": ("result.json", RESULT_JSON, "application/json"),
-                    }
-                    answer = await worker_api.post(f"/jobs/{job}/complete", files=files)
+                    answer = await worker_api.post(
+                        f"/jobs/{job}/complete", content=form, headers={"Content-Type": form_type}
+                    )
+                    claims.append(t1 - t0)
+                    completes.append(time.perf_counter() - t1)
                     if answer.status_code not in (200, 201, 202):
                         errors.append(f"complete: HTTP {answer.status_code}: {answer.text[:200]}")
                         return
                     done.append(time.perf_counter())
 
-            start = time.perf_counter()
-            workers = asyncio.gather(*(worker(k) for k in range(WORKERS)))
-            delivered = await wait_count(api, "delivered", n, 600.0, 0.05)
-            await workers
+            follower = FeedFollower(api, await feed_head(api, MOVED), MOVED, match=_delivered)
+            follower.start()
+            try:
+                with ProcessSampler(lambda: [endpoint.app_pid], endpoint.aux_roots) as sampler:
+                    start = time.perf_counter()
+                    workers = asyncio.gather(*(worker(k) for k in range(WORKERS)))
+                    delivered = await follower.wait_count(n, 600.0)
+                    await workers
+            finally:
+                await follower.stop()
+            if delivered is None:
+                raise RuntimeError(f"only {len(follower.seen)} of {n} orders delivered after 600 s")
+            cpu = sampler.stats()
         if errors:
             raise RuntimeError(f"{len(errors)} worker errors, first: {errors[0]}")
     elapsed = delivered - start
@@ -148,6 +188,12 @@ async def claim_throughput(endpoint: Endpoint, n: int, bare_rows: int) -> Orders
     detail.figures["ours.completed_per_s"] = n / (max(done) - start)
     detail.figures["ours.seconds"] = elapsed
     detail.figures["orders"] = float(n)
+    detail.figures["cpu.server_ms"] = cpu.app_cpu * 1000 / n
+    detail.figures["cpu.postgres_ms"] = cpu.aux_cpu * 1000 / n
+    detail.figures["cpu.client_ms"] = cpu.client_cpu * 1000 / n
+    detail.figures["cpu.foreign"] = cpu.foreign_cpu
+    detail.figures.update(summary("claim", claims))
+    detail.figures.update(summary("complete", completes))
     bare = await bare_loop(pg_dsn(endpoint.workdir), bare_rows)
     detail.figures["bare.rows_per_s"] = bare
     detail.figures["ratio"] = detail.figures["ours.orders_per_s"] / bare

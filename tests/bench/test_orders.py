@@ -13,6 +13,7 @@ from bench.harness.sampling import ProcStats
 from bench.harness.workload import Result
 from bench.orders import report
 from bench.orders.common import OrdersDetail, report_pdf, study_bodies, summary
+from bench.orders.flow import completion_form
 from bench.orders.scale import TENANTS, listing_sql, load_sql
 from bench.orders.workloads import CLAIM, LISTING
 
@@ -89,3 +90,16 @@ def test_a_failed_workload_is_reported_not_judged() -> None:
     lines = report.markdown_lines(outcomes, {})
     assert any("`orders-claim` failed: RuntimeError: boom" in line for line in lines)
     assert report.GOALS[0].evaluate(outcomes)[0] == "n/a"
+
+
+def test_the_completion_form_is_multipart_form_data_with_both_parts() -> None:
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    body, kind = completion_form(b"%PDF-1.4 x", b'{"a": 1}')
+    message = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {kind}\r\n\r\n".encode() + body)
+    parts = {
+        p.get_param("name", header="content-disposition"): p.get_payload(decode=True)
+        for p in message.iter_parts()
+    }
+    assert parts == {"pdf": b"%PDF-1.4 x", "json": b'{"a": 1}'}
