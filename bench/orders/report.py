@@ -134,9 +134,10 @@ def markdown_lines(outcomes: Outcomes, _env: dict[str, str]) -> list[str]:
     ]
     for w in WORKLOADS:
         d = detail(outcomes, w.key)
-        if d is not None:
+        if d is not None and d.notes:
             out += [f"- **{w.title}**: " + "; ".join(d.notes)]
     out += failed
+    out += why_lines(outcomes)
     listing = detail(outcomes, LISTING)
     if listing is not None and listing.plans:
         out += [
@@ -147,6 +148,66 @@ def markdown_lines(outcomes: Outcomes, _env: dict[str, str]) -> list[str]:
         for name, plan in listing.plans.items():
             out += [f"`{name}`:", "", "```", plan, "```", ""]
     return out
+
+
+def _missed(workload: str, name: str, outcomes: Outcomes) -> bool:
+    goal = GOAL_OF.get((workload, name))
+    return goal is not None and goal.evaluate(outcomes)[1].startswith("MISSED")
+
+
+def why_lines(outcomes: Outcomes) -> list[str]:
+    """Why a goal was missed, from the run's own figures (profiled with py-spy: see the run's notes)."""
+    import os
+
+    from dicomweb_server.workflow.feed import POLL_EVERY
+
+    out: list[str] = []
+    claim = detail(outcomes, CLAIM)
+    if claim is not None and (
+        _missed(CLAIM, "ratio", outcomes) or _missed(CLAIM, "ours.orders_per_s", outcomes)
+    ):
+        f = claim.figures
+        per_order = f["cpu.server_ms"] + f["cpu.postgres_ms"]
+        cores = os.cpu_count() or 1
+        ceiling = cores * 1000 / (per_order + f["cpu.client_ms"])
+        out.append(
+            "- *Why the claim throughput is missed*: it is CPU-bound. Each order costs "
+            f"{f['cpu.server_ms']:.0f} ms "
+            f"of the server's CPU and {f['cpu.postgres_ms']:.0f} ms of PostgreSQL's (the harness adds "
+            f"{f['cpu.client_ms']:.0f} ms on the same {cores} cores, and other processes took "
+            f"{f['cpu.foreign'] * 100:.0f}% of the machine meanwhile): {cores} cores give at most "
+            f"{ceiling:.0f} orders/s, and 100 orders/s would need at most {cores * 10:.0f} ms per order "
+            "in all. An order goes through several transactions (the claim, the completion, the delivery "
+            "step and the Encapsulated PDF's ingest and index, each with its status move, history row, "
+            "event and queue rows) and several fsynced files (the PDF, the JSON, the DICOM instance); "
+            "the bare loop is one transaction of two statements. py-spy on the "
+            "server: the delivery step (building the Encapsulated PDF with pydicom, writing and indexing "
+            "it through the ingest session) is the largest single part, then the request path "
+            "(token check, rate limit, audit record) of the claim and the completion. No small change "
+            "removes a large share; the lever is fewer transactions per order (claim and completion "
+            "already are one each) or a cheaper delivery."
+        )
+    commit = detail(outcomes, COMMIT)
+    if commit is not None and _missed(COMMIT, "feed.p95", outcomes):
+        f = commit.figures
+        out.append(
+            f"- *Why commit → study.stable on the feed is missed*: the answer comes back after the stable "
+            f"transaction commits (p50 {f['answer.p50']:.0f} ms), but a waiting long poll looks at the "
+            f"event table every {POLL_EVERY * 1000:.0f} ms (workflow/feed.py `POLL_EVERY`), so the feed "
+            f"adds up to {POLL_EVERY * 1000:.0f} ms (p50 {f['feed.p50'] - f['answer.p50']:.0f} ms more than "
+            "the answer). A wake-up by LISTEN/NOTIFY from the transaction that appends events would make "
+            "the feed as fast as the answer; that is a change of the feed's design, not done here. The "
+            "feed also shows an event only once every older transaction has ended (the xid horizon), "
+            "so a concurrent step (QC of the previous study) can hold it back a little more."
+        )
+    if commit is not None and _missed(COMMIT, "answer.p95", outcomes):
+        p50 = commit.figures["answer.p50"]
+        out.append(
+            f"- *Why the commit's answer p95 is missed*: its p50 is {p50:.0f} ms; the tail is the "
+            "machine (CPU shared with the QC and routing steps each commit queues, and with other "
+            "processes: see the disturbance warning)."
+        )
+    return ["", *out] if out else []
 
 
 def method_lines(_args: object, _ctx: object, workloads: list[str]) -> list[str]:
