@@ -103,3 +103,13 @@ def test_the_completion_form_is_multipart_form_data_with_both_parts() -> None:
         for p in message.iter_parts()
     }
     assert parts == {"pdf": b"%PDF-1.4 x", "json": b'{"a": 1}'}
+
+
+def test_a_missed_listing_goal_is_explained_from_the_plan() -> None:
+    outcomes = _outcomes(
+        {LISTING: {"status.p50": 9.0, "status.p95": 18.0, "patient.p50": 8.0, "patient.p95": 21.0}}
+    )
+    extra = outcomes["ours"].results[LISTING].extra
+    extra.plans = {"patient_id": "Limit ...\nExecution Time: 0.598 ms"}
+    (line,) = [x for x in report.why_lines(outcomes) if x]
+    assert "(patient.p95)" in line and "0.598 ms" in line
