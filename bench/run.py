@@ -1,4 +1,4 @@
-"""Entry point: ``python -m bench.run [--quick] [--suite stow,qido,retrieve,access] [--targets ours,...]``.
+"""Entry point: ``python -m bench.run [--quick] [--suite stow,...,orders] [--targets ours,...]``.
 
 Ours needs a bearer token on every DICOMweb route: after its start the harness gets one for the dev
 client that ``serve`` bootstraps on loopback, and raises its rate limit so it never refuses. The
@@ -40,6 +40,8 @@ from bench.harness.servers import (
 from bench.harness.session import DELETED_STAMP, bench_target, sessions, wait_after_deletion
 from bench.harness.suite import Suite
 from bench.harness.workload import Context, Result, Workload
+from bench.orders import report as orders_report
+from bench.orders import workloads as orders_workloads
 from bench.qido import explain
 from bench.qido import report as qido_report
 from bench.qido import workloads as qido_workloads
@@ -86,6 +88,13 @@ SUITES: dict[str, Suite] = {
         access_report.GOALS,
         console=access_report.console_lines,
         markdown=access_report.markdown_lines,
+    ),
+    "orders": Suite(
+        orders_workloads.WORKLOADS,
+        orders_report.GOALS,
+        console=orders_report.console_lines,
+        markdown=orders_report.markdown_lines,
+        method=orders_report.method_lines,
     ),
 }
 WORKLOADS: tuple[Workload, ...] = tuple(w for suite in SUITES.values() for w in suite.workloads)
@@ -291,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     qido = qido_options(args, workloads)
     wado = wado_options(args, workloads)
     ctx = Context(corpora=corpora, concurrency=args.concurrency, big_gib=big_gib, qido=qido, wado=wado)
+    ctx.orders = orders_workloads.QUICK if args.quick else orders_workloads.FULL
     log_dir = args.cache_dir / "logs" / time.strftime("%Y%m%d-%H%M%S")
     env = environment.describe(args, corpora, big_gib, workloads)
     for suite in SUITES.values():

@@ -63,8 +63,8 @@ def markdown_lines(outcomes: Outcomes, env: dict[str, str]) -> list[str]:
     rows = []
     for target, label in [(BASELINE, "no access layer (baseline)"), *VARIANTS.items()]:
         outcome = outcomes.get(target)
-        if outcome is None:
-            continue
+        if outcome is None or (not outcome.skipped and WORKLOAD not in outcome.results):
+            continue  # the access suite did not run (e.g. --suite orders)
         d = _detail(outcomes, target)
         if d is None:
             result = outcome.results.get(WORKLOAD)

@@ -164,5 +164,3 @@ def wait_after_deletion(cache_dir: Path) -> float:
     )
     time.sleep(wait)
     return wait
-
-

@@ -31,6 +31,7 @@ class Context:
     big_gib: float = 2.0
     qido: Any = None  # bench.qido.workloads.QidoOptions when a QIDO workload is selected
     wado: Any = None  # bench.wado.workloads.WadoOptions when a retrieve workload is selected
+    orders: Any = None  # bench.orders.workloads.Sizes (full or --quick)
     _bodies: dict[str, tuple[list[bytes], list[bytes]]] = field(default_factory=dict)
 
     def bodies(self, corpus: str) -> tuple[list[bytes], list[bytes]]:

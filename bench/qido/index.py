@@ -183,5 +183,3 @@ async def vacuum_analyze(dsn: str) -> float:
         return time.perf_counter() - t
     finally:
         await conn.close()
-
-

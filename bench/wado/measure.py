@@ -265,5 +265,3 @@ def describe_answer(response: httpx.Response) -> str:
         return f"200: {content_type.split(';')[0]}, {len(response.content)} B"
     part_type, size, parts = first_part(response.content, boundary)
     return f"200: {parts} part(s) {part_type or '(no Content-Type)'}, {size} B"
-
-

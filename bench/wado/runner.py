@@ -173,5 +173,3 @@ async def sequential(
             measure.errors.append(error)
         record(measure, answer, items)
     measure.elapsed = time.perf_counter() - started
-
-
