@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
-from dicomweb_server import logs, metrics
+from dicomweb_server import events, logs, metrics
 from dicomweb_server.access import auth
 from dicomweb_server.access import guard as access
 from dicomweb_server.access import jobs as access_jobs
@@ -109,6 +109,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         )
         # The analysis claims' job tokens, minted for the workflow without it importing access.
         state.mint_job_token = partial(auth.mint_job_token, keys, tokens)
+        state.feed_waker = await stack.enter_async_context(events.Waker(parts.pool))
         jobs = bind(JOBS, Parts(settings, parts.pool, parts.store, (trail, keeper)))
         await stack.enter_async_context(Runner(jobs))
         yield

@@ -16,7 +16,8 @@ handed out: nothing is ever skipped, whatever the commit order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 
 import asyncpg
@@ -31,11 +32,18 @@ Cursor = tuple[int, int]
 FeedRow = tuple[Cursor, int, str, str | None, str, datetime]
 
 
-# One statement for any number of rows (a STOW request appends one per instance), ids in row order.
+# The channel a committed append notifies (PostgreSQL delivers a NOTIFY only at commit, once per
+# transaction for identical ones): long-polling feed readers wake at once instead of polling.
+CHANNEL = "dicomweb_event"
+
+# One statement for any number of rows (a STOW request appends one per instance), ids in row order,
+# and the wake-up (a data-modifying WITH runs whether or not its result is read).
 _APPEND = (
-    "INSERT INTO event (tenant, kind, subject, payload) SELECT u.tenant, u.kind, u.subject, u.payload::jsonb "
+    "WITH appended AS (INSERT INTO event (tenant, kind, subject, payload) "
+    "SELECT u.tenant, u.kind, u.subject, u.payload::jsonb "
     "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY "
-    "AS u(tenant, kind, subject, payload, n) ORDER BY u.n"
+    "AS u(tenant, kind, subject, payload, n) ORDER BY u.n) "
+    f"SELECT pg_notify('{CHANNEL}', '')"
 )
 
 
@@ -44,6 +52,30 @@ async def append(conn: asyncpg.Connection, rows: Sequence[NewRow]) -> None:
     if rows:
         tenants, kinds, subjects, payloads = zip(*rows, strict=True)
         await conn.execute(_APPEND, list(tenants), list(kinds), list(subjects), list(payloads))
+
+
+@contextlib.asynccontextmanager
+async def listening(pool: asyncpg.Pool, woken: Callable[[], None]) -> AsyncIterator[bool]:
+    """Call ``woken()`` whenever a transaction that appended events commits, for as long as the
+    context lasts, on one connection of ``pool`` held for it.  Yields False (and calls nothing)
+    when the database cannot be reached now: the caller then polls."""
+    try:
+        conn = await pool.acquire()
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        yield False
+        return
+
+    def notified(*_: object) -> None:
+        woken()
+
+    try:
+        await conn.add_listener(CHANNEL, notified)
+        yield True
+    finally:
+        with contextlib.suppress(Exception):
+            await conn.remove_listener(CHANNEL, notified)
+        with contextlib.suppress(Exception):
+            await pool.release(conn)
 
 
 async def read(conn: asyncpg.Connection, after: int, limit: int, kind: str | None = None) -> list[Row]:

@@ -11,6 +11,8 @@ Nothing here keeps state.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,7 +22,7 @@ import orjson
 
 from dicomweb_server.db import events as sql
 from dicomweb_server.db.events import Cursor as Cursor  # (xid, id): re-exported for the feed
-from dicomweb_server.db.pool import Connection
+from dicomweb_server.db.pool import Connection, Pool
 
 INSTANCE_STORED = "instance.stored"  # an instance is in the store and the index (PS3.4 C-STORE success)
 STUDY_RECEIVED = "study.received"  # the first instance of a study arrived
@@ -144,6 +146,41 @@ async def prune(conn: Connection, older_than_seconds: float, batch: int) -> int:
     """Delete up to ``batch`` events older than ``older_than_seconds`` in a transaction of its
     own, remembering the newest cursor deleted; how many went (fewer than ``batch``: done)."""
     return await sql.prune(conn, older_than_seconds, batch)
+
+
+class Waker:
+    """Wakes the long-polling readers of this process when events commit (LISTEN on one pooled
+    connection; db/events.py notifies in each appending transaction).  An async context manager
+    built by the lifespan.  ``wait(seconds, seen)`` returns once an append committed after the
+    reader's ``seen`` generation, or after ``seconds``: a wake-up between a reader's look and its
+    wait is never lost.  Without a listening connection it only times out (the reader polls)."""
+
+    def __init__(self, pool: Pool):
+        self.pool = pool
+        self.generation = 0
+        self.listening = False
+        self._changed = asyncio.Event()
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> Waker:
+        self.listening = await self._stack.enter_async_context(sql.listening(self.pool, self._woken))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.listening = False
+        await self._stack.aclose()
+
+    def _woken(self) -> None:
+        self.generation += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait(self, seconds: float, seen: int) -> None:
+        if self.generation != seen:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._changed.wait()
 
 
 async def latest(conn: Connection) -> int:

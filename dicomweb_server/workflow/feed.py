@@ -35,7 +35,9 @@ from dicomweb_server.events import Cursor, Event
 from dicomweb_server.workflow.api import API, decode_cursor, encode_cursor, limit_of, page, query, rfc3339
 
 MAX_WAIT = 30.0  # seconds a long poll may be asked to wait
-POLL_EVERY = 0.1  # seconds between looks at the outbox while a long poll waits
+POLL_EVERY = 0.1  # seconds between looks at the outbox while a long poll waits, without a waker
+WOKEN_EVERY = 0.5  # with one (appends wake it): still look this often, for a row held back by an
+# older transaction still open when its own commit woke the reader (db/events.py ``feed``)
 HIDDEN = {events.INSTANCE_STORED: ("key",)}  # payload members that are internal details
 _NUMBER = re.compile(r"\d+(\.\d+)?")
 
@@ -91,20 +93,23 @@ async def read(
     limit: int,
     wait: float,
     gone: Callable[[], Awaitable[bool]] | None = None,
+    waker: events.Waker | None = None,
 ) -> Page | None:
     """The tenant's events after ``after``: at once if there are any, else as soon as one is
     there, else an empty page after ``wait`` seconds.  410 (``Gone``) when ``after`` is older
     than what retention has removed, checked on each look so a prune during the wait is seen.
 
-    The long poll looks at the outbox every ``POLL_EVERY`` seconds on a connection taken for
-    that look only, so waiting readers hold no pooled connection between looks.  ``gone`` is
-    asked between looks: a reader that went away ends the poll (None) instead of leaving it
-    to query the outbox for the rest of its wait, unseen (a client retrying with a short
-    timeout would otherwise pile such orphans up).
+    The long poll looks again as soon as a transaction that appended events commits (``waker``,
+    LISTEN/NOTIFY), at least every ``WOKEN_EVERY`` seconds (or every ``POLL_EVERY`` seconds with
+    no waker), on a connection taken for that look only, so waiting readers hold no pooled
+    connection between looks.  ``gone`` is asked between looks: a reader that went away ends
+    the poll (None) instead of leaving it to query the outbox for the rest of its wait, unseen
+    (a client retrying with a short timeout would otherwise pile such orphans up).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
+        seen = waker.generation if waker is not None else 0
         async with connection(pool) as conn:
             removed = await events.pruned(conn)
             if after is not None and removed is not None and after < removed:
@@ -119,7 +124,10 @@ async def read(
             break
         if gone is not None and await gone():
             return None
-        await asyncio.sleep(min(POLL_EVERY, left))
+        if waker is not None and waker.listening:
+            await waker.wait(min(WOKEN_EVERY, left), seen)
+        else:
+            await asyncio.sleep(min(POLL_EVERY, left))
     if found:
         last = found[-1].cursor
         assert last is not None  # feed always sets it
@@ -158,6 +166,7 @@ async def list_events(request: Request) -> Response:
         limit_of(request),
         wait_of(params.get("wait")),
         request.is_disconnected,
+        request.app.state.feed_waker,
     )
     if found is None:
         raise ClientDisconnect  # nobody to answer: logged as closed by the client, not as a 200

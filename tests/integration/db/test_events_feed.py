@@ -91,3 +91,28 @@ async def test_prune_removes_old_events_in_batches_and_remembers_the_newest_curs
         # Nothing old is left: a further prune deletes none and keeps the cursor.
         assert await events.prune(conn, 30 * 86_400, 10) == 0
         assert await events.pruned(conn) == every[2].cursor
+
+
+async def test_the_waker_wakes_on_commit_and_not_on_rollback(db: asyncpg.Pool) -> None:
+    """A committed append wakes this process's long-polling readers at once (LISTEN/NOTIFY); one
+    that rolled back does not; a wake-up between a reader's look and its wait is not lost."""
+    from dicomweb_server.events import Change, Waker, append
+
+    async with Waker(db) as waker:
+        assert waker.listening
+        seen = waker.generation
+        async with db.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            await append(conn, [Change("default", "study.stable", "1.2.3")])
+            await tx.rollback()
+        started = asyncio.get_running_loop().time()
+        await waker.wait(0.5, seen)
+        assert asyncio.get_running_loop().time() - started >= 0.45  # nothing woke it
+        async with db.acquire() as conn, conn.transaction():
+            await append(conn, [Change("default", "study.stable", "1.2.3")])
+        await asyncio.sleep(0.2)  # the wake-up arrives before the reader waits: not lost
+        started = asyncio.get_running_loop().time()
+        await waker.wait(5, seen)
+        assert asyncio.get_running_loop().time() - started < 0.1
+        assert waker.generation > seen
