@@ -142,7 +142,7 @@ def markdown_lines(outcomes: Outcomes, _env: dict[str, str]) -> list[str]:
     if listing is not None and listing.plans:
         out += [
             "",
-            "EXPLAIN (ANALYZE, BUFFERS) of the listing's query (db/orders.py `list_orders`) at 1M:",
+            "EXPLAIN (ANALYZE, BUFFERS) of the listing's query (db/order_views.py `list_orders`) at 1M:",
             "",
         ]
         for name, plan in listing.plans.items():

@@ -4,7 +4,7 @@ Both load the server's own database directly (asyncpg on its embedded PostgreSQL
 read over HTTP, as a client would.  The 1M load is realistic rather than uniform: several
 tenants (``dev``, the token's, holds half), about 1% pending, patient ids spread over about 100k
 patients, creation times spread over a year; then VACUUM ANALYZE.  The listing's SQL is taken from
-``db/orders.py`` itself (``list_orders`` run on a recording connection), so the EXPLAIN shown is
+``db/order_views.py`` itself (``list_orders`` run on a recording connection), so the EXPLAIN shown is
 the query the server sends.
 """
 
@@ -70,10 +70,10 @@ class Recorder:
 
 
 async def listing_sql(tenant: str, **filters: Any) -> tuple[str, tuple[Any, ...]]:
-    from dicomweb_server.db import orders
+    from dicomweb_server.db import order_views
 
     rec = Recorder()
-    await orders.list_orders(rec, tenant, orders.Filters(**filters), None, LISTING_LIMIT + 1)  # type: ignore[arg-type]
+    await order_views.list_orders(rec, tenant, order_views.Filters(**filters), None, LISTING_LIMIT + 1)  # type: ignore[arg-type]
     return rec.calls[0]
 
 

@@ -36,7 +36,7 @@ from dicomweb_server.workflow.api import API, decode_cursor, encode_cursor, limi
 
 MAX_WAIT = 30.0  # seconds a long poll may be asked to wait
 POLL_EVERY = 0.1  # seconds between looks at the outbox while a long poll waits, without a waker
-WOKEN_EVERY = 0.5  # with one (appends wake it): still look this often, for a row held back by an
+WOKEN_EVERY = 0.25  # with one (appends wake it): still look this often, for a row held back by an
 # older transaction still open when its own commit woke the reader (db/events.py ``feed``)
 HIDDEN = {events.INSTANCE_STORED: ("key",)}  # payload members that are internal details
 _NUMBER = re.compile(r"\d+(\.\d+)?")

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from dicomweb_server import events
+from dicomweb_server.db import order_views
 from dicomweb_server.db import orders as orders_db
 from dicomweb_server.db.pool import Connection, Pool, transaction
 from dicomweb_server.errors import Conflict, NotFound, Unprocessable
@@ -61,7 +62,7 @@ async def _replay(conn: Connection, tenant: str, key: str, digest: bytes) -> str
 
 async def _check_studies(conn: Connection, tenant: str, studies: tuple[str, ...]) -> None:
     """404 naming the studies not stored in the tenant; 409 naming those not stable yet."""
-    states = await orders_db.study_states(conn, tenant, studies)
+    states = await order_views.study_states(conn, tenant, studies)
     missing = [s for s in studies if s not in states]
     if missing:
         raise NotFound(f"No instances stored of: {', '.join(missing)}", fields={"missing": missing})

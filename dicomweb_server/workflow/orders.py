@@ -13,7 +13,7 @@ from uuid import UUID
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dicomweb_server.db import orders as orders_db
+from dicomweb_server.db import order_views
 from dicomweb_server.db.pool import connection
 from dicomweb_server.dicom.resources import is_valid_uid
 from dicomweb_server.errors import BadRequest, NotFound
@@ -99,7 +99,7 @@ async def create(request: Request) -> Response:
     return answer
 
 
-def _filters(request: Request) -> orders_db.Filters:
+def _filters(request: Request) -> order_views.Filters:
     params = query(request, _FILTERS | {"limit", "cursor"})
     status = params.get("status")
     if status is not None and status not in set(Status):
@@ -110,7 +110,7 @@ def _filters(request: Request) -> orders_db.Filters:
     for name in ("patient_id", "external_id"):
         if len(params.get(name) or "") > MAX_EXTERNAL_ID:  # Patient ID is LO: 64 characters
             raise BadRequest(f"{name} is at most {MAX_EXTERNAL_ID} characters")
-    return orders_db.Filters(
+    return order_views.Filters(
         status=status,
         study_uid=study_uid,
         patient_id=params.get("patient_id"),
@@ -137,7 +137,7 @@ async def list_orders(request: Request) -> Response:
     limit = limit_of(request)
     after = _after(request.query_params.get("cursor"))
     async with connection(request.app.state.pool) as conn:
-        rows = await orders_db.list_orders(conn, request.state.tenant, filters, after, limit + 1)
+        rows = await order_views.list_orders(conn, request.state.tenant, filters, after, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
@@ -161,7 +161,7 @@ def _summary(request: Request, row: dict[str, Any]) -> dict[str, Any]:
 
 async def _detail(request: Request, order_id: str) -> JSONAnswer:
     async with connection(request.app.state.pool) as conn:
-        row = await orders_db.detail(conn, request.state.tenant, order_id)
+        row = await order_views.detail(conn, request.state.tenant, order_id)
     if row is None:
         raise NotFound(f"No order {order_id}")
     own = _self(request, row["id"])

@@ -5,8 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dicomweb_server.db import arrival
-from dicomweb_server.db import orders as orders_db
+from dicomweb_server.db import arrival, order_views
 from dicomweb_server.db.pool import connection
 from dicomweb_server.errors import BadRequest, Conflict, NotFound
 from dicomweb_server.lifecycle import study_status
@@ -54,7 +53,7 @@ async def status(request: Request) -> Response:
     tenant = request.state.tenant
     async with connection(request.app.state.pool) as conn:
         row = await arrival.counts(conn, tenant, study)
-        found = await orders_db.of_study(conn, tenant, study)
+        found = await order_views.of_study(conn, tenant, study)
     if row is None or (row["instances"] == 0 and not row["receiving"]):
         raise NotFound(f"No instances of study {study} are stored")
     latest = found[0]["status"] if found else None

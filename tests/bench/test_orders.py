@@ -1,5 +1,5 @@
 """bench/orders: the pure parts (bodies, the report PDF, the bulk load's SQL, the goals, the
-listing SQL taken from db/orders.py)."""
+listing SQL taken from db/order_views.py)."""
 
 from __future__ import annotations
 
