@@ -12,11 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from uuid import UUID
 
 import orjson
 
-from dicomweb_server.db.pool import Connection, require_transaction
+from dicomweb_server.db.pool import Connection, as_uuid, require_transaction
 
 
 @dataclass(frozen=True)
@@ -45,16 +44,9 @@ _JOB = (
 )
 
 
-def _uuid(value: str) -> UUID | None:
-    try:
-        return UUID(value)
-    except ValueError:
-        return None
-
-
 async def find(conn: Connection, job_id: str, *, lock: bool = False) -> Job | None:
     """A job by id (locked for the caller's transaction with ``lock``)."""
-    uid = _uuid(job_id)
+    uid = as_uuid(job_id)
     if uid is None:
         return None
     row = await conn.fetchrow(_JOB + (" FOR UPDATE OF j" if lock else ""), uid)
@@ -67,7 +59,7 @@ async def find(conn: Connection, job_id: str, *, lock: bool = False) -> Job | No
 
 async def holds_lease(conn: Connection, job_id: str) -> bool:
     """Whether the job is active with its lease still running (a job token reads only then)."""
-    uid = _uuid(job_id)
+    uid = as_uuid(job_id)
     if uid is None:
         return False
     return bool(

@@ -15,8 +15,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from dicomweb_server.db.orders import order_uuid
-from dicomweb_server.db.pool import Connection
+from dicomweb_server.db.pool import Connection, as_uuid
 
 
 async def of_study(conn: Connection, tenant: str, study: str) -> list[dict[str, Any]]:
@@ -119,7 +118,7 @@ async def list_orders(
 
 async def detail(conn: Connection, tenant: str, order_id: str) -> dict[str, Any] | None:
     """The order with its studies (their index attributes and own status), history and reports."""
-    uid = order_uuid(order_id)
+    uid = as_uuid(order_id)
     if uid is None:
         return None
     row = await conn.fetchrow(

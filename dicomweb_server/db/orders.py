@@ -12,12 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
 
 import asyncpg
 
-from dicomweb_server.db.pool import Connection, require_transaction
-from dicomweb_server.lifecycle import BEFORE_PROCESSING, Action, Reason, Refused, Status, move
+from dicomweb_server.db.pool import Connection, as_uuid, require_transaction
+from dicomweb_server.lifecycle import BEFORE_PROCESSING, Action, Reason, Status, move
 
 
 @dataclass(frozen=True)
@@ -29,13 +28,6 @@ class Moved:
     source: Status | None
     target: Status
     reason: str | None
-
-
-def order_uuid(order_id: str) -> UUID | None:
-    try:
-        return UUID(order_id)
-    except ValueError:
-        return None
 
 
 async def create(
@@ -113,7 +105,7 @@ async def transition(
     ``detail``: the history row's reason (a failure's own reason is the move's).
     """
     require_transaction(conn)
-    uid = order_uuid(order_id)
+    uid = as_uuid(order_id)
     if uid is None:
         return None
     row = await conn.fetchrow(
@@ -217,7 +209,7 @@ async def duplicate_of(conn: Connection, tenant: str, digest: str) -> str | None
 
 
 async def status_of(conn: Connection, tenant: str, order_id: str) -> dict[str, Any] | None:
-    uid = order_uuid(order_id)
+    uid = as_uuid(order_id)
     if uid is None:
         return None
     row = await conn.fetchrow(
@@ -247,9 +239,6 @@ async def orders_in(
         older_than_seconds,
     )
     return [(r["tenant"], r["id"]) for r in rows]
-
-
-__all__ = ["Moved", "Refused"]
 
 
 async def instances_of(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeAlias, TypeVar, cast
+from uuid import UUID
 
 import asyncpg
 
@@ -102,3 +103,12 @@ def require_transaction(conn: Connection) -> None:
 async def ping(pool: Pool) -> None:
     async with connection(pool) as conn:
         await conn.fetchval("SELECT 1")
+
+
+def as_uuid(value: str) -> UUID | None:
+    """An id from a request (an order, job or report) as the uuid column takes it; None when it
+    is not one, so a malformed id is "no such row" rather than a database error."""
+    try:
+        return UUID(value)
+    except ValueError:
+        return None

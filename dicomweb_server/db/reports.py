@@ -6,11 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from uuid import UUID
 
 import orjson
 
-from dicomweb_server.db.pool import Connection
+from dicomweb_server.db.pool import Connection, as_uuid
 
 
 @dataclass(frozen=True)
@@ -66,18 +65,11 @@ def _row(r: Any) -> dict[str, Any]:
     return row
 
 
-def _uuid(value: str) -> UUID | None:
-    try:
-        return UUID(value)
-    except ValueError:
-        return None
-
-
 async def get(
     conn: Connection, tenant: str, report_id: str, order_id: str | None = None
 ) -> dict[str, Any] | None:
     """One report of ``tenant`` (and of ``order_id`` when given); None if there is none."""
-    rid, oid = _uuid(report_id), _uuid(order_id) if order_id is not None else None
+    rid, oid = as_uuid(report_id), as_uuid(order_id) if order_id is not None else None
     if rid is None or (order_id is not None and oid is None):
         return None
     row = await conn.fetchrow(
@@ -92,7 +84,7 @@ async def get(
 
 async def of_order(conn: Connection, tenant: str, order_id: str) -> list[dict[str, Any]]:
     """The reports of one order, oldest first (a retried analysis may leave more than one)."""
-    oid = _uuid(order_id)
+    oid = as_uuid(order_id)
     if oid is None:
         return []
     rows = await conn.fetch(
@@ -118,7 +110,7 @@ async def page(
         "AND ($4::timestamptz IS NULL OR r.created_at > $4) ORDER BY r.created_at, r.id LIMIT $5",
         tenant,
         after[0] if after else None,
-        _uuid(after[1]) if after else None,
+        as_uuid(after[1]) if after else None,
         created_after,
         limit,
     )

@@ -30,10 +30,10 @@ from dicomweb_server.errors import Conflict, NotFound
 from dicomweb_server.jobs.queue import Later, enqueue
 from dicomweb_server.lifecycle import Action, Status
 from dicomweb_server.settings import WorkflowSettings
+from dicomweb_server.workflow import delivery
 from dicomweb_server.workflow.stability import order_moved
 
 EXPIRE_STEP = "job.expire"
-DELIVER_STEP = "report.deliver"  # run by the deliveries (another part), queued here
 POLL_SECONDS = 0.2  # how often a long-polling claim looks for a pending order
 MAX_WAIT = 30.0
 
@@ -162,7 +162,7 @@ async def complete(
         data = {"order_id": job.order_id, "report_id": report_id}
         await events.append(conn, [events.Change(job.tenant, events.REPORT_READY, job.order_id, data)])
         payload = {"tenant": job.tenant, "report": report_id}
-        await enqueue(conn, DELIVER_STEP, payload, key=f"{DELIVER_STEP}:{report_id}")
+        await enqueue(conn, delivery.DELIVER_STEP, payload, key=delivery.deliver_key(report_id))
     return answer, True
 
 

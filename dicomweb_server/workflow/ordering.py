@@ -28,9 +28,7 @@ from dicomweb_server.errors import Conflict, NotFound, Unprocessable
 from dicomweb_server.events import Change, NewEvent
 from dicomweb_server.jobs.queue import enqueue
 from dicomweb_server.lifecycle import Action, Refused, Status, study_status
-from dicomweb_server.workflow import stability
-
-DELIVER_STEP = "report.deliver"  # run the deliveries of a report again (the delivery step's)
+from dicomweb_server.workflow import delivery, stability
 
 
 @dataclass(frozen=True)
@@ -151,7 +149,7 @@ async def _next_step(conn: Connection, tenant: str, order_id: str, target: Statu
         report = await orders_db.newest_report(conn, order_id)
         if report is not None:
             payload = {"tenant": tenant, "report": report}
-            await enqueue(conn, DELIVER_STEP, payload, key=f"{DELIVER_STEP}:{report}")
+            await enqueue(conn, delivery.DELIVER_STEP, payload, key=delivery.deliver_key(report))
 
 
 def qc_of(stored: str | None) -> Any:
