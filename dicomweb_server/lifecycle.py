@@ -127,18 +127,12 @@ class Refused(Exception):
 
 def move(action: Action, source: Status | None, from_reason: Reason | None = None) -> Move:
     """The one move ``action`` makes from ``source`` (for ``failed``, from ``from_reason``)."""
+    reason = from_reason if source == Status.FAILED else None
     for m in MOVES:
-        if m.action == action and m.source == source and (m.from_reason in (None, from_reason)):
-            if source == Status.FAILED and m.from_reason != from_reason:
-                continue
+        if m.action == action and m.source == source and m.from_reason == reason:
             return m
-    shown = f"{source} ({from_reason})" if source == Status.FAILED and from_reason else str(source)
+    shown = f"{source} ({from_reason})" if reason else str(source)
     raise Refused(f"An order that is {shown} cannot {action.value.replace('_', ' ')}")
-
-
-def sources(action: Action) -> tuple[Status, ...]:
-    """Every status ``action`` can leave (for a compare-and-set ``WHERE status = ANY(...)``)."""
-    return tuple(dict.fromkeys(m.source for m in MOVES if m.action == action and m.source is not None))
 
 
 def study_status(receiving: bool, arrival_state: str | None, order_status: str | None) -> Status:

@@ -13,7 +13,6 @@ from dicomweb_server.lifecycle import (
     Refused,
     Status,
     move,
-    sources,
     study_status,
 )
 
@@ -82,12 +81,6 @@ def test_nothing_leaves_delivered_and_nothing_reaches_receiving() -> None:
 def test_no_move_is_listed_twice() -> None:
     keys = [(m.action, m.source, m.from_reason) for m in MOVES if m.source is not None]
     assert len(keys) == len(set(keys))
-
-
-def test_sources_are_the_compare_and_set_statuses() -> None:
-    assert sources(Action.CANCEL) == OPEN
-    assert sources(Action.REGRESS) == BEFORE_PROCESSING
-    assert sources(Action.CLAIM) == (Status.PENDING,)
 
 
 @pytest.mark.parametrize(
