@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -126,38 +126,33 @@ async def _close(conn: Connection, tenant: str, studies: Sequence[str]) -> None:
     )
 
 
+# Each row's new values are worked out by ``record`` from the locked rows and carried in the
+# VALUES the insert would use: EXCLUDED holds them for the update.  ``open_sessions`` carries the
+# sessions closing, ``late_instances`` the instances that came late, ``due_at`` the new due time
+# (NULL: the timer is left as it is), ``first_at`` the study's first arrival.
 _RECORD = (
     "WITH t AS (" + TENANT_SETTINGS + ") "
     "INSERT INTO arrival AS a (tenant, study_uid, instances, bytes, digest, channels, aes, "
-    " first_at, last_at, due_at, open_sessions, late_instances) "
-    "SELECT $1, v.s, v.n, v.b, v.d::bit(128), $14::text[], $15::text[], now(), now(), "
-    " now() + make_interval(secs => least(t.quiet, t.force)), 0, 0 "
-    "FROM unnest($8::text[], $9::int[], $10::bigint[], $11::text[], $12::int[], $13::boolean[]) "
-    " AS v(s, n, b, d, closing, late) CROSS JOIN t ORDER BY v.s "
+    " first_at, last_at, due_at, state, open_sessions, late_instances) "
+    "SELECT $1, v.s, v.n, v.b, v.d::bit(128), $8::text[], $9::text[], coalesce(v.first, now()), now(), "
+    " CASE WHEN v.rearm THEN least(now() + make_interval(secs => t.quiet), "
+    "  coalesce(v.first, now()) + make_interval(secs => t.force)) END, v.state, v.closing, v.late "
+    "FROM unnest($10::text[], $11::int[], $12::bigint[], $13::text[], $14::timestamptz[], "
+    " $15::boolean[], $16::text[], $17::int[], $18::int[]) "
+    " AS v(s, n, b, d, first, rearm, state, closing, late) CROSS JOIN t ORDER BY v.s "
     "ON CONFLICT (tenant, study_uid) DO UPDATE SET "
     " instances = a.instances + EXCLUDED.instances, bytes = a.bytes + EXCLUDED.bytes, "
     " digest = a.digest # EXCLUDED.digest, "
     " channels = ARRAY(SELECT DISTINCT c FROM unnest(a.channels || EXCLUDED.channels) c ORDER BY c), "
     " aes = ARRAY(SELECT DISTINCT c FROM unnest(a.aes || EXCLUDED.aes) c ORDER BY c), "
-    " first_at = CASE WHEN a.instances = 0 THEN now() ELSE a.first_at END, "
+    " first_at = EXCLUDED.first_at, "
     " last_at = CASE WHEN EXCLUDED.instances > 0 THEN now() ELSE a.last_at END, "
-    " open_sessions = greatest(0, a.open_sessions - (SELECT v.closing FROM unnest($8::text[], $12::int[]) "
-    "   AS v(s, closing) WHERE v.s = a.study_uid)), "
-    " late_instances = a.late_instances + CASE WHEN (SELECT v.late FROM unnest($8::text[], $13::boolean[]) "
-    "   AS v(s, late) WHERE v.s = a.study_uid) THEN EXCLUDED.instances ELSE 0 END, "
-    " state = CASE WHEN EXCLUDED.instances > 0 AND a.state = 'stable' AND NOT (SELECT v.late "
-    "   FROM unnest($8::text[], $13::boolean[]) AS v(s, late) WHERE v.s = a.study_uid) "
-    "   THEN 'unstable' ELSE a.state END, "
-    " stable_at = CASE WHEN EXCLUDED.instances > 0 AND a.state = 'stable' AND NOT (SELECT v.late "
-    "   FROM unnest($8::text[], $13::boolean[]) AS v(s, late) WHERE v.s = a.study_uid) "
-    "   THEN NULL ELSE a.stable_at END, "
-    " due_at = CASE WHEN EXCLUDED.instances = 0 OR a.state = 'held' THEN a.due_at "
-    "   WHEN a.state = 'stable' AND (SELECT v.late FROM unnest($8::text[], $13::boolean[]) "
-    "   AS v(s, late) WHERE v.s = a.study_uid) THEN a.due_at "
-    "   ELSE least(now() + make_interval(secs => (SELECT quiet FROM t)), "
-    "   CASE WHEN a.instances = 0 THEN now() ELSE a.first_at END "
-    "   + make_interval(secs => (SELECT force FROM t))) END "
-    "RETURNING study_uid, state, due_at, instances"
+    " due_at = coalesce(EXCLUDED.due_at, a.due_at), "
+    " state = EXCLUDED.state, "
+    " stable_at = CASE WHEN EXCLUDED.state = 'stable' THEN a.stable_at END, "
+    " open_sessions = greatest(0, a.open_sessions - EXCLUDED.open_sessions), "
+    " late_instances = a.late_instances + EXCLUDED.late_instances "
+    "RETURNING study_uid, state, due_at"
 )
 
 
@@ -175,6 +170,7 @@ async def record(
     ``closing``: the studies this session had opened (``open_studies``), now no longer carried by
     it.  A stable study that gets new instances goes back to ``unstable`` unless an order of it
     has begun processing; then the instances are counted as late and the study stays stable.
+    New instances of an unstable study restart its quiet period; a held study stays held.
     """
     require_transaction(conn)
     by_study = {a.study_uid: a for a in arrived}
@@ -184,7 +180,7 @@ async def record(
     before = {
         r["study_uid"]: r
         for r in await conn.fetch(
-            "SELECT study_uid, state, instances FROM arrival "
+            "SELECT study_uid, state, instances, first_at FROM arrival "
             "WHERE tenant = $1 AND study_uid = ANY($2::text[]) ORDER BY study_uid FOR UPDATE",
             tenant,
             studies,
@@ -202,37 +198,39 @@ async def record(
         )
     }
     none = Arrived("", 0, 0, 0)
+    out: list[Recorded] = []
+    firsts, states, rearms, closings, lates = [], [], [], [], []
+    for s in studies:
+        old = before.get(s)
+        added = by_study.get(s, none).instances
+        was = old["state"] if old is not None else "unstable"
+        late = added if was == "stable" and s in started else 0
+        state = "unstable" if was == "stable" and added and not late else was
+        firsts.append(old["first_at"] if old is not None and old["instances"] else None)
+        states.append(state)
+        rearms.append(added > 0 and state == "unstable")
+        closings.append(1 if s in closing and old is not None else 0)
+        lates.append(late)
+        received = added > 0 and (old is None or old["instances"] == 0)
+        out.append(Recorded(s, received, was == "stable" and state == "unstable", late, added, None, state))
     rows = await conn.fetch(
         _RECORD,
         tenant,
         *defaults_args(defaults),
+        [channel],
+        [ae] if ae else [],
         studies,
         [by_study.get(s, none).instances for s in studies],
         [by_study.get(s, none).bytes for s in studies],
         [_bits(by_study.get(s, none).digest) for s in studies],
-        [1 if s in closing and s in before else 0 for s in studies],
-        [s in started for s in studies],
-        [channel],
-        [ae] if ae else [],
+        firsts,
+        rearms,
+        states,
+        closings,
+        lates,
     )
-    out = []
-    for r in rows:
-        s = r["study_uid"]
-        old = before.get(s)
-        added = by_study.get(s, none).instances
-        was_stable = old is not None and old["state"] == "stable"
-        out.append(
-            Recorded(
-                study_uid=s,
-                received=added > 0 and (old is None or old["instances"] == 0),
-                regressed=was_stable and r["state"] == "unstable",
-                late=added if was_stable and s in started else 0,
-                added=added,
-                due_at=r["due_at"],
-                state=r["state"],
-            )
-        )
-    return out
+    due = {r["study_uid"]: r["due_at"] for r in rows}
+    return [replace(r, due_at=due[r.study_uid]) for r in out]
 
 
 @dataclass(frozen=True)
