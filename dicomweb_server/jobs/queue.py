@@ -27,6 +27,7 @@ from pgqueuer import AsyncpgPoolDriver, Queries, QueueManager, RetryRequested
 from pgqueuer.db import AsyncpgDriver
 from pgqueuer.models import Job
 
+from dicomweb_server.db import queue as sql
 from dicomweb_server.db.pool import Connection, Pool
 
 log = logging.getLogger(__name__)
@@ -68,12 +69,7 @@ async def enqueue(
 
 async def live_keys(conn: Connection, keys: list[str]) -> set[str]:
     """Which of ``keys`` have an entry queued or running (for the reconciler)."""
-    rows = await conn.fetch(
-        "SELECT dedupe_key FROM pgqueuer WHERE dedupe_key = ANY($1::text[]) "
-        "AND status IN ('queued', 'picked')",
-        keys,
-    )
-    return {r["dedupe_key"] for r in rows}
+    return await sql.live_keys(conn, keys)
 
 
 class Consumer:

@@ -114,5 +114,5 @@ async def test_the_waker_wakes_on_commit_and_not_on_rollback(db: asyncpg.Pool) -
         await asyncio.sleep(0.2)  # the wake-up arrives before the reader waits: not lost
         started = asyncio.get_running_loop().time()
         await waker.wait(5, seen)
-        assert asyncio.get_running_loop().time() - started < 0.1
+        assert asyncio.get_running_loop().time() - started < 1.0  # woken, not timed out after 5 s
         assert waker.generation > seen
